@@ -1,0 +1,3 @@
+from halb.cli.main import run
+
+run()
