@@ -11,6 +11,8 @@ import shutil
 
 import pytest
 
+pytest_plugins = ["halb.lab.testing"]
+
 
 def _root_problem() -> str | None:
     if os.geteuid() != 0:
