@@ -1,0 +1,153 @@
+"""`halb lab`: the article's network in namespaces.
+
+    halb lab up [--name NAME] [--nodes N] [--clients N] [--no-apache] [--nginx] [--subnet CIDR]
+    halb lab down [--name NAME | --all]
+    halb lab status [--name NAME] [--json]
+    halb lab exec [--name NAME] NODE -- CMD [ARGS...]
+    halb lab apache [--name NAME] NODE start|stop|status
+    halb lab link [--name NAME] NODE cut|restore
+
+A lab's state lives in $HALB_LAB_DIR/NAME (default /run/halb-lab/NAME);
+`down` removes every namespace, link, process and file recorded there, also
+after the creating process was killed. The default lab name is "lab".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from halb.errors import UsageError, HalbError
+from halb.lab import Lab, LabError, LabState, destroy, lab_root, list_labs
+
+DEFAULT_NAME = "lab"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"lab: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="halb lab", description="the article's network in namespaces")
+    sub = p.add_subparsers(dest="cmd", metavar="up|down|status|exec|apache|link")
+    up = sub.add_parser("up", help="build the lab")
+    up.add_argument("--name", default=DEFAULT_NAME)
+    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--clients", type=int, default=1)
+    up.add_argument("--no-apache", action="store_true")
+    up.add_argument("--nginx", action="store_true")
+    up.add_argument("--subnet")
+    up.add_argument("--json", action="store_true")
+    down = sub.add_parser("down", help="remove the lab and everything it created")
+    down.add_argument("--name")
+    down.add_argument("--all", action="store_true")
+    st = sub.add_parser("status", help="nodes, addresses, processes")
+    st.add_argument("--name")
+    st.add_argument("--json", action="store_true")
+    ex = sub.add_parser("exec", help="run a command in a node")
+    ex.add_argument("--name")
+    ex.add_argument("node")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ap = sub.add_parser("apache", help="start/stop a node's Apache")
+    ap.add_argument("--name")
+    ap.add_argument("node")
+    ap.add_argument("action", choices=["start", "stop", "status"])
+    lk = sub.add_parser("link", help="cut or restore a node's cable")
+    lk.add_argument("--name")
+    lk.add_argument("node")
+    lk.add_argument("action", choices=["cut", "restore"])
+    return p
+
+
+def _state_path(name: str):
+    return lab_root() / name / "state.json"
+
+
+def _attach(name: str | None) -> Lab:
+    name = name or DEFAULT_NAME
+    if not _state_path(name).exists():
+        known = ", ".join(s.name for s in list_labs()) or "none"
+        raise LabError(f"no lab named '{name}' in {lab_root()} (labs: {known}); run 'halb lab up --name {name}'")
+    return Lab.attach(name)
+
+
+def main(ctx, argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(__doc__.split("\n\n", 1)[1])
+        return 0 if argv else 2
+    args = _parser().parse_args(argv)
+    if args.cmd == "up":
+        lab = Lab(nodes=args.nodes, clients=args.clients, apache=not args.no_apache,
+                  nginx=args.nginx, name=args.name, subnet=args.subnet)
+        try:
+            lab.up()
+        except BaseException:
+            lab.down()
+            raise
+        if args.json:
+            print(json.dumps(lab.describe(), indent=2))
+        else:
+            _print_status(lab)
+        return 0
+    if args.cmd == "down":
+        if args.all:
+            states = list_labs()
+        else:
+            name = args.name or DEFAULT_NAME
+            path = _state_path(name)
+            if not path.exists():
+                print(f"lab {name}: nothing to remove")
+                return 0
+            states = [LabState.load(path)]
+        for st in states:
+            removed = destroy(st)
+            print(f"lab {st.name}: removed " + (", ".join(removed) or "nothing"))
+        return 0
+    if args.cmd == "status":
+        lab = _attach(args.name)
+        if args.json:
+            print(json.dumps(lab.describe(), indent=2))
+        else:
+            _print_status(lab)
+        return 0
+    if args.cmd == "exec":
+        lab = _attach(args.name)
+        cmd = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not cmd:
+            raise UsageError("lab exec: missing command (halb lab exec NODE -- CMD ...)")
+        node = lab.node(args.node)
+        try:
+            return subprocess.run(lab.nsenter_prefix(node) + cmd).returncode
+        except OSError as e:
+            raise HalbError(f"lab exec: {e}") from None
+    if args.cmd == "apache":
+        lab = _attach(args.name)
+        node = lab.node(args.node)
+        if node.kind != "node":
+            raise LabError(f"{node.name} is a client: it runs no Apache")
+        if args.action == "start":
+            lab.apache_start(node.name)
+        elif args.action == "stop":
+            lab.apache_stop(node.name)
+        pid = lab.apache_pid(node.name)
+        print(f"{node.name}: apache " + (f"running (pid {pid})" if pid else "stopped"))
+        return 0 if pid or args.action != "status" else 3
+    if args.cmd == "link":
+        lab = _attach(args.name)
+        node = lab.node(args.node)
+        (lab.cut_link if args.action == "cut" else lab.restore_link)(node.name)
+        print(f"{node.name}: link {'cut' if args.action == 'cut' else 'restored'}")
+        return 0
+    raise UsageError("lab: missing sub-command (up|down|status|exec|apache|link)")
+
+
+def _print_status(lab: Lab) -> None:
+    d = lab.describe()
+    print(f"lab {d['name']}: subnet {d['subnet']}  VIP {d['vip']}  switch {d['switch']} ({d['bridge']})  dir {d['dir']}")
+    print(f"  {'node':<9} {'address':<16} {'netns':<24} {'iface':<12} {'mac':<18} {'link':<7} {'apache':<8} pids")
+    for n in d["nodes"]:
+        apache = "-" if n["kind"] != "node" else (str(n["apache"]) if n["apache"] else "stopped")
+        pids = " ".join(map(str, n["pids"])) or "-"
+        print(f"  {n['name']:<9} {n['ip']:<16} {n['netns']:<24} {n['iface']:<12} {n['mac']:<18} {n['link']:<7} {apache:<8} {pids}")
