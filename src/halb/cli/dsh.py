@@ -1,0 +1,26 @@
+"""`halb dsh`: dancer's dsh on ClusterShell (see halb.dsh.options.USAGE)."""
+from __future__ import annotations
+
+import sys
+
+from halb.dsh.options import Plan, parse
+from halb.dsh.run import Runner, describe_failure, exit_status
+
+
+def main(ctx, argv: list[str]) -> int:
+    plan = parse(list(argv))
+    if isinstance(plan, str):  # --help / --version
+        sys.stdout.write(plan)
+        return 0
+    assert isinstance(plan, Plan)
+    for w in plan.warnings:
+        if not plan.quiet:
+            print(f"halb dsh: warning: {w}", file=sys.stderr)
+    results = Runner(plan).run()
+    failed = [r for r in results if not r.ok]
+    if failed and not plan.quiet:
+        for r in failed:
+            print(f"halb dsh: {r.host}: {describe_failure(r, plan)}", file=sys.stderr)
+        print(f"halb dsh: {len(failed)} of {len(results)} machines failed", file=sys.stderr)
+    sys.stdout.flush()
+    return exit_status(results)
