@@ -1,0 +1,167 @@
+"""Membership: who is up, late or dead, per node and per link (sans-I/O).
+
+Fed with `beat(node, link, now)`, `ping_reply(target, now)` and
+`tick(now)`; every call returns the events it caused, in order. Time is a
+float in seconds from any monotonic origin, passed in by the caller.
+
+- A peer never heard is "init" until `initdead` after start, then "dead".
+- A peer is "dead" once `deadtime` passed since its last beat on any link.
+- A beat arriving more than `warntime` after the previous one is "late".
+- A link (peer, interface) is dead once `deadtime` passed without a beat
+  on it; the peer stays up while any link carries its beats.
+- If our own loop ran late (a tick came much later than expected: CPU
+  starvation, SIGSTOP, a VM pause), the silence is ours, not theirs: every
+  peer's and ping node's clock is moved forward by the stall so nobody is
+  declared dead on that evidence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str        # node_up node_dead node_late link_up link_dead ping_up ping_dead loop_late
+    node: str | None = None
+    link: str | None = None
+    value: float = 0.0   # interval (late), stall length (loop_late)
+
+    def __str__(self):
+        if self.kind == "node_up":
+            return f"node {self.node}: status up"
+        if self.kind == "node_dead":
+            return f"node {self.node}: is dead"
+        if self.kind == "node_late":
+            return f"Late heartbeat: Node {self.node}: interval {self.value * 1000:.0f} ms"
+        if self.kind == "link_up":
+            return f"Link {self.node}:{self.link} up."
+        if self.kind == "link_dead":
+            return f"Link {self.node}:{self.link} dead."
+        if self.kind == "ping_up":
+            return f"ping node {self.node}: status up"
+        if self.kind == "ping_dead":
+            return f"ping node {self.node}: is dead"
+        if self.kind == "loop_late":
+            return (f"our own loop ran {self.value * 1000:.0f} ms late (CPU starvation or pause): "
+                    "not judging peers on that silence")
+        return f"{self.kind} {self.node or ''} {self.link or ''}".strip()
+
+
+class Membership:
+    def __init__(self, me: str, nodes, *, keepalive: float, deadtime: float, warntime: float | None = None,
+                 initdead: float | None = None, ping_targets: dict | None = None, deadping: float | None = None,
+                 tick_interval: float | None = None, now: float = 0.0):
+        self.me = me
+        self.peers = [n for n in nodes if n != me]
+        self.keepalive = keepalive
+        self.deadtime = deadtime
+        self.warntime = warntime if warntime is not None else deadtime * 0.75
+        self.initdead = initdead if initdead is not None else deadtime
+        self.deadping = deadping if deadping is not None else deadtime
+        self.tick_interval = tick_interval if tick_interval is not None else keepalive / 2
+        # a tick later than this is our own stall
+        self.stall_bound = max(2 * self.tick_interval, keepalive, 0.005)
+        self.start = now
+        self.last_tick = now
+        self.state = {n: "init" for n in self.peers}
+        self.last_seen: dict[str, float] = {}
+        self.links: dict[tuple[str, str], float] = {}      # (node, link) -> last beat
+        self.link_state: dict[tuple[str, str], str] = {}
+        self.deaths = {n: 0 for n in self.peers}
+        self.late_count = {n: 0 for n in self.peers}
+        self.stalls = 0
+        self.ping_members = dict(ping_targets or {})          # target -> addresses
+        self.ping_of = {a: t for t, addrs in self.ping_members.items() for a in addrs}
+        self.ping_seen: dict[str, float] = {}
+        self.ping_state = {t: "init" for t in self.ping_members}
+
+    # ------------------------------------------------------------- inputs
+    def beat(self, node: str, link: str, now: float) -> list[Event]:
+        if node not in self.state:
+            return []
+        ev: list[Event] = []
+        prev = self.last_seen.get(node)
+        if self.state[node] == "up" and prev is not None and now - prev > self.warntime:
+            self.late_count[node] += 1
+            ev.append(Event("node_late", node, value=now - prev))
+        self.last_seen[node] = now
+        key = (node, link)
+        self.links[key] = now
+        if self.link_state.get(key) != "up":
+            self.link_state[key] = "up"
+            ev.append(Event("link_up", node, link))
+        if self.state[node] != "up":
+            self.state[node] = "up"
+            ev.append(Event("node_up", node))
+        return ev
+
+    def ping_reply(self, addr: str, now: float) -> list[Event]:
+        target = self.ping_of.get(addr)
+        if target is None:
+            return []
+        self.ping_seen[target] = now
+        if self.ping_state[target] != "up":
+            self.ping_state[target] = "up"
+            return [Event("ping_up", target)]
+        return []
+
+    def tick(self, now: float) -> list[Event]:
+        ev: list[Event] = []
+        gap = now - self.last_tick
+        self.last_tick = now
+        if gap > self.stall_bound:
+            shift = gap - self.tick_interval
+            self.stalls += 1
+            ev.append(Event("loop_late", value=shift))
+            for n in self.last_seen:
+                self.last_seen[n] += shift
+            for k in self.links:
+                self.links[k] += shift
+            for t in self.ping_seen:
+                self.ping_seen[t] += shift
+            self.start += shift
+        for n in self.peers:
+            st = self.state[n]
+            if st == "init":
+                if now - self.start >= self.initdead:
+                    self.state[n] = "dead"
+                    self.deaths[n] += 1
+                    ev.append(Event("node_dead", n))
+                continue
+            for (ln_node, link), t in self.links.items():
+                if ln_node == n and self.link_state[(ln_node, link)] == "up" and now - t > self.deadtime:
+                    self.link_state[(ln_node, link)] = "dead"
+                    ev.append(Event("link_dead", n, link))
+            if st == "up" and now - self.last_seen[n] > self.deadtime:
+                self.state[n] = "dead"
+                self.deaths[n] += 1
+                ev.append(Event("node_dead", n))
+        for t in self.ping_members:
+            seen = self.ping_seen.get(t)
+            base = seen if seen is not None else self.start
+            if self.ping_state[t] != "dead" and now - base > self.deadping:
+                self.ping_state[t] = "dead"
+                ev.append(Event("ping_dead", t))
+        return ev
+
+    # ------------------------------------------------------------- views
+    def alive(self, node: str) -> bool:
+        return node == self.me or self.state.get(node) == "up"
+
+    def settled(self) -> bool:
+        """True once every peer's state is known (up or dead): decisions may be made."""
+        return all(s != "init" for s in self.state.values())
+
+    def ping_score(self) -> int:
+        """Ping nodes reachable; before deadping, a ping node not yet heard counts as reachable."""
+        return sum(1 for s in self.ping_state.values() if s != "dead")
+
+    def snapshot(self, now: float) -> dict:
+        return {
+            "nodes": {n: {"status": self.state[n],
+                          "last_beat_ago": (round(now - self.last_seen[n], 4) if n in self.last_seen else None),
+                          "deaths": self.deaths[n], "late": self.late_count[n]} for n in self.peers},
+            "links": {f"{n}:{l}": s for (n, l), s in sorted(self.link_state.items())},
+            "ping": dict(self.ping_state),
+            "stalls": self.stalls,
+        }
