@@ -181,7 +181,10 @@ class Lab:
         if subnet is None:
             r = random.Random()
             subnet = f"10.{r.randint(64, 250)}.{r.randint(0, 255)}.0/24"
-        net = ipaddress.ip_network(subnet, strict=True)
+        try:
+            net = ipaddress.ip_network(subnet, strict=True)
+        except ValueError as e:
+            raise LabError(f"bad lab subnet: {e}") from None
         if net.prefixlen > 24 or net.version != 4:
             raise LabError(f"lab subnet {subnet} must be an IPv4 /24 or larger")
         self.net = net
@@ -309,7 +312,7 @@ class Lab:
                 self.nginx_start(n.name, wait=False)
         if self.want_apache:
             for n in self.nodes:
-                self._wait_port(n, 80)
+                self._wait_apache(n)
         if self.want_nginx:
             for n in self.nodes:
                 self._wait_port(n, self.nginx_port)
@@ -439,7 +442,16 @@ class Lab:
         if r.returncode != 0:
             raise LabError(f"{n.name}: apache2 failed to start: {(r.stderr or r.stdout).strip()}")
         if wait:
-            self._wait_port(n, 80)
+            self._wait_apache(n)
+
+    def _wait_apache(self, n: Node, timeout: float = 20) -> None:
+        """Wait until Apache listens and its pid file names a live process."""
+        self._wait_port(n, 80, timeout)
+        deadline = time.monotonic() + timeout
+        while self.apache_pid(n.name) is None:
+            if time.monotonic() > deadline:
+                raise LabError(f"{n.name}: apache2 wrote no pid file within {timeout:g}s")
+            time.sleep(0.02)
 
     def apache_stop(self, node, timeout: float = 10) -> None:
         """Stop Apache on the node and wait until it is gone."""
@@ -465,6 +477,9 @@ class Lab:
             raise LabError(f"{n.name}: nginx failed to start: {(r.stderr or r.stdout).strip()}")
         if wait:
             self._wait_port(n, self.nginx_port)
+            deadline = time.monotonic() + 20
+            while self.nginx_pid(n.name) is None and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def nginx_pid(self, node) -> int | None:
         f = Path(self.node(self._name(node)).dir) / "www" / "run" / "nginx.pid"
