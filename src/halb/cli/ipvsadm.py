@@ -1,0 +1,125 @@
+"""`halb ipvsadm ...`: ipvsadm's commands against the node's engine.
+
+Parse (pure, halb.ipvsadm.parse), open the engine chosen by --engine /
+HALB_ENGINE, execute the ops or print the listing (halb.ipvsadm.fmt).
+Errors are HalbError subclasses: one line on stderr, non-zero exit, the
+table untouched.
+"""
+from __future__ import annotations
+
+import sys
+
+from halb import __version__
+from halb.engine import open_engine
+from halb.errors import IpvsError, UsageError
+from halb.ipvsadm.fmt import ListFormat, Names, format_conns, format_list, format_save, format_timeout
+from halb.ipvsadm.parse import parse_argv, parse_restore
+from halb.model import FWD_METHODS, Table
+
+USAGE = """\
+halb ipvsadm -- the virtual-server table, with ipvsadm's syntax (ipvsadm 1.31)
+
+Usage:
+  halb ipvsadm -A|-E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe engine] [-b sched-flags] [-o]
+  halb ipvsadm -D virtual-service
+  halb ipvsadm -C
+  halb ipvsadm -R            (rules on stdin, all applied at once or none)
+  halb ipvsadm -S [-n]
+  halb ipvsadm -a|-e virtual-service -r server-address [-g|-i|-m] [-w weight] [-x upper] [-y lower]
+  halb ipvsadm -d virtual-service -r server-address
+  halb ipvsadm -L|-l [virtual-service] [-n] [-c] [--stats|--rate|--thresholds|--persistent-conn|--timeout] [--exact] [--nosort]
+  halb ipvsadm -Z [virtual-service]
+  halb ipvsadm --set tcp tcpfin udp
+
+virtual-service:
+  -t, --tcp-service host[:port]     -u, --udp-service host[:port]
+  -f, --fwmark-service mark [-6]    IPv6 addresses as [addr]:port
+
+Options:
+  -s, --scheduler NAME    rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh (default wlc)
+  -p, --persistent [T]    persistent service, timeout T seconds (default 300)
+  -M, --netmask MASK      persistence granularity (IPv6: prefix length)
+  -b, --sched-flags F,..  sh-fallback, sh-port, mh-fallback, mh-port
+  -r, --real-server ADDR  host or host:port (port defaults to the service's)
+  -g, --gatewaying        direct routing        -i, --ipip   tunnelling
+  -m, --masquerading      NAT                   (none given: the engine's default;
+                                                 proxy: masq, nft: gate)
+  -w, --weight N          0..2147483647 (default 1; 0 = quiesced)
+  -x, --u-threshold N     -y, --l-threshold N
+  -n, --numeric           -c, --connection      --stats  --rate  --thresholds
+  --persistent-conn       --timeout             --exact  --nosort  --sort
+The engine is chosen with `halb --engine proxy|nft` or HALB_ENGINE.
+"""
+
+
+def _fmt(cmd) -> ListFormat:
+    return ListFormat(numeric=cmd.numeric, stats=cmd.stats, rate=cmd.rate,
+                      thresholds=cmd.thresholds, persistent_conn=cmd.persistent_conn,
+                      nosort=cmd.nosort, exact=cmd.exact, tun_info=cmd.tun_info)
+
+
+def _check_restore(engine, plan) -> None:
+    """Dry-run the batch on a copy of the current table to name the failing
+    line precisely; the engine then applies the same batch atomically."""
+    table = Table([s.config() for s in engine.services()], timeouts=engine.timeouts(),
+                  default_fwd=engine.default_fwd)
+    table.allowed_fwd = tuple(engine.fwd_methods) or FWD_METHODS
+    table.engine_name = engine.name
+    try:
+        table.apply(plan.ops)
+    except IpvsError as e:
+        line = plan.line_of(getattr(e, "index", None))
+        raise IpvsError(f"line {line}: {e} (nothing applied)" if line else f"{e} (nothing applied)") from None
+
+
+def main(ctx, argv: list[str]) -> int:
+    try:
+        cmd = parse_argv(list(argv))
+        plan = None
+        if cmd.cmd == "restore":
+            plan = parse_restore(sys.stdin.read())
+    except UsageError as e:
+        raise UsageError(f"ipvsadm: {e}") from None
+    if cmd.cmd == "help":
+        sys.stdout.write(USAGE)
+        return 0
+    if cmd.cmd == "version":
+        print(f"ipvsadm v1.31 (halb {__version__}, IPVS v1.2.1 compatible, engine {ctx.engine})")
+        return 0
+
+    engine = open_engine(ctx)
+    try:
+        if cmd.cmd == "restore":
+            if plan.ops:
+                _check_restore(engine, plan)
+                try:
+                    engine.execute(plan.ops)
+                except IpvsError as e:
+                    line = plan.line_of(getattr(e, "index", None))
+                    raise IpvsError(f"line {line}: {e} (nothing applied)" if line else str(e)) from None
+            return 0
+        if cmd.cmd == "save":
+            sys.stdout.write(format_save(engine.services(), Names(cmd.numeric), engine.default_fwd,
+                                         nosort=cmd.nosort))
+            return 0
+        if cmd.cmd == "list":
+            kind = cmd.list_kind
+            names = Names(cmd.numeric)
+            if kind == "conn":
+                sys.stdout.write(format_conns(engine.connections(), names, cmd.persistent_conn))
+            elif kind == "timeout":
+                sys.stdout.write(format_timeout(engine.timeouts()))
+            elif kind == "daemon":
+                pass  # no connection-sync daemon runs: ipvsadm prints nothing then
+            elif kind == "service":
+                svc = engine.get_service(cmd.key)
+                if svc is None:
+                    raise IpvsError("No such service")
+                sys.stdout.write(format_list([svc], _fmt(cmd), names, engine.default_fwd, header=False))
+            else:
+                sys.stdout.write(format_list(engine.services(), _fmt(cmd), names, engine.default_fwd))
+            return 0
+        engine.execute(cmd.ops())
+        return 0
+    finally:
+        engine.close()
