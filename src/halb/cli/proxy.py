@@ -1,0 +1,187 @@
+"""`halb proxy start|stop|status|run`: the user-space engine daemon."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from halb.context import Context
+from halb.errors import EngineUnavailable, HalbError, UsageError
+
+USAGE = """usage: halb proxy {run|start|stop|status} [--no-splice]
+
+  run      run the daemon in the foreground (logs to stderr)
+  start    start the daemon in the background (pid file and log in the run dir)
+  stop     stop it cleanly (listeners closed, relays ended, socket and pid file removed)
+  status   print its state (exit 3 when not running)
+
+  --no-splice   relay with buffered copies instead of splice(2) (for measurements)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"proxy: {message}")
+
+
+def _parse(argv):
+    p = _Parser(prog="halb proxy", add_help=False, usage=USAGE)
+    p.add_argument("action", nargs="?")
+    p.add_argument("--no-splice", action="store_true")
+    p.add_argument("-h", "--help", action="store_true")
+    a = p.parse_args(argv)
+    if a.help or a.action is None:
+        return None
+    if a.action not in ("run", "start", "stop", "status"):
+        raise UsageError(f"proxy: unknown action '{a.action}' (run, start, stop or status)")
+    return a
+
+
+def main(ctx: Context, argv: list[str]) -> int:
+    a = _parse(argv)
+    if a is None:
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    return {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_status}[a.action](ctx, a)
+
+
+def _pid_path(ctx):
+    return ctx.run_dir / "proxy.pid"
+
+
+def _log_path(ctx):
+    return ctx.run_dir / "proxy.log"
+
+
+def cmd_run(ctx: Context, a) -> int:
+    from halb.proxy.daemon import run_daemon
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s halb-proxy[%(process)d]: %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice)
+
+
+def _running(ctx):
+    from halb.proxy.client import connect
+
+    try:
+        return connect(ctx)
+    except EngineUnavailable:
+        return None
+
+
+def _tail(path, n=3) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def cmd_start(ctx: Context, a) -> int:
+    eng = _running(ctx)
+    if eng is not None:
+        pid = eng.status()["pid"]
+        eng.close()
+        raise HalbError(f"halb proxy for node {ctx.node} is already running (pid {pid})")
+    ctx.ensure_run_dir()
+    logf = _log_path(ctx)
+    cmd = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
+           "--engine", "proxy", "proxy", "run"] + (["--no-splice"] if a.no_splice else [])
+    with open(logf, "ab") as out, open(os.devnull, "rb") as devnull:
+        start_at = out.tell()
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out, start_new_session=True,
+                                close_fds=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            msg = _tail_from(logf, start_at)
+            raise HalbError(f"halb proxy for node {ctx.node} did not start (exit {rc}): {msg}")
+        eng = _running(ctx)
+        if eng is not None:
+            eng.close()
+            print(f"halb proxy for node {ctx.node} started (pid {proc.pid}, log {logf})")
+            return 0
+        time.sleep(0.05)
+    proc.terminate()
+    raise HalbError(f"halb proxy for node {ctx.node} did not come up within 20 s (see {logf})")
+
+
+def _tail_from(path, offset) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return "?"
+    lines = [l for l in lines if l.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return False
+
+
+def _read_pid(ctx) -> int | None:
+    try:
+        return int(_pid_path(ctx).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_stop(ctx: Context, a) -> int:
+    eng = _running(ctx)
+    if eng is None:
+        print(f"halb proxy for node {ctx.node} is not running")
+        return 0
+    try:
+        pid = eng.status()["pid"]
+        eng.stop()
+    finally:
+        eng.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+    if _alive(pid):
+        raise HalbError(f"halb proxy for node {ctx.node} (pid {pid}) did not stop")
+    print(f"halb proxy for node {ctx.node} stopped")
+    return 0
+
+
+def cmd_status(ctx: Context, a) -> int:
+    eng = _running(ctx)
+    if eng is None:
+        print(f"halb proxy for node {ctx.node}: not running")
+        return 3
+    try:
+        st = eng.status()
+        t = eng.timeouts()
+    finally:
+        eng.close()
+    up = int(st["uptime"])
+    print(f"halb proxy for node {st['node']}: running (pid {st['pid']}, up {up // 3600}h{up // 60 % 60:02d}m{up % 60:02d}s)")
+    print(f"  control socket: {ctx.run_dir / 'proxy.sock'}")
+    print(f"  data path:      {'splice' if st['splice'] else 'buffered copy'}")
+    print(f"  services:       {st['services']} ({st['dests']} real servers)")
+    print(f"  connections:    {st['activeconns']} active, {st['inactconns']} inactive "
+          f"({st['tcp_relays']} TCP relays open, {st['udp_flows']} UDP flows)")
+    print(f"  persistence:    {st['templates']} templates")
+    print(f"  timeouts:       tcp {t.tcp} tcpfin {t.tcpfin} udp {t.udp}")
+    return 0
