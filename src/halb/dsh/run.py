@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ClusterShell.Engine.Engine import FANOUT_UNLIMITED
 from ClusterShell.Event import EventHandler
 from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
 from ClusterShell.Task import task_self
@@ -63,22 +64,25 @@ class _RshClient(ExecClient):
 
 
 class _RshWorker(ExecWorker):
-    """ExecWorker over dsh machine specs (which may be user@host, so they do
-    not go through NodeSet), keeping the user's order."""
+    """ExecWorker for one dsh machine spec (which may be user@host, so it does
+    not go through NodeSet). The Runner starts these in the user's order,
+    `fanout` at a time (ClusterShell's engine starts delayed clients in no
+    particular order, and dsh -w runs the machines in list order)."""
 
     SHELL_CLASS = _RshClient
 
-    def __init__(self, plan: Plan, handler, timeout=None):
+    def __init__(self, plan: Plan, host: str, rank: int, handler, timeout=None):
         DistantWorker.__init__(self, handler)
         self._close_count = 0
         self._has_timeout = False
         self._clients = []
         self.plan = plan
-        self.nodes = list(plan.hosts)
+        self.host = host
+        self.nodes = [host]
         self.command = "<halb dsh>"
         self.source = self.dest = None
-        for rank, host in enumerate(plan.hosts):
-            self._add_client(host, rank=rank, timeout=timeout, stderr=True, autoclose=False)
+        self._fanout = FANOUT_UNLIMITED  # the Runner does the fan-out
+        self._add_client(host, rank=rank, timeout=timeout, stderr=True, autoclose=False)
 
 
 class _Handler(EventHandler):
@@ -113,23 +117,29 @@ class _Handler(EventHandler):
 
     def ev_close(self, worker, timedout):
         if timedout:
-            for node in worker.iter_keys_timeout():
-                res = self.r.results[node]
-                res.timed_out = True
-                res.ended = time.monotonic()
+            res = self.r.results[worker.host]
+            res.timed_out = True
+            res.ended = time.monotonic()
+            if self.r.plan.verbose:
+                self.r.note(f"{worker.host}: timed out, killed")
+        self.r.running -= 1
+        self.r.start_next()
 
 
 class _StdinPort(EventHandler):
     """Receives chunks of our stdin from the reader thread (dsh -i)."""
 
-    def __init__(self, worker):
-        self.worker = worker
+    def __init__(self, workers):
+        self.workers = workers
 
     def ev_msg(self, port, msg):
-        if msg is None:
-            self.worker.set_write_eof()
-        else:
-            self.worker.write(msg)
+        for w in self.workers:
+            if w._close_count:  # that machine's command already ended
+                continue
+            if msg is None:
+                w.set_write_eof()
+            else:
+                w.write(msg)
 
 
 def _stdin_reader(port, fd: int):
@@ -156,25 +166,37 @@ class Runner:
         self.err.write(f"halb dsh: {text}\n".encode())
         self.err.flush()
 
+    def start_next(self):
+        """Start queued machines while fewer than `fanout` are running."""
+        while self.queue and self.running < self.plan.fanout:
+            rank, host = self.queue.pop(0)
+            w = _RshWorker(self.plan, host, rank, self.handler, timeout=self.plan.timeout)
+            self.task.schedule(w)
+            if not self.plan.dup_input:
+                if self.plan.script is not None:
+                    w.write(self.plan.script)
+                w.set_write_eof()
+            self.workers.append(w)
+            self.running += 1
+
     def run(self) -> list[HostResult]:
         plan = self.plan
-        task = task_self()  # runs in this thread; unbound (kill=True) when done
-        task.set_info("fanout", plan.fanout)
+        task = self.task = task_self()  # runs in this thread; unbound (kill=True) when done
+        task.set_info("fanout", max(64, len(plan.hosts)))
         task.set_default("stdout_msgtree", plan.gather)
         task.set_default("stderr_msgtree", plan.gather)
-        worker = _RshWorker(plan, _Handler(self), timeout=plan.timeout)
-        task.schedule(worker)
-        if plan.dup_input:
-            port = task.port(handler=_StdinPort(worker), autoclose=True)
+        self.handler = _Handler(self)
+        self.queue = list(enumerate(plan.hosts))
+        self.workers: list[_RshWorker] = []
+        self.running = 0
+        self.start_next()
+        if plan.dup_input:  # -i: every machine was started (no fork limit)
+            port = task.port(handler=_StdinPort(self.workers), autoclose=True)
             threading.Thread(target=_stdin_reader, args=(port, self.stdin_fd), daemon=True).start()
-        else:
-            if plan.script is not None:
-                worker.write(plan.script)
-            worker.set_write_eof()
         try:
             task.resume()
             if plan.gather:
-                self._print_gathered(task, worker)
+                self._print_gathered(task)
         finally:
             task.abort(kill=True)
         return [self.results[h] for h in plan.hosts]
@@ -189,7 +211,7 @@ class Runner:
             label = ",".join(keys)
         return f"{label} ({len(keys)})".encode()
 
-    def _print_gathered(self, task, worker):
+    def _print_gathered(self, task):
         order = self.plan.hosts.index
         for stream, it in ((self.out, task.iter_buffers), (self.err, task.iter_errors)):
             groups = [(bytes(msg), list(keys)) for msg, keys in it()]
