@@ -7,6 +7,7 @@ indexes into the `dests` list last given to `update()`.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from math import gcd
 
 from halb.model import Dest
@@ -20,6 +21,11 @@ MH_TAB_INDEX = 12  # CONFIG_IP_VS_MH_TAB_INDEX default -> primes[12 - 8] = 4093
 # generate_hash_secret() in ip_vs_mh.c: fixed keys
 MH_HASH1 = (2654435761, 2654435761)
 MH_HASH2 = (2654446892, 2654446892)
+
+
+@lru_cache(maxsize=65536)
+def _mh_hash(v: int, key: tuple[int, int]) -> int:
+    return hsiphash_u32(v, key[0], key[1])
 
 
 def _unavailable(d: Dest) -> bool:
@@ -165,8 +171,8 @@ class MaglevHashing(Scheduler):
 
     @staticmethod
     def _hash(addr: str, port: int, key: tuple[int, int], offset: int = 0) -> int:
-        v = (offset + port + addr_fold(addr)) & 0xFFFFFFFF
-        return hsiphash_u32(v, key[0], key[1])
+        """ip_vs_mh_hashkey(): hsiphash of (offset + port + folded addr)."""
+        return _mh_hash((offset + port + addr_fold(addr)) & 0xFFFFFFFF, key)
 
     def update(self, dests: list[Dest]) -> None:
         old = self.last_weight

@@ -77,5 +77,19 @@ def siphash(data: bytes, k0: int, k1: int, c: int = 2, d: int = 4) -> int:
 
 
 def hsiphash_u32(value: int, k0: int, k1: int) -> int:
-    """hsiphash(&v, sizeof(u32), key) on a 64-bit little-endian kernel."""
-    return siphash((value & 0xFFFFFFFF).to_bytes(4, "little"), k0, k1, 1, 3) & 0xFFFFFFFF
+    """hsiphash(&v, sizeof(u32), key) on a 64-bit little-endian kernel:
+    SipHash-1-3 of the 4 bytes, truncated to 32 bits (unrolled form of
+    `siphash(value.to_bytes(4, "little"), k0, k1, 1, 3) & 0xFFFFFFFF`)."""
+    v0 = 0x736F6D6570736575 ^ k0
+    v1 = 0x646F72616E646F6D ^ k1
+    v2 = 0x6C7967656E657261 ^ k0
+    v3 = 0x7465646279746573 ^ k1
+    b = (4 << 56) | (value & 0xFFFFFFFF)
+    v3 ^= b
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0 ^= b
+    v2 ^= 0xFF
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)
+    return (v0 ^ v1 ^ v2 ^ v3) & 0xFFFFFFFF
