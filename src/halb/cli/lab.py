@@ -119,7 +119,7 @@ def main(ctx, argv: list[str]) -> int:
             raise UsageError("lab exec: missing command (halb lab exec NODE -- CMD ...)")
         node = lab.node(args.node)
         try:
-            return subprocess.run(lab.nsenter_prefix(node) + cmd).returncode
+            return subprocess.run(lab.nsenter_prefix(node) + cmd, env=lab.node_env(node)).returncode
         except OSError as e:
             raise HalbError(f"lab exec: {e}") from None
     if args.cmd == "apache":

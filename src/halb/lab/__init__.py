@@ -32,6 +32,8 @@ API (stable; used by the tests and benches of nft, director, heartbeat, dsh)::
         n1 = lab.node("N1")        # also lab.node(1); lab.client(0) == lab.node("client0")
         n1.rip, n1.ip, n1.netns, n1.netns_path, n1.iface, n1.mac, n1.port, n1.uts
         lab.run("N1", ["ip", "addr"], check=True, timeout=10)  # CompletedProcess (text)
+            # run/popen/`halb lab exec` set HALB_NODE=N1 and HALB_RUN_DIR=lab.node_run_dir("N1")
+            # (unless already in env) so halb tools in different nodes/labs never share state
         lab.popen("N1", [...], **kw)     # long-running, tracked, killed at down
         lab.nsenter_prefix("N1")         # ["nsenter", "--net=...", "--uts=...", "--"]
         lab.pids("N1")                   # every process living in the node

@@ -368,8 +368,23 @@ class Lab:
         n = node if isinstance(node, Node) else self.node(node)
         return ["nsenter", f"--net={n.netns_path}", f"--uts={n.uts}", "--"]
 
+    def node_run_dir(self, node) -> Path:
+        """The node's halb run dir (HALB_RUN_DIR of what runs in the node)."""
+        return Path(self.node(self._name(node)).dir) / "halb"
+
+    def node_env(self, node, env: dict | None = None) -> dict:
+        """Environment for a process in the node: `env` (default: ours) plus
+        HALB_NODE=<node> and HALB_RUN_DIR=<lab dir>/<node>/halb unless set, so
+        halb tools of several nodes and several labs never share state."""
+        n = self.node(self._name(node))
+        e = dict(os.environ if env is None else env)
+        e.setdefault("HALB_NODE", n.name)
+        e.setdefault("HALB_RUN_DIR", str(self.node_run_dir(n)))
+        return e
+
     def run(self, node, argv, check: bool = False, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
         """Run argv inside the node; output captured as text by default."""
+        kw["env"] = self.node_env(node, kw.get("env"))
         kw.setdefault("capture_output", not ("stdout" in kw or "stderr" in kw))
         kw.setdefault("text", True)
         argv = [str(a) for a in argv]
@@ -382,6 +397,7 @@ class Lab:
 
     def popen(self, node, argv, **kw) -> subprocess.Popen:
         """Start a long-running process in the node; it is killed at down()."""
+        kw["env"] = self.node_env(node, kw.get("env"))
         p = subprocess.Popen(self.nsenter_prefix(node) + [str(a) for a in argv], **kw)
         self._popens.append(p)
         return p
