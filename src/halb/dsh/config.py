@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from halb.errors import ConfigError, UsageError
+from halb.dsh.errors import DshUsageError
+from halb.errors import ConfigError
 
 CONF_KEYS = ("remoteshell", "remoteshellopt", "forklimit", "waitshell",
              "showmachinenames", "verbose", "timeout")
@@ -93,7 +94,7 @@ def parse_dsh_conf(text: str, path=None, conf: DshConf | None = None) -> tuple[D
     return conf, warnings
 
 
-def parse_timeout(value: str, error=UsageError) -> float:
+def parse_timeout(value: str, error=DshUsageError) -> float:
     try:
         t = float(value)
     except ValueError:
@@ -159,9 +160,9 @@ def expand_spec(spec: str, where: str = "") -> list[str]:
     user, sep, host = spec.rpartition("@")
     prefix = f"{user}@" if sep else ""
     if sep and (not user or not host):
-        raise UsageError(f"{where}bad machine '{spec}': expected user@host")
+        raise DshUsageError(f"{where}bad machine '{spec}': expected user@host")
     if any(c.isspace() for c in spec):
-        raise UsageError(f"{where}bad machine '{spec}': blanks inside a machine name")
+        raise DshUsageError(f"{where}bad machine '{spec}': blanks inside a machine name")
     if "[" not in host and "]" not in host:
         return [spec]
     from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
@@ -170,7 +171,7 @@ def expand_spec(spec: str, where: str = "") -> list[str]:
         names = list(NodeSet(host, resolver=RESOLVER_NOGROUP))
     except (NodeSetException, ValueError) as e:
         msg = str(e).strip() or "invalid node set"
-        raise UsageError(f"{where}bad node set '{host}': {msg}") from None
+        raise DshUsageError(f"{where}bad node set '{host}': {msg}") from None
     return [prefix + n for n in names]
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from halb.dsh.config import (DshConf, expand_spec, merge_unique, parse_dsh_conf,
                              parse_ha_cf_nodes, parse_timeout, split_commas)
-from halb.errors import ConfigError, UsageError
+from halb.dsh.errors import DshConfigError, DshUsageError
+from halb.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = "/etc/dsh"
 DEFAULT_HA_CF = "/etc/ha.d/ha.cf"
@@ -65,16 +66,6 @@ exit status: 0 when every machine succeeded, else the number of machines that
 failed (non-zero exit, remote shell failure or timeout; at most 254);
 255 when nothing was run (bad option, file or machine list).
 """
-
-
-class DshUsageError(UsageError):
-    """Bad invocation of `halb dsh`: nothing was run."""
-
-    exit_code = 255
-
-
-class DshConfigError(ConfigError):
-    exit_code = 255
 
 
 @dataclass
