@@ -1,0 +1,246 @@
+"""`halb director [-d] [CONFIG] start|stop|restart|try-restart|reload|force-reload|status`
+
+ldirectord's command line. CONFIG is a path, or a name looked up in
+/etc/ha.d/ and /etc/ha.d/conf/ (default: ldirectord.cf). -d stays in the
+foreground and logs every check and table edit on stderr.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from halb.context import Context
+from halb.director import daemon as dmod
+from halb.director.config import load
+from halb.errors import ConfigError, HalbError, UsageError
+
+USAGE = """usage: halb director [-d] [CONFIG] start|stop|restart|try-restart|reload|force-reload|status
+
+  -d, --debug   stay in the foreground, log every check and table edit (DEBUG2 lines)
+  CONFIG        ldirectord.cf path or name (looked up in /etc/ha.d and /etc/ha.d/conf)
+"""
+COMMANDS = ("start", "stop", "restart", "try-restart", "reload", "force-reload", "status")
+
+
+def find_config(name: str) -> Path:
+    p = Path(name)
+    for cand in (Path("/etc/ha.d") / name, Path("/etc/ha.d/conf") / name):
+        if not p.is_absolute() and "/" not in name and cand.is_file():
+            return cand
+    if p.is_file():
+        return p.resolve()
+    raise ConfigError(name, None, "Config file not found")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"director" in fh.read()
+    except OSError:
+        return True
+
+
+def read_pid(ctx: Context, cfg: Path) -> tuple[int | None, bool]:
+    """(pid, alive) from the pid file."""
+    try:
+        pid = int(dmod.pid_path(ctx, cfg).read_text().strip())
+    except (OSError, ValueError):
+        return None, False
+    return pid, _alive(pid)
+
+
+def control(ctx: Context, cfg: Path, cmd: str, timeout: float = 60) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(dmod.sock_path(ctx, cfg)))
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        data = s.makefile("rb").readline()
+    except OSError as e:
+        raise HalbError(f"cannot reach the director for {cfg}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    if not data:
+        raise HalbError(f"the director for {cfg} closed the control connection")
+    return json.loads(data)
+
+
+def setup_logging(debug: bool, logfile: str | None, cfgname: str) -> None:
+    root = logging.getLogger("halb.director")
+    root.handlers.clear()
+    root.propagate = False
+    if debug or logfile is None:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+    elif logfile.startswith("/"):
+        h = logging.FileHandler(logfile)
+        h.setFormatter(logging.Formatter(f"[%(asctime)s|{cfgname}|%(process)d] %(message)s",
+                                         "%a %b %d %H:%M:%S %Y"))
+    else:
+        from logging import handlers as _lh
+        try:
+            h = _lh.SysLogHandler("/dev/log", facility=logfile)
+        except (OSError, KeyError, ValueError):
+            h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("ldirectord: %(message)s"))
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def run_foreground(ctx: Context, cfg_path: Path, debug: bool) -> int:
+    cfg = load(cfg_path)
+    logfile = cfg.logfile
+    if not debug and not cfg.supervised and logfile is None:
+        logfile = str(dmod.log_path(ctx, cfg_path))
+    setup_logging(debug, None if (debug or cfg.supervised) else logfile, cfg_path.name)
+    d = dmod.Director(ctx, cfg_path, debug=debug)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(d.run(cfg))
+
+
+def cmd_start(ctx: Context, cfg_path: Path, debug: bool, internal_fg: bool) -> int:
+    cfg = load(cfg_path)  # a bad file fails here, before anything starts
+    pid, alive = read_pid(ctx, cfg_path)
+    if alive:
+        print(f"halb director for {cfg_path} is already running with pid: {pid}", file=sys.stderr)
+        return 0
+    if debug or cfg.supervised or internal_fg:
+        return run_foreground(ctx, cfg_path, debug)
+    ctx.ensure_run_dir()
+    errf = ctx.run_dir / f"director.{cfg_path.name}.start.err"
+    argv = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
+            "--engine", ctx.engine, "director", "--foreground", str(cfg_path), "start"]
+    with open(errf, "wb") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                             start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rc = p.poll()
+        if rc is not None:
+            msg = errf.read_text(errors="replace").strip().splitlines()
+            raise HalbError(msg[-1].removeprefix("halb: ") if msg else f"director exited with status {rc}")
+        pid, alive = read_pid(ctx, cfg_path)
+        if alive and pid == p.pid:
+            return 0
+        time.sleep(0.05)
+    raise HalbError(f"the director for {cfg_path} did not come up within 30 s (see {errf})")
+
+
+def cmd_stop(ctx: Context, cfg_path: Path, timeout: float = 60) -> int:
+    pid, alive = read_pid(ctx, cfg_path)
+    if not alive:
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid) or not dmod.pid_path(ctx, cfg_path).exists():
+            # wait for the process itself to be gone
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return 0
+        time.sleep(0.05)
+    raise HalbError(f"the director (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+def cmd_status(ctx: Context, cfg_path: Path) -> int:
+    pid, alive = read_pid(ctx, cfg_path)
+    if not alive:
+        if pid is not None:
+            print(f"halb director stale pid file {dmod.pid_path(ctx, cfg_path)} for {cfg_path}", file=sys.stderr)
+            print(f"halb director is stopped for {cfg_path}")
+            return 1
+        print(f"halb director is stopped for {cfg_path}")
+        return 3
+    print(f"halb director for {cfg_path} is running with pid: {pid}")
+    try:
+        st = control(ctx, cfg_path, "status", timeout=10)["status"]
+    except HalbError:
+        return 0
+    for v in st["virtuals"]:
+        print(f"  {v['protocol'].upper()} {v['virtual']}  checktype={v['checktype']} service={v['service']}"
+              + ("  (fallback active)" if v["fallback_up"] else ""))
+        for r in v["reals"]:
+            w = "-" if r["weight"] is None else r["weight"]
+            state = "up" if r["up"] else "down"
+            extra = f" soft-failures={r['failcount']}" if r["failcount"] and r["up"] else ""
+            print(f"    -> {r['real']:<24} {state:<5} weight={w}{extra}  {r['last_msg'][:60]}")
+    if st.get("last_reload_error"):
+        print(f"  last reload failed: {st['last_reload_error']}")
+    return 0
+
+
+def cmd_reload(ctx: Context, cfg_path: Path) -> int:
+    pid, alive = read_pid(ctx, cfg_path)
+    if not alive:
+        print(f"halb director is stopped for {cfg_path}", file=sys.stderr)
+        return 1
+    reply = control(ctx, cfg_path, "reload")
+    if not reply.get("ok"):
+        raise HalbError(reply.get("message") or reply.get("error") or "reload failed")
+    return 0
+
+
+def main(ctx: Context, argv: list[str]) -> int:
+    debug = internal_fg = False
+    args = []
+    for a in argv:
+        if a in ("-d", "--debug"):
+            debug = True
+        elif a == "--foreground":
+            internal_fg = True
+        elif a in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        elif a == "--":
+            continue
+        elif a.startswith("-"):
+            raise UsageError(f"director: unknown option '{a}'\n{USAGE.rstrip()}")
+        else:
+            args.append(a)
+    if len(args) == 1:
+        name, cmd = "ldirectord.cf", args[0]
+    elif len(args) == 2:
+        name, cmd = args
+    else:
+        raise UsageError(f"director: expected [CONFIG] COMMAND\n{USAGE.rstrip()}")
+    if cmd not in COMMANDS:
+        raise UsageError(f"director: unknown command '{cmd}' (one of: {', '.join(COMMANDS)})")
+    if cmd in ("start", "restart") or (cmd == "try-restart"):
+        cfg_path = find_config(name)
+    else:
+        try:
+            cfg_path = find_config(name)
+        except ConfigError:
+            cfg_path = Path(name).resolve()
+    if cmd == "start":
+        return cmd_start(ctx, cfg_path, debug, internal_fg)
+    if cmd == "stop":
+        return cmd_stop(ctx, cfg_path)
+    if cmd in ("restart", "try-restart"):
+        pid, alive = read_pid(ctx, cfg_path)
+        if cmd == "try-restart" and not alive:
+            return 0
+        load(cfg_path)  # do not stop a running director for a bad file
+        cmd_stop(ctx, cfg_path)
+        return cmd_start(ctx, cfg_path, debug, internal_fg)
+    if cmd in ("reload", "force-reload"):
+        return cmd_reload(ctx, cfg_path)
+    return cmd_status(ctx, cfg_path)

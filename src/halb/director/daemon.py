@@ -1,0 +1,492 @@
+"""The director daemon: a thin asyncio shell around DirectorCore.
+
+One task per (virtual, real server) runs its check every checkinterval
+(bounded by its timeout) and feeds the result to the core; the core's
+decisions are applied in order by one worker that batches table edits into
+one atomic engine.execute(). Alerts, fallback commands and monitor-file
+lines run beside it. A control socket in the run dir answers status, reload
+and stop; SIGHUP reloads, SIGTERM/SIGINT stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+from halb.context import Context
+from halb.director import alerts, checks
+from halb.director.config import Config, load
+from halb.director.state import Alert, Command, DirectorCore, Edit, Log, Monitor, fmt_hp
+from halb.errors import ConfigError, EngineUnavailable, HalbError, IpvsError
+
+log = logging.getLogger("halb.director")
+
+
+def cfg_name(config_path: str | Path) -> str:
+    return Path(config_path).name
+
+
+def pid_path(ctx: Context, config_path) -> Path:
+    return ctx.run_dir / f"director.{cfg_name(config_path)}.pid"
+
+
+def sock_path(ctx: Context, config_path) -> Path:
+    return ctx.run_dir / f"director.{cfg_name(config_path)}.sock"
+
+
+def log_path(ctx: Context, config_path) -> Path:
+    return ctx.run_dir / f"director.{cfg_name(config_path)}.log"
+
+
+def describe_op(op) -> str:
+    """An op in ipvsadm's words (for -d logs)."""
+    flag = {"add-service": "-A", "edit-service": "-E", "del-service": "-D", "add-dest": "-a",
+            "edit-dest": "-e", "del-dest": "-d", "clear": "-C", "zero": "-Z", "set-timeouts": "--set"}[op.kind]
+    if op.key is None:
+        return f"ipvsadm {flag}"
+    k = op.key
+    svc = f"-f {k.fwmark}" if k.proto == "fwm" else f"{'-t' if k.proto == 'tcp' else '-u'} {fmt_hp(k.addr, k.port)}"
+    s = f"ipvsadm {flag} {svc}"
+    if op.service is not None and op.kind in ("add-service", "edit-service"):
+        s += f" -s {op.service.scheduler}"
+        if op.service.persistent:
+            s += f" -p {op.service.timeout}"
+    if op.dest is not None:
+        d = op.dest
+        s += f" -r {fmt_hp(d.addr, d.port)}"
+        if op.kind != "del-dest":
+            s += f" {({'gate': '-g', 'masq': '-m', 'ipip': '-i'}).get(d.fwd or '', '')} -w {d.weight}"
+    return s
+
+
+class LatencyStats:
+    """Check lateness (actual start - scheduled start), over a sliding window."""
+
+    def __init__(self, size: int = 20000):
+        self.size = size
+        self.samples: list[float] = []
+        self.i = 0
+        self.checks = 0
+
+    def add(self, x: float) -> None:
+        self.checks += 1
+        if len(self.samples) < self.size:
+            self.samples.append(x)
+        else:
+            self.samples[self.i] = x
+            self.i = (self.i + 1) % self.size
+
+    def summary(self) -> dict:
+        s = sorted(self.samples)
+        if not s:
+            return {"checks": self.checks}
+
+        def pct(p: float) -> float:
+            return s[min(len(s) - 1, int(p * len(s)))]
+        return {"checks": self.checks, "lateness_p50": pct(0.5), "lateness_p99": pct(0.99),
+                "lateness_max": s[-1], "window": len(s)}
+
+
+class Director:
+    def __init__(self, ctx: Context, config_path: str | Path, debug: bool = False,
+                 engine_factory: Callable | None = None):
+        self.ctx = ctx
+        self.config_path = str(config_path)
+        self.debug = debug
+        if engine_factory is None:
+            from halb.engine import open_engine
+            engine_factory = open_engine
+        self.engine_factory = engine_factory
+        self.engine = None
+        self.cfg: Config | None = None
+        self.core: DirectorCore | None = None
+        self.tasks: dict[tuple[str, tuple[str, int]], tuple[asyncio.Task, checks.CheckSpec, float]] = {}
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.stopping = asyncio.Event()
+        self.lateness = LatencyStats()
+        self.started = time.time()
+        self.cfg_digest: str | None = None
+        self.cfg_mtime: float | None = None
+        self.bg: set[asyncio.Task] = set()
+        self.edits_applied = 0
+        self.edit_errors = 0
+        self.check_sem = asyncio.Semaphore(1024)
+        self.last_reload_error: str | None = None
+
+    # -- logging ---------------------------------------------------------------
+    def info(self, msg: str) -> None:
+        log.info(msg)
+
+    def dbg(self, msg: str) -> None:
+        if self.debug:
+            log.debug("DEBUG2: " + msg)
+
+    # -- engine ------------------------------------------------------------------
+    def _engine_call(self, fn_name: str, *args):
+        """Run in the engine thread; reconnect once if the engine went away."""
+        for attempt in (0, 1):
+            try:
+                if self.engine is None:
+                    self.engine = self.engine_factory(self.ctx)
+                return getattr(self.engine, fn_name)(*args)
+            except EngineUnavailable:
+                if self.engine is not None:
+                    try:
+                        self.engine.close()
+                    except Exception:
+                        pass
+                self.engine = None
+                if attempt:
+                    raise
+
+    async def engine_call(self, fn_name: str, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._engine_call, fn_name, *args)
+
+    # -- applying decisions ----------------------------------------------------
+    async def apply_worker(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._apply(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # never let the worker die
+                log.error(f"internal error while applying decisions: {type(e).__name__}: {e}")
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def _apply(self, actions: list) -> None:
+        edits = [a for a in actions if isinstance(a, Edit)]
+        failed: set[int] = set()
+        if edits:
+            ops = [op for e in edits for op in e.ops]
+            try:
+                await self.engine_call("execute", ops)
+                self.edits_applied += len(ops)
+            except HalbError:
+                # one at a time, to apply what can be and report the rest
+                for e in edits:
+                    try:
+                        await self.engine_call("execute", e.ops)
+                        self.edits_applied += len(e.ops)
+                    except HalbError as err1:
+                        self.edit_errors += 1
+                        failed.add(id(e))
+                        log.error(f"table edit failed: {e.msg}: {err1}")
+                try:
+                    live = await self.engine_call("services")
+                    self.core.resync(live)
+                except HalbError as err2:
+                    log.error(f"cannot read the table back: {err2}")
+        for a in actions:
+            if isinstance(a, Edit):
+                if id(a) not in failed:
+                    self.info(a.msg)
+                    for op in a.ops:
+                        self.dbg(f"engine {self.ctx.engine}: {describe_op(op)}")
+            elif isinstance(a, Log):
+                if a.debug:
+                    self.dbg(a.msg)
+                else:
+                    self.info(a.msg)
+            elif isinstance(a, Alert):
+                self._spawn(self._send_alert(a))
+            elif isinstance(a, Command):
+                self._spawn(self._run_command(a.cmd))
+            elif isinstance(a, Monitor):
+                self._monitor(a)
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.bg.add(t)
+        t.add_done_callback(self.bg.discard)
+
+    async def _send_alert(self, a: Alert) -> None:
+        try:
+            await asyncio.to_thread(alerts.send, a.subject, a.to, a.smtp, self.cfg.emailalertfrom, a.status)
+            self.dbg(f"emailalert sent to {a.to} via {a.smtp or 'sendmail'}: {a.subject}")
+        except Exception as e:
+            log.error(f"failed to send SMTP email message to {a.to} via {a.smtp or 'sendmail'}: {e}")
+
+    async def _run_command(self, cmd: str) -> None:
+        self.info(f"Running system({cmd})")
+        try:
+            p = await asyncio.create_subprocess_shell(cmd, stdin=asyncio.subprocess.DEVNULL,
+                                                      stdout=asyncio.subprocess.DEVNULL,
+                                                      stderr=asyncio.subprocess.DEVNULL)
+            rc = await asyncio.wait_for(p.wait(), 60)
+            if rc != 0:
+                log.error(f"system({cmd}) failed: exit status {rc}")
+        except (OSError, asyncio.TimeoutError) as e:
+            log.error(f"system({cmd}) failed: {e}")
+
+    def _monitor(self, a: Monitor) -> None:
+        try:
+            with open(a.path, "a") as fh:
+                msg = a.msg.replace("%", "%25").replace("|", "%7c").replace("\r", "%0d").replace("\n", "%0a")
+                fh.write(f"[{time.ctime()}] [{os.getpid()}] {a.real.replace(':', ' ')} [{a.state}] {msg}\n")
+        except OSError as e:
+            log.error(f"Error writing to monitorfile '{a.path}': {e}")
+
+    def submit(self, actions: list) -> None:
+        if actions:
+            for a in actions:
+                self.queue.put_nowait(a)
+
+    # -- checks -------------------------------------------------------------------
+    def _maintenance(self, addr: str, port: int) -> str | None:
+        d = self.cfg.maintenancedir
+        if not d:
+            return None
+        a = f"[{addr}]" if ":" in addr else addr
+        for name in (f"{a}:{port}", a):
+            if os.path.exists(os.path.join(d, name)):
+                return name
+        return None
+
+    async def checker(self, vid: str, rkey: tuple[str, int], spec: checks.CheckSpec, interval: float,
+                      phase: float) -> None:
+        loop = asyncio.get_running_loop()
+        num_connects = 10 ** 9  # combined: the first check is a negotiate
+        real_id = fmt_hp(*rkey)
+        next_t = loop.time()
+        first = True
+        while True:
+            now_mono = loop.time()
+            if not first:
+                self.lateness.add(max(0.0, now_mono - next_t))
+            m = self._maintenance(spec.host, rkey[1])
+            if m is not None:
+                self.dbg(f"Server maintenance: Found file {m}")
+                self.submit(self.core.result(vid, rkey, False, time.time(), "Server in maintenance", force=True))
+            elif spec.checktype != "off":
+                negotiate = None
+                label = spec.checktype
+                if spec.checktype == "combined":
+                    negotiate = num_connects >= spec.num_connects
+                    label = "negotiate" if negotiate else "combined-connect"
+                self.dbg(f"Checking {label}: real server={real_id} (virtual={vid})")
+                async with self.check_sem:
+                    res = await checks.run(spec, negotiate)
+                if spec.checktype == "combined":
+                    if negotiate:
+                        if res.ok:
+                            num_connects = 0
+                    else:
+                        num_connects = num_connects + 1 if res.ok else 10 ** 9
+                self.dbg(f"check {label} {real_id} ({vid}): {'up' if res.ok else 'down'}: {res.msg}")
+                self.submit(self.core.result(vid, rkey, res.ok, time.time(), res.msg))
+            else:
+                self.dbg("Checking off: No real or fallback servers to be added")
+            # schedule: the first follow-up check is spread over the interval
+            # (phase), then one every interval; missed slots are skipped
+            next_t = (next_t + interval + phase) if first else next_t + interval
+            first = False
+            now_mono = loop.time()
+            if next_t < now_mono:
+                next_t += ((now_mono - next_t) // interval + 1) * interval
+            await asyncio.sleep(next_t - now_mono)
+
+    def _sync_checkers(self) -> None:
+        wanted: dict[tuple[str, tuple[str, int]], tuple[checks.CheckSpec, float]] = {}
+        for v in self.cfg.virtuals:
+            for r in v.reals:
+                wanted[(v.id, (r.addr, v.real_port(r)))] = (checks.CheckSpec.build(v, r), float(v.checkinterval))
+        for k, (task, spec, interval) in list(self.tasks.items()):
+            if k not in wanted or wanted[k] != (spec, interval):
+                task.cancel()
+                del self.tasks[k]
+        n = max(1, len(wanted))
+        for i, (k, (spec, interval)) in enumerate(wanted.items()):
+            if k in self.tasks:
+                continue
+            phase = (i / n) * interval
+            t = asyncio.get_running_loop().create_task(self.checker(k[0], k[1], spec, interval, phase))
+            self.tasks[k] = (t, spec, interval)
+
+    # -- config file watching ------------------------------------------------------
+    def _digest(self) -> tuple[float | None, str | None]:
+        try:
+            st = os.stat(self.config_path)
+            with open(self.config_path, "rb") as fh:
+                return st.st_mtime, hashlib.md5(fh.read()).hexdigest()
+        except OSError:
+            return None, None
+
+    async def watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                mtime = os.stat(self.config_path).st_mtime
+            except OSError:
+                continue
+            if mtime == self.cfg_mtime:
+                continue
+            self.cfg_mtime, digest = self._digest()
+            if digest is None or digest == self.cfg_digest:
+                continue
+            self.info(f"Configuration file '{self.config_path}' has changed on disk")
+            if self.cfg.autoreload:
+                self.info(" - reread new configuration")
+                await self.reload()
+            else:
+                self.info(" - ignore new configuration")
+                self.cfg_digest = digest
+            cb = self.cfg.callback
+            if cb and os.access(cb.split()[0], os.X_OK):
+                self._spawn(self._run_command(f"{cb} {self.config_path}"))
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.submit(self.core.tick(time.time()))
+
+    # -- reload / status / stop ---------------------------------------------------
+    async def reload(self) -> tuple[bool, str]:
+        self.info("Reloading Linux Director Daemon config")
+        mtime, digest = self._digest()
+        try:
+            new = await asyncio.to_thread(load, self.config_path)
+        except ConfigError as e:
+            msg = f"Reload failed, keeping the running configuration: {e}"
+            log.error(msg)
+            self.last_reload_error = str(e)
+            self.cfg_mtime, self.cfg_digest = mtime, digest
+            return False, msg
+        self._warn(new)
+        try:
+            live = await self.engine_call("services")
+        except HalbError as e:
+            msg = f"Reload failed, cannot read the table: {e}"
+            log.error(msg)
+            return False, msg
+        self.cfg = new
+        self.cfg_mtime, self.cfg_digest = mtime, digest
+        self.last_reload_error = None
+        self.submit(self.core.reload(new, live, time.time()))
+        self._sync_checkers()
+        await self.queue.join()
+        return True, f"configuration {self.config_path} reloaded"
+
+    def _warn(self, cfg: Config) -> None:
+        for w in cfg.warnings:
+            log.warning(f"Warning: {w}")
+
+    def status(self) -> dict:
+        snap = self.core.snapshot()
+        snap.update({
+            "pid": os.getpid(), "config": self.config_path, "engine": self.ctx.engine,
+            "uptime": round(time.time() - self.started, 3), "edits_applied": self.edits_applied,
+            "edit_errors": self.edit_errors, "checkers": len(self.tasks),
+            "last_reload_error": self.last_reload_error,
+        })
+        snap.update(self.lateness.summary())
+        try:
+            import psutil
+            p = psutil.Process()
+            t = p.cpu_times()
+            snap["cpu_seconds"] = round(t.user + t.system, 3)
+        except Exception:
+            pass
+        return snap
+
+    async def handle_client(self, reader, writer) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    cmd = req.get("cmd")
+                except (ValueError, AttributeError):
+                    cmd = None
+                if cmd == "status":
+                    reply = {"ok": True, "status": self.status()}
+                elif cmd == "reload":
+                    ok, msg = await self.reload()
+                    reply = {"ok": ok, "message": msg}
+                elif cmd == "stop":
+                    reply = {"ok": True}
+                    self.stopping.set()
+                else:
+                    reply = {"ok": False, "error": "unknown command (status, reload or stop)"}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    # -- main -------------------------------------------------------------------------
+    async def run(self, cfg: Config | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        self.cfg = cfg or load(self.config_path)
+        self.cfg_mtime, self.cfg_digest = self._digest()
+        self._warn(self.cfg)
+        self.ctx.ensure_run_dir()
+        pidf, sockf = pid_path(self.ctx, self.config_path), sock_path(self.ctx, self.config_path)
+        self.info(f"Starting halb director (Linux Director compatible) with pid: {os.getpid()}")
+        live = await self.engine_call("services")
+        self.core = DirectorCore(self.cfg)
+        try:
+            sockf.unlink()
+        except FileNotFoundError:
+            pass
+        server = await asyncio.start_unix_server(self.handle_client, path=str(sockf))
+        os.chmod(sockf, 0o600)
+        worker = loop.create_task(self.apply_worker())
+        side: list[asyncio.Task] = []
+        try:
+            self.submit(self.core.start(live, time.time()))
+            await self.queue.join()
+            self._sync_checkers()
+            side = [loop.create_task(self.watch_config()), loop.create_task(self.ticker())]
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+            tmp = pidf.with_suffix(".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(pidf)
+            await self.stopping.wait()
+            self.info("Linux Director Daemon terminating")
+        finally:
+            for t, _, _ in self.tasks.values():
+                t.cancel()
+            for t in side:
+                t.cancel()
+            await asyncio.gather(*(t for t, _, _ in self.tasks.values()), *side, return_exceptions=True)
+            self.tasks.clear()
+            if self.core is not None:
+                try:
+                    self.submit(self.core.stop(time.time()))
+                    await asyncio.wait_for(self.queue.join(), 30)
+                except (asyncio.TimeoutError, Exception) as e:
+                    log.error(f"could not remove the virtual services cleanly: {e}")
+            if self.bg:  # let alerts about the stop go out
+                await asyncio.wait(list(self.bg), timeout=15)
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+            server.close()
+            for f in (sockf, pidf):
+                try:
+                    f.unlink()
+                except FileNotFoundError:
+                    pass
+            if self.engine is not None:
+                await loop.run_in_executor(self.executor, self.engine.close)
+            self.executor.shutdown(wait=False)
+            self.info("Linux Director Daemon terminated")
+        return 0
