@@ -476,7 +476,7 @@ class Group:
 
 
 _AGENT_ALIASES = {"ipaddr2": "IPaddr2", "ipaddr": "IPaddr"}
-_AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?::[A-Za-z0-9_.+-]+)?$")
+_AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?::[A-Za-z0-9_.+-]+){0,2}$")
 
 
 def _ip_resource_args(agent: str, args: list[str], path, ln) -> tuple:

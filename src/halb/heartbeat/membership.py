@@ -105,6 +105,17 @@ class Membership:
             return [Event("ping_up", target)]
         return []
 
+    def leave(self, node: str, now: float) -> list[Event]:
+        """A peer said it is shutting down: dead now, no need to wait deadtime."""
+        if self.state.get(node) in (None, "dead"):
+            return []
+        self.state[node] = "dead"
+        self.deaths[node] += 1
+        for key in self.link_state:
+            if key[0] == node:
+                self.link_state[key] = "dead"
+        return [Event("node_dead", node)]
+
     def tick(self, now: float) -> list[Event]:
         ev: list[Event] = []
         gap = now - self.last_tick

@@ -1,0 +1,575 @@
+"""The heartbeat daemon: a thin asyncio shell around the pure cores.
+
+Beats go out on every link every `keepalive`; packets in and clock ticks
+feed `Membership`; after every change `ownership.decide` says which groups
+to acquire or release, and the resource agents run in worker threads so
+the beat path never waits for them. State and commands (status, nodes,
+standby, takeover) are served on a unix socket in the node's run dir.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from halb.errors import ConfigError, HalbError
+from halb.heartbeat import stonith
+from halb.heartbeat.membership import Membership
+from halb.heartbeat.ownership import NodeView, decide, fence_targets
+from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode
+from halb.heartbeat.transport import echo_request, open_links, open_ping_socket, parse_echo_reply
+from halb.resources import ResourceError, make_agent
+
+SOCKET_NAME = "heartbeat.sock"
+
+
+def socket_path(run_dir) -> Path:
+    return Path(run_dir) / SOCKET_NAME
+
+
+class Logger:
+    def __init__(self, logfile=None, debugfile=None, stream=sys.stderr, debug=False):
+        self.stream = stream
+        self.files = []
+        self.debug_on = debug
+        self.problems = []
+        for f in (logfile, debugfile):
+            if not f:
+                continue
+            try:
+                Path(f).parent.mkdir(parents=True, exist_ok=True)
+                self.files.append(open(f, "a", buffering=1))
+            except OSError as e:
+                self.problems.append(f"cannot open log file {f}: {e.strerror}; logging to stderr only")
+
+    def __call__(self, level: str, msg: str):
+        if level == "debug" and not self.debug_on:
+            return
+        t = time.time()
+        stamp = time.strftime("%Y/%m/%d_%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+        line = f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n"
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+        for fh in self.files:
+            try:
+                fh.write(line)
+            except OSError:
+                pass
+
+    def close(self):
+        for fh in self.files:
+            fh.close()
+
+
+class GroupState:
+    def __init__(self, index, group, agents):
+        self.index = index
+        self.group = group
+        self.agents = agents
+        self.state = "idle"          # idle acquiring held releasing
+        self.retry_at = 0.0
+        self.task = None
+
+    def describe(self):
+        return " ".join([self.group.node] + [str(r) for r in self.group.resources])
+
+
+class Daemon:
+    def __init__(self, ha, node: str, run_dir, *, engine=None, log=None, debug=False):
+        self.ha = ha
+        self.cfg = ha.hacf
+        self.me = node
+        self.run_dir = Path(run_dir)
+        self.engine = engine
+        self.log = log or Logger(self.cfg.logfile, self.cfg.debugfile, debug=debug)
+        self.nodes = list(self.cfg.nodes)
+        self.generation = time.time_ns()
+        self.seq = 0
+        self.claim = 0
+        self.counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0}
+        self.replay = ReplayGuard()
+        self.payloads: dict[str, dict] = {}
+        self.last_held: dict[str, set] = {}
+        self.fenced: set = set()
+        self.peer_busy: dict[str, bool] = {}
+        self.stopping = False
+        self.realtime = False
+        self.keepalive = self.cfg.keepalive
+        self.tick_interval = max(0.002, min(self.cfg.keepalive / 2, self.cfg.deadtime / 5))
+        stonith.check_devices(self.cfg)
+        self.fence_devices = stonith.devices_for(self.cfg, node)
+        self.groups = []
+        for i, g in enumerate(ha.groups):
+            agents = []
+            for r in g.resources:
+                try:
+                    agents.append(make_agent(r, ha_dir=ha.dir, node=node, run_dir=self.run_dir,
+                                             engine=engine, log=self.log))
+                except (ResourceError, ValueError) as e:
+                    raise ConfigError(ha.dir / "haresources", r.line, str(e)) from None
+            self.groups.append(GroupState(i, g, agents))
+        self.channels = []
+        self.ping_sock = None
+        self.ping_ident = os.getpid() & 0xFFFF
+        self.ping_seq = 0
+        self.respawned: dict[int, subprocess.Popen] = {}
+        self._wake = None
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------ helpers
+    def now(self) -> float:
+        return time.monotonic()
+
+    def held(self) -> frozenset:
+        return frozenset(g.index for g in self.groups if g.state != "idle")
+
+    def busy(self) -> bool:
+        return any(g.state in ("acquiring", "releasing") for g in self.groups)
+
+    def payload(self, st="up") -> dict:
+        return {"st": st, "held": sorted(self.held()), "claim": self.claim,
+                "ping": self.mem.ping_score(), "busy": self.busy()}
+
+    def send_beat(self, st="up"):
+        self.seq += 1
+        data = encode(Packet(self.me, self.generation, self.seq, self.payload(st)), self.ha.auth)
+        for ch in self.channels:
+            self.counters["tx"] += len(ch.dests)
+            self.counters["tx_errors"] += ch.send(data)
+
+    def views(self) -> dict:
+        v = {self.me: NodeView(True, self.held(), self.claim, self.mem.ping_score(), True)}
+        for n in self.mem.peers:
+            p = self.payloads.get(n)
+            v[n] = NodeView(self.mem.alive(n), frozenset(p.get("held", ())) if p else frozenset(),
+                            int(p.get("claim", 0)) if p else 0, int(p.get("ping", 0)) if p else 0, p is not None)
+        return v
+
+    # ------------------------------------------------------------ inputs
+    def on_datagram(self, data: bytes, link: str):
+        now = self.now()
+        try:
+            pkt = decode(data, self.ha.auth, accept_crc=self.cfg.allow_crc)
+        except DecodeError as e:
+            self.counters[e.reason] = self.counters.get(e.reason, 0) + 1
+            self.log("debug", f"dropped a packet on {link}: {e}")
+            return
+        if pkt.node == self.me:
+            self.counters["own"] += 1
+            return
+        if pkt.node not in self.mem.state:
+            self.counters["unknown_node"] += 1
+            return
+        why = self.replay.check(pkt.node, pkt.generation, pkt.seq)
+        if why:
+            self.counters[why] = self.counters.get(why, 0) + 1
+            return
+        self.counters["rx"] += 1
+        p = pkt.payload
+        try:
+            held = {int(x) for x in p.get("held", ())}
+            int(p.get("claim", 0)), int(p.get("ping", 0))
+        except (TypeError, ValueError):
+            self.counters["malformed"] = self.counters.get("malformed", 0) + 1
+            return
+        if p.get("st") == "shutdown":
+            self.payloads[pkt.node] = p
+            self.last_held[pkt.node] = held
+            if self.mem.state.get(pkt.node) != "dead":
+                self.log("info", f"Received shutdown notice from '{pkt.node}'.")
+                self.handle_events(self.mem.leave(pkt.node, now))
+            self.evaluate()
+            return
+        prev = self.payloads.get(pkt.node)
+        self.payloads[pkt.node] = p
+        self.last_held[pkt.node] = held
+        self.handle_events(self.mem.beat(pkt.node, link, now))
+        busy = bool(p.get("busy"))
+        if self.peer_busy.get(pkt.node) and not busy:
+            self.log("info", "remote resource transition completed.")
+        self.peer_busy[pkt.node] = busy
+        if prev is None or prev.get("held") != p.get("held") or prev.get("claim") != p.get("claim") \
+                or prev.get("ping") != p.get("ping") or prev.get("busy") != busy:
+            self.evaluate()
+
+    def handle_events(self, events):
+        changed = False
+        for e in events:
+            k = e.kind
+            if k == "loop_late":
+                lvl = "warn" if e.value >= self.cfg.deadtime / 2 else "debug"
+                self.log(lvl, str(e))
+                continue
+            if k == "node_late":
+                self.log("warn", str(e))
+                continue
+            if k == "node_dead":
+                self.log("warn" if self.mem.deaths[e.node] > 1 or self.payloads.get(e.node) else "info", str(e))
+                changed = True
+            elif k == "node_up":
+                self.log("info", f"Status update for node {e.node}: status active")
+                self.fenced.discard(e.node)
+                changed = True
+            elif k in ("link_up", "link_dead"):
+                self.log("info", str(e))
+            elif k in ("ping_up", "ping_dead"):
+                self.log("info" if k == "ping_up" else "warn", str(e))
+                changed = True
+        if changed:
+            self.evaluate()
+
+    # ------------------------------------------------------------ decisions
+    def evaluate(self):
+        if self.stopping or not self.mem.settled():
+            return
+        views = self.views()
+        d = decide(self.me, self.nodes, [g.group.node for g in self.groups], views, self.cfg.auto_failback)
+        now = self.now()
+        for gi in d.acquire:
+            g = self.groups[gi]
+            if g.state == "idle" and now >= g.retry_at:
+                g.state = "acquiring"
+                g.task = asyncio.get_running_loop().create_task(self.acquire(g, views))
+        for gi in d.release:
+            g = self.groups[gi]
+            if g.state == "held":
+                g.state = "releasing"
+                g.task = asyncio.get_running_loop().create_task(self.release(g))
+
+    async def acquire(self, g: GroupState, views):
+        try:
+            targets = fence_targets(g.index, self.nodes, views, self.last_held, self.fenced)
+            for t in targets:
+                if not self.fence_devices:
+                    self.log("warn", f"no STONITH device configured: node {t} held '{g.describe()}' when last "
+                                     "heard and may still hold it: split brain possible")
+                    continue
+                ok, msg = False, "no device"
+                for dev in self.fence_devices:
+                    self.log("info", f"STONITH: resetting node {t} with {dev.kind} before taking its resources")
+                    ok, msg = await asyncio.to_thread(stonith.reset, dev, t)
+                    if ok:
+                        break
+                if not ok:
+                    self.log("error", f"STONITH of node {t} failed ({msg}): not taking '{g.describe()}'")
+                    g.state = "idle"
+                    g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
+                    self.send_beat()
+                    return
+                self.fenced.add(t)
+                self.log("info", f"STONITH: node {t} has been reset ({msg})")
+            self.log("info", f"Acquiring resource group: {g.describe()}")
+            self.send_beat()   # tell peers at once that the group is being taken
+            started = []
+            for a in g.agents:
+                self.log("info", f"Running {a} start")
+                try:
+                    await asyncio.to_thread(a.start)
+                except Exception as e:  # an agent failure must not kill the daemon
+                    self.log("error", f"{a} start failed: {e}")
+                    for b in reversed(started):
+                        try:
+                            await asyncio.to_thread(b.stop)
+                        except Exception as e2:
+                            self.log("error", f"{b} stop failed: {e2}")
+                    g.state = "idle"
+                    g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
+                    self.send_beat()
+                    return
+                started.append(a)
+            g.state = "held"
+            self.log("info", "local resource transition completed.")
+            self.send_beat()
+        finally:
+            g.task = None
+            if not self.stopping:
+                self.evaluate()
+
+    async def release(self, g: GroupState):
+        try:
+            self.log("info", f"Releasing resource group: {g.describe()}")
+            for a in reversed(g.agents):
+                self.log("info", f"Running {a} stop")
+                try:
+                    await asyncio.to_thread(a.stop)
+                except Exception as e:
+                    self.log("error", f"{a} stop failed: {e}")
+            g.state = "idle"
+            self.log("info", "local resource transition completed.")
+            self.send_beat()
+        finally:
+            g.task = None
+            if not self.stopping:
+                self.evaluate()
+
+    # ------------------------------------------------------------ control
+    def status(self) -> dict:
+        now = self.now()
+        snap = self.mem.snapshot(now)
+        views = self.views()
+        holders = {}
+        for g in self.groups:
+            holders[g.index] = sorted(n for n, v in views.items() if v.alive and g.index in v.held)
+        return {
+            "node": self.me, "pid": os.getpid(), "generation": self.generation,
+            "status": "active" if self.settled_active() else ("standby" if self.claim < 0 else "up"),
+            "claim": self.claim, "realtime": self.realtime,
+            "keepalive": self.cfg.keepalive, "deadtime": self.cfg.deadtime,
+            "uptime": round(now - self.started_at, 3), "settled": self.mem.settled(),
+            "nodes": {self.me: {"status": "up (this node)"}, **snap["nodes"]},
+            "links": snap["links"], "ping": snap["ping"], "ping_score": self.mem.ping_score(),
+            "stalls": snap["stalls"],
+            "groups": [{"group": g.describe(), "preferred": g.group.node, "state": g.state,
+                        "holders": holders[g.index]} for g in self.groups],
+            "counters": dict(self.counters),
+            "fencing": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
+        }
+
+    def settled_active(self):
+        return any(g.state == "held" for g in self.groups)
+
+    async def handle_client(self, reader, writer):
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            try:
+                req = json.loads(line or b"{}")
+                cmd = req.get("cmd")
+            except (ValueError, AttributeError):
+                cmd = None
+            if cmd in ("status", "nodes"):
+                resp = {"ok": True, **self.status()}
+            elif cmd == "standby":
+                claims = [self.claim] + [int(p.get("claim", 0)) for p in self.payloads.values()]
+                self.claim = min(claims) - 1
+                self.log("info", "standby requested: giving up resources to the other node(s)")
+                self.send_beat()
+                self.evaluate()
+                resp = {"ok": True, "message": "standby: resources go to the other node(s)"}
+            elif cmd == "takeover":
+                claims = [self.claim] + [int(p.get("claim", 0)) for p in self.payloads.values()]
+                self.claim = max(claims) + 1
+                self.log("info", "takeover requested: taking all resources")
+                self.send_beat()
+                self.evaluate()
+                resp = {"ok": True, "message": "takeover: this node takes all resources"}
+            else:
+                resp = {"ok": False, "error": f"unknown request {cmd!r}"}
+            writer.write(json.dumps(resp).encode() + b"\n")
+            await writer.drain()
+        except (asyncio.TimeoutError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    # ------------------------------------------------------------ loops
+    def _reader(self, ch):
+        def cb():
+            for _ in range(64):
+                try:
+                    data = ch.sock.recv(2048)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                self.on_datagram(data, ch.name)
+        return cb
+
+    def _ping_reader(self):
+        while True:
+            try:
+                data, addr = self.ping_sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if parse_echo_reply(data, self.ping_ident):
+                self.handle_events(self.mem.ping_reply(addr[0], self.now()))
+
+    def send_pings(self):
+        self.ping_seq += 1
+        pkt = echo_request(self.ping_ident, self.ping_seq)
+        for addrs in self.cfg.ping_targets.values():
+            for a in addrs:
+                try:
+                    self.ping_sock.sendto(pkt, (a, 0))
+                except OSError:
+                    pass
+
+    def set_realtime(self):
+        if not self.cfg.realtime:
+            return
+        try:
+            prio = min(50, os.sched_get_priority_max(os.SCHED_FIFO))
+            os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000),
+                                  os.sched_param(prio))
+            self.realtime = True
+            self.log("info", f"beat loop runs at real-time priority (SCHED_FIFO {prio})")
+        except (OSError, AttributeError) as e:
+            self.log("warn", f"realtime on, but real-time priority is not allowed here "
+                             f"({getattr(e, 'strerror', e)}): running at normal priority")
+
+    async def respawn_loop(self):
+        while not self.stopping:
+            for i, (user, argv) in enumerate(self.cfg.respawn):
+                p = self.respawned.get(i)
+                if p is None or p.poll() is not None:
+                    if p is not None:
+                        self.log("warn", f"respawn: {' '.join(argv)} exited {p.returncode}; restarting")
+                    try:
+                        kw = {"user": user} if os.geteuid() == 0 else {}
+                        self.respawned[i] = subprocess.Popen(argv, **kw)
+                    except (OSError, KeyError, ValueError) as e:
+                        self.log("error", f"respawn: cannot start {' '.join(argv)} as {user}: {e}")
+                        self.respawned[i] = None
+            await asyncio.sleep(1.0)
+
+    async def run(self):
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        for p in self.log.problems if isinstance(self.log, Logger) else ():
+            self.log("warn", p)
+        for w in cfg.warnings:
+            self.log("warn", w)
+        self.log("info", f"halb heartbeat starting on node {self.me}: keepalive {cfg.keepalive * 1000:g} ms, "
+                         f"deadtime {cfg.deadtime * 1000:g} ms, warntime {cfg.effective_warntime * 1000:g} ms, "
+                         f"initdead {cfg.effective_initdead * 1000:g} ms, auto_failback {cfg.auto_failback}, "
+                         f"auth {self.ha.auth.method}")
+        if not self.fence_devices:
+            self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
+                             "run, both take the resources: split brain possible")
+        self.channels = open_links(cfg.links)
+        for ln in cfg.links:
+            where = f"{ln.addr}:{ln.port}" if ln.addr else f"port {ln.port}"
+            self.log("info", f"{ln.kind} heartbeat started on {ln.dev} ({where})")
+        now = self.now()
+        self.mem = Membership(self.me, self.nodes, keepalive=cfg.keepalive, deadtime=cfg.deadtime,
+                              warntime=cfg.effective_warntime, initdead=cfg.effective_initdead,
+                              ping_targets=cfg.ping_targets, deadping=cfg.effective_deadping,
+                              tick_interval=self.tick_interval, now=now)
+        if cfg.ping_targets:
+            self.ping_sock = open_ping_socket()
+            loop.add_reader(self.ping_sock.fileno(), self._ping_reader)
+        for ch in self.channels:
+            loop.add_reader(ch.sock.fileno(), self._reader(ch))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        spath = socket_path(self.run_dir)
+        if spath.exists():
+            if _socket_alive(spath):
+                raise HalbError(f"a heartbeat daemon already runs for node {self.me} ({spath})")
+            spath.unlink()
+        server = await asyncio.start_unix_server(self.handle_client, path=str(spath))
+        os.chmod(spath, 0o600)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.set_realtime()
+        respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
+        next_beat = now
+        next_ping = now
+        self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
+        try:
+            while not stop.is_set():
+                now = self.now()
+                if now >= next_beat:
+                    self.send_beat()
+                    next_beat += cfg.keepalive
+                    if next_beat < now:
+                        next_beat = now + cfg.keepalive
+                if self.ping_sock is not None and now >= next_ping:
+                    self.send_pings()
+                    next_ping = now + max(cfg.keepalive, 0.05)
+                was_settled = self.mem.settled()
+                self.handle_events(self.mem.tick(now))
+                if not was_settled and self.mem.settled():
+                    self.evaluate()
+                delay = min(next_beat, now + self.tick_interval) - self.now()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            await self.shutdown(server, respawn)
+
+    async def shutdown(self, server, respawn):
+        self.stopping = True
+        self.log("info", "shutting down: releasing resources")
+        for g in self.groups:
+            if g.task is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(g.task), 30)
+                except Exception:
+                    pass
+        for g in reversed(self.groups):
+            if g.state != "idle":
+                await self.release(g)
+        for _ in range(3):
+            self.send_beat("shutdown")
+        if respawn:
+            respawn.cancel()
+        for p in self.respawned.values():
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        server.close()
+        try:
+            socket_path(self.run_dir).unlink()
+        except OSError:
+            pass
+        for ch in self.channels:
+            ch.close()
+        if self.ping_sock:
+            self.ping_sock.close()
+        self.log("info", "heartbeat shutdown complete.")
+        if isinstance(self.log, Logger):
+            self.log.close()
+
+
+def _socket_alive(path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def request(run_dir, cmd: str, timeout: float = 5.0) -> dict:
+    """Send one command to the node's running daemon."""
+    path = socket_path(run_dir)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise HalbError(f"no heartbeat daemon running for this node (no {path}); "
+                            "start it with 'halb heartbeat -c HA_DIR run'") from None
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except socket.timeout:
+        raise HalbError(f"the heartbeat daemon did not answer in {timeout:g}s ({path})") from None
+    finally:
+        s.close()
+    try:
+        return json.loads(buf)
+    except ValueError:
+        raise HalbError("the heartbeat daemon sent an unreadable answer") from None

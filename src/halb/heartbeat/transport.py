@@ -1,0 +1,158 @@
+"""UDP links for beats: bcast, mcast and ucast, as ha.cf declares them.
+
+One socket per (interface, port) for bcast/ucast and one per multicast
+group; every socket is bound to its interface (SO_BINDTODEVICE) so the
+link a beat came in on is known.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from halb.errors import HalbError
+
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class LinkError(HalbError):
+    pass
+
+
+def iface_ipv4(dev: str) -> tuple[str, int, str]:
+    """(address, prefixlen, broadcast) of the interface's first IPv4 address."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=dev)
+        if not idx:
+            raise LinkError(f"interface {dev} does not exist on this node")
+        for a in ipr.get_addr(family=socket.AF_INET, index=idx[0]):
+            addr, plen = a.get_attr("IFA_ADDRESS"), a["prefixlen"]
+            brd = a.get_attr("IFA_BROADCAST") or str(
+                ipaddress.ip_network(f"{addr}/{plen}", strict=False).broadcast_address)
+            return addr, plen, brd
+    raise LinkError(f"interface {dev} has no IPv4 address")
+
+
+class Channel:
+    """A socket plus where beats sent on it go."""
+
+    def __init__(self, name: str, sock: socket.socket, dests: list):
+        self.name = name          # the interface: links are named after it
+        self.sock = sock
+        self.dests = dests
+
+    def send(self, data: bytes) -> int:
+        errors = 0
+        for d in self.dests:
+            try:
+                self.sock.sendto(data, d)
+            except OSError:
+                errors += 1
+        return errors
+
+    def close(self):
+        self.sock.close()
+
+
+def _udp(dev: str) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode() + b"\0")
+    except OSError as e:
+        s.close()
+        raise LinkError(f"cannot bind a socket to interface {dev}: {e.strerror}") from None
+    s.setblocking(False)
+    return s
+
+
+def open_links(links) -> list[Channel]:
+    """Open every link of ha.cf; LinkError names the first that fails."""
+    chans: dict[tuple, Channel] = {}
+    try:
+        for ln in links:
+            if ln.kind == "mcast":
+                key = ("mcast", ln.dev, ln.addr, ln.port)
+                if key in chans:
+                    continue
+                idx = socket.if_nametoindex(ln.dev) if _exists(ln.dev) else None
+                if idx is None:
+                    raise LinkError(f"mcast: interface {ln.dev} does not exist on this node")
+                s = _udp(ln.dev)
+                try:
+                    s.bind((ln.addr, ln.port))
+                    mreqn = socket.inet_aton(ln.addr) + socket.inet_aton("0.0.0.0") + struct.pack("@i", idx)
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ln.ttl)
+                    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1 if ln.loop else 0)
+                except OSError as e:
+                    s.close()
+                    raise LinkError(f"mcast {ln.dev} {ln.addr}:{ln.port}: {e.strerror}") from None
+                chans[key] = Channel(ln.dev, s, [(ln.addr, ln.port)])
+            else:
+                key = ("udp", ln.dev, ln.port)
+                if key not in chans:
+                    if not _exists(ln.dev):
+                        raise LinkError(f"{ln.kind}: interface {ln.dev} does not exist on this node")
+                    s = _udp(ln.dev)
+                    try:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                        s.bind(("0.0.0.0", ln.port))
+                    except OSError as e:
+                        s.close()
+                        raise LinkError(f"{ln.kind} {ln.dev} port {ln.port}: {e.strerror}") from None
+                    chans[key] = Channel(ln.dev, s, [])
+                ch = chans[key]
+                dest = (iface_ipv4(ln.dev)[2] if ln.kind == "bcast" else ln.addr, ln.port)
+                if dest not in ch.dests:
+                    ch.dests.append(dest)
+    except BaseException:
+        for c in chans.values():
+            c.close()
+        raise
+    return list(chans.values())
+
+
+def _exists(dev: str) -> bool:
+    try:
+        socket.if_nametoindex(dev)
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- ping nodes
+
+def icmp_checksum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def echo_request(ident: int, seq: int) -> bytes:
+    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xFFFF)
+    payload = b"halb-ping"
+    return struct.pack("!BBHHH", 8, 0, icmp_checksum(hdr + payload), ident, seq & 0xFFFF) + payload
+
+
+def parse_echo_reply(data: bytes, ident: int) -> bool:
+    """True when `data` (IP packet from a raw ICMP socket) is our echo reply."""
+    if len(data) < 20:
+        return False
+    ihl = (data[0] & 0x0F) * 4
+    if len(data) < ihl + 8:
+        return False
+    typ, _code, _ck, rid, _seq = struct.unpack_from("!BBHHH", data, ihl)
+    return typ == 0 and rid == ident
+
+
+def open_ping_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.setblocking(False)
+    return s
