@@ -1,0 +1,1 @@
+"""halb's kernel data plane: nftables + policy routing (see engine.py)."""

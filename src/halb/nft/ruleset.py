@@ -1,0 +1,318 @@
+"""The nftables text for halb's table: pure functions, no I/O.
+
+One table, `inet halb`, holds everything. Per virtual service N:
+
+    s<N>  chain: entry point (counter, pinned flow?, persistent client?, scheduler)
+    t<N>  chain: a NEW connection to the real server in meta mark (conns counter,
+          persistence entry)
+    o<N>  chain: every packet of a flow (packet counter, flow entry, forwarding)
+    f<N>  map   client addr . port -> dest mark   (pinned flows; timeout tcp/udp)
+    w<N>  map   same key -> dest mark             (flows that saw FIN/RST; timeout tcpfin)
+    z<N>  set   same key                          (closed flows: no longer refreshed)
+    p<N>  map   client addr & netmask -> dest mark (persistence templates, -p/-M)
+    q<N>  map   numgen/jhash slot -> dest mark    (the scheduler's decisions)
+    cm<N>, km<N>  maps dest mark -> counter d<mark>/n<mark> (packets, new conns)
+    c<N>  counter (the service's packets)
+
+Global objects: `svc4`/`svc4any`/`svcfw` dispatch verdict maps, `nt4` (services
+without NAT: not tracked by conntrack), `rt` (dest mark -> route mark for
+Direct Return: policy routing sends the packet to the real server's MAC),
+`dnat4` (dest mark -> RIP . port for masq), `snat4` (client networks to
+masquerade). Every edit of a service only touches that service's objects and
+its elements in the global maps, so an edit costs the same whatever the table
+size.
+
+A dest mark is MARK_BASE | id (id unique per (service, real server) while it
+exists); a route mark is ROUTE_BASE | index of the real server's address.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from halb.model import Service, Timeouts
+
+TABLE = "halb"
+FAMILY = "inet"
+T = f"{FAMILY} {TABLE}"
+MARK_BASE = 0x4A000000
+ROUTE_BASE = 0x4B000000
+MARK_MASK = 0xFF000000
+FLOW_SIZE = 1048576
+SH_SIZE = 256
+PRIO_RAW = -300
+PRIO_PRE = -140  # after the usual mangle (-150), so user fwmarks are visible
+CLOSED_SYN_RECV = 60
+
+
+def dmark(mid: int) -> int:
+    return MARK_BASE | mid
+
+
+def rmark(ridx: int) -> int:
+    return ROUTE_BASE | ridx
+
+
+@dataclass
+class DestPlan:
+    """What the data plane needs to know about one real server of a service."""
+
+    mid: int          # dest mark id
+    addr: str
+    port: int         # effective port (service port when 0)
+    fwd: str          # gate | masq | local
+    ridx: int = -1    # route index (gate to a remote server)
+    live: bool = True  # False: removed from the table, kept while flows use it
+
+
+@dataclass
+class ServicePlan:
+    sid: int
+    svc: Service
+    dests: list[DestPlan] = field(default_factory=list)
+    sequence: list[int] = field(default_factory=list)  # q map: slot -> mid (None slots omitted)
+    slots: int = 1     # modulus of numgen/jhash
+    hash_expr: str = ""  # "" = numgen inc; else the jhash input expression
+
+    @property
+    def full_key(self) -> bool:
+        k = self.svc.key
+        return k.proto == "fwm" or k.port == 0
+
+    @property
+    def has_masq(self) -> bool:
+        return any(d.fwd == "masq" for d in self.dests)
+
+
+# --------------------------------------------------------------------------
+def key_type(plan: ServicePlan) -> str:
+    if plan.full_key:
+        return "ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service"
+    return "ipv4_addr . inet_service"
+
+
+def key_expr(plan: ServicePlan) -> str:
+    if plan.full_key:
+        return "ip saddr . meta l4proto . th sport . ip daddr . th dport"
+    return "ip saddr . th sport"
+
+
+def masked_src(plan: ServicePlan) -> str:
+    mask = plan.svc.netmask or "255.255.255.255"
+    if mask in ("255.255.255.255", "32"):
+        return "ip saddr"
+    return f"ip saddr & {mask}"
+
+
+def sched_expr(plan: ServicePlan) -> str:
+    if plan.hash_expr:
+        return f"jhash {plan.hash_expr} mod {plan.slots} seed 0x{0x5eed0000 | (plan.sid & 0xFFFF):x}"
+    return f"numgen inc mod {plan.slots}"
+
+
+def flow_timeout(plan: ServicePlan, t: Timeouts) -> int:
+    return t.udp if plan.svc.key.proto == "udp" else t.tcp
+
+
+# --------------------------------------------------------------------------
+def globals_create() -> list[str]:
+    """The table's skeleton (created once, when the first service appears)."""
+    return [
+        f"add table {T}",
+        f"add map {T} svc4 {{ type ipv4_addr . inet_proto . inet_service : verdict; }}",
+        f"add map {T} svc4any {{ type ipv4_addr . inet_proto : verdict; }}",
+        f"add map {T} svcfw {{ type mark : verdict; }}",
+        f"add set {T} nt4 {{ type ipv4_addr . inet_proto . inet_service; }}",
+        f"add map {T} rtm {{ type mark : mark; }}",
+        f"add map {T} dnat4 {{ type mark : ipv4_addr . inet_service; }}",
+        f"add set {T} snat4 {{ type ipv4_addr; flags interval; }}",
+        f"add chain {T} rawpre {{ type filter hook prerouting priority {PRIO_RAW}; policy accept; }}",
+        f"add rule {T} rawpre ip daddr . meta l4proto . th dport @nt4 notrack",
+        f"add chain {T} dispatch {{ type filter hook prerouting priority {PRIO_PRE}; policy accept; }}",
+        f"add rule {T} dispatch ip daddr . meta l4proto . th dport vmap @svc4",
+        f"add rule {T} dispatch ip daddr . meta l4proto vmap @svc4any",
+        f"add rule {T} dispatch meta mark vmap @svcfw",
+        f"add chain {T} natpre {{ type nat hook prerouting priority dstnat; policy accept; }}",
+        f"add rule {T} natpre meta mark & 0x{MARK_MASK:x} == 0x{MARK_BASE:x} meta l4proto {{ tcp, udp }} "
+        f"dnat ip to meta mark map @dnat4",
+        f"add chain {T} natpost {{ type nat hook postrouting priority srcnat; policy accept; }}",
+        f"add rule {T} natpost meta mark & 0x{MARK_MASK:x} == 0x{MARK_BASE:x} ip saddr @snat4 masquerade",
+    ]
+
+
+def _dispatch_elem(plan: ServicePlan) -> tuple[str, str]:
+    k = plan.svc.key
+    if k.proto == "fwm":
+        return "svcfw", f"0x{k.fwmark:x}"
+    if k.port == 0:
+        return "svc4any", f"{k.addr} . {k.proto}"
+    return "svc4", f"{k.addr} . {k.proto} . {k.port}"
+
+
+def service_create(plan: ServicePlan) -> list[str]:
+    """Objects of a new service (its rules come from service_rules)."""
+    n = plan.sid
+    kt = key_type(plan)
+    cmds = [
+        f"add counter {T} c{n}",
+        f"add map {T} f{n} {{ type {kt} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add map {T} w{n} {{ type {kt} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add set {T} z{n} {{ type {kt}; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add map {T} p{n} {{ type ipv4_addr : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add map {T} q{n} {{ typeof numgen inc mod 2 : meta mark; }}",
+        f"add map {T} cm{n} {{ type mark : counter; }}",
+        f"add map {T} km{n} {{ type mark : counter; }}",
+        f"add chain {T} s{n}",
+        f"add chain {T} t{n}",
+        f"add chain {T} o{n}",
+    ]
+    return cmds
+
+
+def service_dispatch_add(plan: ServicePlan) -> list[str]:
+    m, elem = _dispatch_elem(plan)
+    cmds = [f"add element {T} {m} {{ {elem} : goto s{plan.sid} }}"]
+    if not plan.has_masq and plan.svc.key.proto != "fwm" and plan.svc.key.port != 0:
+        cmds.append(f"add element {T} nt4 {{ {plan.svc.key.addr} . {plan.svc.key.proto} . {plan.svc.key.port} }}")
+    return cmds
+
+
+def service_dispatch_del(plan: ServicePlan, tracked_before: bool) -> list[str]:
+    """Remove the service's dispatch entries (tracked_before: it was in nt4)."""
+    m, elem = _dispatch_elem(plan)
+    cmds = [f"delete element {T} {m} {{ {elem} }}"]
+    if tracked_before:
+        cmds.append(f"delete element {T} nt4 {{ {plan.svc.key.addr} . {plan.svc.key.proto} . {plan.svc.key.port} }}")
+    return cmds
+
+
+def in_notrack(plan: ServicePlan) -> bool:
+    return not plan.has_masq and plan.svc.key.proto != "fwm" and plan.svc.key.port != 0
+
+
+def service_delete(plan: ServicePlan) -> list[str]:
+    """Every object of a service (dispatch entries must be gone first)."""
+    n = plan.sid
+    cmds = [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush chain {T} o{n}",
+            f"delete chain {T} s{n}", f"delete chain {T} t{n}", f"delete chain {T} o{n}"]
+    for m in ("f", "w", "p", "q", "cm", "km"):
+        cmds.append(f"delete map {T} {m}{n}")
+    cmds.append(f"delete set {T} z{n}")
+    cmds.append(f"delete counter {T} c{n}")
+    for d in plan.dests:
+        cmds.extend(dest_delete(plan, d, in_service_maps=False))
+    return cmds
+
+
+def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
+    """(Re)write the three chains of a service and its scheduler map."""
+    n = plan.sid
+    svc = plan.svc
+    key = key_expr(plan)
+    src = masked_src(plan)
+    ft = flow_timeout(plan, t)
+    tcp = svc.key.proto != "udp"
+    cmds = []
+    if not fresh:
+        cmds += [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush chain {T} o{n}",
+                 f"flush map {T} q{n}"]
+    if plan.sequence:
+        elems = ", ".join(f"{i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
+        cmds.append(f"add element {T} q{n} {{ {elems} }}")
+    # s: entry
+    cmds.append(f"add rule {T} s{n} counter name c{n}")
+    if not svc.ops:
+        if tcp:
+            # a new SYN on a closed flow's key starts a new connection
+            cmds.append(f"add rule {T} s{n} tcp flags & (syn|ack) == syn {key} @z{n} "
+                        f"delete @z{n} {{ {key} }}")
+        cmds.append(f"add rule {T} s{n} meta mark set {key} map @f{n} goto o{n}")
+    if svc.persistent:
+        cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} goto t{n}")
+    cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q{n} goto t{n}")
+    cmds.append(f"add rule {T} s{n} reject")
+    # t: new connection
+    cmds.append(f"add rule {T} t{n} counter name meta mark map @km{n}")
+    if svc.persistent:
+        cmds.append(f"add rule {T} t{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
+    cmds.append(f"add rule {T} t{n} goto o{n}")
+    # o: every packet of a flow
+    cmds.append(f"add rule {T} o{n} counter name meta mark map @cm{n}")
+    if not svc.ops:
+        if tcp:
+            cmds.append(f"add rule {T} o{n} tcp flags & (fin|rst) != 0 "
+                        f"update @w{n} {{ {key} timeout {t.tcpfin}s : meta mark }} "
+                        f"update @z{n} {{ {key} timeout {ft}s }}")
+            cmds.append(f"add rule {T} o{n} {key} != @z{n} update @f{n} {{ {key} timeout {ft}s : meta mark }}")
+        else:
+            cmds.append(f"add rule {T} o{n} update @f{n} {{ {key} timeout {ft}s : meta mark }}")
+    if svc.persistent:
+        cmds.append(f"add rule {T} o{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
+    if plan.has_masq:
+        cmds.append(f"add rule {T} o{n} ct mark set meta mark")
+    cmds.append(f"add rule {T} o{n} meta mark set meta mark map @rtm accept")
+    cmds.append(f"add rule {T} o{n} accept")
+    return cmds
+
+
+def dest_create(plan: ServicePlan, d: DestPlan) -> list[str]:
+    n = plan.sid
+    m = f"0x{dmark(d.mid):x}"
+    cmds = [f"add counter {T} d{d.mid}", f"add counter {T} n{d.mid}",
+            f"add element {T} cm{n} {{ {m} : \"d{d.mid}\" }}",
+            f"add element {T} km{n} {{ {m} : \"n{d.mid}\" }}"]
+    cmds += dest_forward_add(d)
+    return cmds
+
+
+def dest_forward_add(d: DestPlan) -> list[str]:
+    m = f"0x{dmark(d.mid):x}"
+    if d.fwd == "gate":
+        return [f"add element {T} rtm {{ {m} : 0x{rmark(d.ridx):x} }}"]
+    if d.fwd == "masq":
+        return [f"add element {T} dnat4 {{ {m} : {d.addr} . {d.port} }}"]
+    return []
+
+
+def dest_forward_del(d: DestPlan) -> list[str]:
+    m = f"0x{dmark(d.mid):x}"
+    if d.fwd == "gate":
+        return [f"delete element {T} rtm {{ {m} }}"]
+    if d.fwd == "masq":
+        return [f"delete element {T} dnat4 {{ {m} }}"]
+    return []
+
+
+def dest_retire(plan: ServicePlan, d: DestPlan) -> list[str]:
+    """A real server leaves the table: its counters go, its forwarding stays
+    (established flows keep their server) until dest_delete."""
+    n = plan.sid
+    m = f"0x{dmark(d.mid):x}"
+    return [f"delete element {T} cm{n} {{ {m} }}", f"delete element {T} km{n} {{ {m} }}",
+            f"delete counter {T} d{d.mid}", f"delete counter {T} n{d.mid}"]
+
+
+def dest_delete(plan: ServicePlan, d: DestPlan, in_service_maps: bool = True) -> list[str]:
+    cmds = []
+    if d.live:
+        if in_service_maps:
+            cmds += dest_retire(plan, d)
+        else:
+            cmds += [f"delete counter {T} d{d.mid}", f"delete counter {T} n{d.mid}"]
+    cmds += dest_forward_del(d)
+    return cmds
+
+
+def snat_update(old: list[str], new: list[str]) -> list[str]:
+    cmds = []
+    if old:
+        cmds.append(f"flush set {T} snat4")
+    if new:
+        cmds.append(f"add element {T} snat4 {{ {', '.join(new)} }}")
+    return cmds
+
+
+def collapse_nets(nets: list[str]) -> list[str]:
+    """Non-overlapping prefixes (an interval set refuses overlaps)."""
+    parsed = [ipaddress.ip_network(n, strict=False) for n in nets]
+    return [str(n) for n in ipaddress.collapse_addresses(parsed)]
