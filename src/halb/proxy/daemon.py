@@ -585,7 +585,7 @@ class ProxyDaemon:
         self.stopping: asyncio.Event | None = None
         self._limited: dict[str, float] = {}
         self._last_est = 0.0
-        self._clients: set = set()
+        self._clients: dict = {}
 
     # -- helpers -------------------------------------------------------------
     def log_limited(self, what: str, msg: str) -> None:
@@ -836,15 +836,15 @@ class ProxyDaemon:
             else:
                 exp = SYN_RECV_TIMEOUT - (now - c.since)
             k = c.svc.key
-            out.append(Conn("TCP", max(0.0, exp), c.state, c.caddr, c.cport, k.addr, k.port,
+            out.append(Conn("TCP", min(max(0.0, exp), t.tcp), c.state, c.caddr, c.cport, k.addr, k.port,
                             c.daddr, c.dport))
         for state, q in self.lingering.items():
             for exp, k, caddr, cport, daddr, dport, _ in q:
                 if exp > now:
-                    out.append(Conn("TCP", exp - now, state, caddr, cport, k.addr, k.port, daddr, dport))
+                    out.append(Conn("TCP", min(exp - now, TIME_WAIT_TIMEOUT), state, caddr, cport, k.addr, k.port, daddr, dport))
         for svc in self.svcs.values():
             for f in svc.flows.values():
-                out.append(Conn("UDP", max(0.0, t.udp - (now - f.last)), "UDP", f.caddr[0], f.caddr[1],
+                out.append(Conn("UDP", min(t.udp, max(0.0, t.udp - (now - f.last))), "UDP", f.caddr[0], f.caddr[1],
                                 svc.key.addr, svc.key.port, f.drt.dest.addr, f.drt.dest.port))
         for tpl in self.persist.entries.values():
             svc = self.svcs.get(tpl.key)
@@ -942,7 +942,7 @@ class ProxyDaemon:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
-        self._clients.add(task)
+        self._clients[task] = writer
         try:
             while True:
                 try:
@@ -967,7 +967,7 @@ class ProxyDaemon:
         except (ConnectionError, OSError):
             pass
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
 
     # -- life cycle --------------------------------------------------------------
@@ -1000,8 +1000,8 @@ class ProxyDaemon:
             except FileNotFoundError:
                 pass
             clients = list(self._clients)
-            for t in clients:
-                t.cancel()
+            for w in self._clients.values():
+                w.close()  # the handler sees end of file and returns
             if clients:
                 await asyncio.wait(clients, timeout=2)
             log.info("halb proxy for node %s stopped", self.node)

@@ -40,7 +40,7 @@ class Template:
         self.nconns = 0
 
     def expires(self, now: float, timeout: float) -> float:
-        return max(0.0, self.last_use + timeout - now)
+        return min(float(timeout), max(0.0, timeout - (now - self.last_use)))
 
 
 class PersistTable:

@@ -1,0 +1,43 @@
+"""The proxy's pure cores: the rate estimator and persistence templates."""
+from halb.model import Stats
+from halb.proxy.estimator import Estimator
+from halb.proxy.persist import PersistTable, client_network
+
+
+def test_estimator_converges_to_the_steady_rate_and_restarts_on_zero():
+    st = Stats()
+    est = Estimator(st, 0.0)
+    t = 0.0
+    for _ in range(30):  # 100 conn/s, 1000 bytes/s in, sampled every 2 s
+        t += 2.0
+        st.conns += 200
+        st.inbytes += 2000
+        r = est.sample(st, t)
+    assert r.cps == 100 and r.inbps == 1000 and r.outbps == 0
+    first = Estimator(Stats(), 0.0)
+    r1 = first.sample(Stats(conns=200), 2.0)
+    assert r1.cps == 25  # smoothed: a quarter of the first 100/s sample, as the kernel
+    r = est.sample(Stats(), t + 2.0)  # counters zeroed (-Z)
+    assert r.cps == 0 and est.sample(Stats(conns=20), t + 4.0).cps == 3
+
+
+def test_client_network_masks():
+    assert client_network("192.168.7.42", "255.255.255.255") == "192.168.7.42"
+    assert client_network("192.168.7.42", "255.255.255.0") == "192.168.7.0"
+    assert client_network("2001:db8::1:2", "64") == "2001:db8::"
+
+
+def test_templates_expire_after_timeout_unless_they_control_connections():
+    pt = PersistTable()
+    t = pt.create("svc", "10.0.0.0", "D1", now=0.0)
+    pt.use(t, 0.0)
+    assert pt.expire(400.0, lambda k: 300) == [] and t.last_use == 400.0  # re-armed: a conn is open
+    pt.release(t, 410.0)
+    assert pt.lookup("svc", "10.0.0.0", 600.0, 300) is t and t.expires(600.0, 300) == 110.0
+    assert pt.expire(709.0, lambda k: 300) == []
+    assert pt.expire(710.0, lambda k: 300) == [t] and len(pt) == 0
+    t2 = pt.create("svc", "10.0.0.0", "D2", now=0.0)
+    assert pt.lookup("svc", "10.0.0.0", 300.0, 300) is None and len(pt) == 0  # expired, unused
+    pt.create("gone", "x", "D", 0.0)
+    assert [x.key for x in pt.expire(1.0, lambda k: None)] == ["gone"]  # its service was deleted
+    assert t2 is not None
