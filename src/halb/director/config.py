@@ -199,6 +199,7 @@ class _Parser:
         self.hostname = hostname
 
     def err(self, line: int, msg: str):
+        msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
         raise ConfigError(self.path, line, msg)
 
     # -- value helpers -----------------------------------------------------
