@@ -16,6 +16,7 @@ from halb.errors import HalbError
 COMMANDS = {
     "ipvsadm": "the virtual-server table, with ipvsadm's syntax",
     "proxy": "the user-space engine daemon (relays TCP/UDP for the table)",
+    "nft": "the kernel engine's own commands (flush, status, controller)",
     "realserver": "Direct Return real-server set-up (the article's lvsdr)",
     "lab": "the article's network in namespaces (N1, N2, clients, Apache)",
     "director": "ldirectord-compatible health checking",
