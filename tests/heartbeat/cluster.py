@@ -34,7 +34,7 @@ def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
     while time.monotonic() < deadline:
         try:
             last = pred()
-            if last:
+            if last and not isinstance(last, Exception):
                 return last
         except Exception as e:  # keep polling; report the last problem
             last = e

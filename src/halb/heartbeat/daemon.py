@@ -194,7 +194,7 @@ class Daemon:
         self.last_held[pkt.node] = held
         self.handle_events(self.mem.beat(pkt.node, link, now))
         busy = bool(p.get("busy"))
-        if self.peer_busy.get(pkt.node) and not busy:
+        if not busy and self.peer_busy.get(pkt.node, True):
             self.log("info", "remote resource transition completed.")
         self.peer_busy[pkt.node] = busy
         if prev is None or prev.get("held") != p.get("held") or prev.get("claim") != p.get("claim") \
@@ -430,6 +430,23 @@ class Daemon:
                         self.respawned[i] = None
             await asyncio.sleep(1.0)
 
+    async def clean_leftovers(self):
+        """A node that crashed may still carry its resources (the VIP on its
+        interface): stop whatever says it runs before joining, so it cannot
+        answer for a VIP another node now holds."""
+        for g in reversed(self.groups):
+            for a in reversed(g.agents):
+                try:
+                    running = await asyncio.to_thread(a.status)
+                except Exception:
+                    running = False
+                if running:
+                    self.log("warn", f"{a} is running but this node holds no resources yet: stopping it")
+                    try:
+                        await asyncio.to_thread(a.stop)
+                    except Exception as e:
+                        self.log("error", f"{a} stop failed: {e}")
+
     async def run(self):
         loop = asyncio.get_running_loop()
         cfg = self.cfg
@@ -445,6 +462,7 @@ class Daemon:
             self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
                              "run, both take the resources: split brain possible")
         self.channels = open_links(cfg.links)
+        await self.clean_leftovers()
         for ln in cfg.links:
             where = f"{ln.addr}:{ln.port}" if ln.addr else f"port {ln.port}"
             self.log("info", f"{ln.kind} heartbeat started on {ln.dev} ({where})")

@@ -1,0 +1,267 @@
+"""Two halb heartbeat daemons in the namespace lab: failover of the VIP, gratuitous ARP,
+auto_failback, partitions with and without fencing, ipfail, hostile packets, standby/takeover."""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from halb.heartbeat.config import parse_authkeys
+from halb.heartbeat.packet import Packet, encode
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cluster import Cluster, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.root]
+pytest_plugins = ["halb.lab.testing"]
+
+
+@pytest.fixture
+def cluster_factory(make_lab, tmp_path):
+    made = []
+
+    def factory(apache=True, **kw):
+        lab = make_lab(nodes=2, clients=1, apache=apache)
+        c = Cluster(lab, tmp_path / f"c{len(made)}", **kw)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        c.close()
+
+
+def neigh_mac(lab, node, ip):
+    r = lab.run(node, ["ip", "-j", "neigh", "show", ip])
+    for e in json.loads(r.stdout or "[]"):
+        if e.get("lladdr"):
+            return e["lladdr"]
+    return None
+
+
+def down_node(lab, node):
+    """A crash as the bench does it: freeze, unplug, kill everything."""
+    lab.freeze(node)
+    lab.cut_link(node)
+    lab.kill_node(node)
+
+
+def nft_drop_heartbeat(lab, node):
+    """Partition: drop heartbeat UDP in and out of `node` (in its own namespace)."""
+    script = ("table inet hbcut {\n chain i { type filter hook input priority 0; udp dport 694 drop; }\n"
+              " chain o { type filter hook output priority 0; udp dport 694 drop; }\n}\n")
+    lab.run(node, ["nft", "-f", "-"], input=script, check=True)
+
+
+def nft_heal(lab, node):
+    lab.run(node, ["nft", "delete", "table", "inet", "hbcut"], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_failover_gratuitous_arp_and_no_failback(cluster_factory):
+    c = cluster_factory()
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    assert "Acquiring resource group" in c.log("N1") and "local resource transition completed." in c.log("N1")
+    wait_for(lambda: "remote resource transition completed." in c.log("N2"), 10, what="N2 to log the remote transition")
+    assert lab.http_get("client0", "http://VIP/testcluster.html")[1] == "N1\n"
+    n1mac, n2mac = lab.node("N1").mac, lab.node("N2").mac
+    assert neigh_mac(lab, "client0", lab.vip) == n1mac
+
+    down_node(lab, "N1")
+    c.procs.pop("N1", None)
+    t0 = time.monotonic()
+    wait_for(lambda: c.vip_on("N2"), 10, step=0.01, what="N2 to take the VIP")
+    # the client's ARP cache follows at once (gratuitous ARP), not after its entry expires
+    wait_for(lambda: neigh_mac(lab, "client0", lab.vip) == n2mac, 2, step=0.02, what="client ARP entry -> N2")
+    assert time.monotonic() - t0 < 5
+    assert lab.http_get("client0", "http://VIP/testcluster.html")[1] == "N2\n"
+    log2 = c.log("N2")
+    assert "node N1: is dead" in log2 and "split brain possible" in log2
+
+    # N1 comes back (auto_failback off): N2 keeps the VIP, N1 drops its stale copy
+    lab.restore_link("N1")
+    lab.apache_start("N1")
+    c.start("N1")
+    wait_for(lambda: c.status("N1")["nodes"]["N2"]["status"] == "up", 10, what="N1 to see N2")
+    time.sleep(1.0)   # several deadtimes: nothing may move
+    assert c.holders() == ["N2"]
+    assert "is running but this node holds no resources yet: stopping it" in c.log("N1")
+    st = c.status("N2")
+    assert st["groups"][0]["holders"] == ["N2"] and st["groups"][0]["state"] == "held"
+    assert lab.http_get("client0", "http://VIP/testcluster.html")[1] == "N2\n"
+
+    # standby / takeover, as hb_standby / hb_takeover, through the CLI
+    r = subprocess.run([sys.executable, "-m", "halb", "--node", "N2", "--run-dir", str(c.run_dir("N2")),
+                        "heartbeat", "standby"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: c.holders() == ["N1"], 10, what="standby on N2 to move the VIP to N1")
+    r = subprocess.run([sys.executable, "-m", "halb", "--node", "N2", "--run-dir", str(c.run_dir("N2")),
+                        "heartbeat", "takeover"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: c.holders() == ["N2"], 10, what="takeover on N2 to bring the VIP back")
+    r = subprocess.run([sys.executable, "-m", "halb", "--node", "N2", "--run-dir", str(c.run_dir("N2")),
+                        "heartbeat", "status"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and "node N1: up" in r.stdout and "held by N2" in r.stdout
+
+    # clean shutdown releases the VIP and the peer takes it without waiting deadtime
+    c.stop("N2")
+    assert not c.vip_on("N2")
+    wait_for(lambda: c.holders() == ["N1"], 10, what="N1 to take over after N2's shutdown")
+    assert "Received shutdown notice from 'N2'." in c.log("N1")
+
+
+@pytest.mark.timeout(120)
+def test_returning_node_becomes_real_server_again(cluster_factory):
+    """Article test 4: N1 returns as a Direct Return real server: VIP back on its hidden lo."""
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    for n in ("N1", "N2"):   # lvsdr on every node before heartbeat (§6.3.7)
+        r = lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.base / n / "rs"),
+                        "realserver", "start", "--haresources", str(c.dir(n) / "haresources")])
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert c.vip_on(n, "lo")
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    assert not c.vip_on("N1", "lo") and c.vip_on("N2", "lo")
+    c.stop("N1")   # heartbeat stopped on N1: N2 takes over at once
+    assert c.vip_on("N1", "lo") and not c.vip_on("N1")
+    wait_for(lambda: c.holders() == ["N2"], 10, what="N2 to hold the VIP")
+    assert not c.vip_on("N2", "lo")
+    c.start("N1")
+    wait_for(lambda: c.status("N1")["settled"], 10, what="N1 settled")
+    time.sleep(0.8)
+    assert c.holders() == ["N2"] and c.vip_on("N1", "lo")
+
+
+@pytest.mark.timeout(120)
+def test_partition_without_fencing_is_split_brain_then_heals(cluster_factory):
+    c = cluster_factory(apache=False, auto_failback="on")
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    nft_drop_heartbeat(lab, "N1")
+    wait_for(lambda: c.holders() == ["N1", "N2"], 10, what="both nodes to take the VIP")
+    assert "split brain possible" in c.log("N2")
+    nft_heal(lab, "N1")
+    wait_for(lambda: c.holders() == ["N1"], 10, what="the partition to heal to one holder")
+
+
+@pytest.mark.timeout(120)
+def test_partition_with_lab_power_switch_leaves_one_holder(cluster_factory):
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    root = str(lab.dir.parent)
+    c.opts["extra"] = f"stonith_host * labpower {lab.name} {root}\n"
+    for n in ("N1", "N2"):
+        c.write(n)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    nft_drop_heartbeat(lab, "N1")
+    wait_for(lambda: "STONITH: node N1 has been reset" in c.log("N2"), 15, what="N2 to fence N1")
+    wait_for(lambda: c.vip_on("N2"), 10, what="N2 to hold the VIP")
+    time.sleep(0.5)
+    # N1 is powered off: no process left, cable out; only N2 answers for the VIP
+    assert c.procs["N1"].poll() is not None
+    assert lab.describe()["nodes"][0]["link"] == "cut"
+    assert "split brain possible" not in c.log("N2").split("STONITH: resetting")[1]
+    c.procs.pop("N1")
+
+
+@pytest.mark.timeout(120)
+def test_ipfail_node_that_loses_its_ping_node_gives_up(cluster_factory):
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    gw = lab.client(0).ip
+    c.opts["extra"] = f"ping {gw}\ndeadping 400ms\n"
+    for n in ("N1", "N2"):
+        c.write(n)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    wait_for(lambda: c.status("N1")["ping"] == {gw: "up"}, 10, what="N1 to reach its ping node")
+    lab.run("N1", ["nft", "-f", "-"], check=True, input=(
+        f"table ip pingcut {{\n chain o {{ type filter hook output priority 0; ip daddr {gw} icmp type echo-request drop; }}\n}}\n"))
+    wait_for(lambda: c.holders() == ["N2"], 10, what="the VIP to move to N2")
+    assert "ping node " + gw + ": is dead" in c.log("N1")
+    assert c.status("N2")["nodes"]["N1"]["status"] == "up"   # a move, not a death
+
+
+@pytest.mark.timeout(120)
+def test_hostile_packets_are_dropped_and_counted(cluster_factory):
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    cl = lab.client(0)
+    s = lab.socket("client0", socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("225.0.0.7", 694))
+        mreq = socket.inet_aton("225.0.0.7") + socket.inet_aton(cl.ip)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(cl.ip))
+        s.settimeout(5)
+        # capture a real beat of N1 and replay it
+        while True:
+            data, src = s.recvfrom(2048)
+            if src[0] == lab.node("N1").ip:
+                break
+        dest = ("225.0.0.7", 694)
+        time.sleep(0.2)
+        s.sendto(data, dest)                                               # replayed
+        forged = encode(Packet("N1", 2**62, 1, {"held": [], "claim": 99}),
+                        parse_authkeys('auth 1\n1 md5 "guessed"\n'))
+        s.sendto(forged, dest)                                             # bad signature
+        s.sendto(data[:20], dest)                                          # truncated
+        s.sendto(b"\x00" * 7 + b"garbage" * 10, dest)                      # malformed
+        s.sendto(encode(Packet("N1", 2**62, 1, {"claim": 99}), parse_authkeys("auth 2\n2 crc\n")), dest)  # crc
+        s.sendto(encode(Packet("N9", 1, 1, {}), parse_authkeys('auth 1\n1 md5 "secret"\n')), dest)  # stranger
+    finally:
+        s.close()
+
+    def counted():
+        k = c.status("N2")["counters"]
+        want = ("bad_auth", "truncated", "malformed", "unknown_key", "unknown_node")
+        # the captured beat is older than N1's latest one by now: a replay counted as out of order
+        k["replays"] = k.get("replayed", 0) + k.get("reordered", 0)
+        want += ("replays",)
+        return k if all(k.get(w, 0) >= 1 for w in want) else AssertionError(k)
+
+    counters = wait_for(counted, 5, what="N2 to count every hostile packet")
+    assert counters["rx"] > 0
+    time.sleep(0.5)
+    assert c.holders() == ["N1"] and c.status("N2")["claim"] == 0
+    assert c.status("N2")["nodes"]["N1"]["deaths"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_own_stall_is_not_a_peer_death(cluster_factory):
+    """SIGSTOP our own daemon for 5 x deadtime: on waking it must not take the VIP from a live N1."""
+    c = cluster_factory(apache=False)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    import os
+    import signal
+
+    pid = c.status("N2")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(1.5)
+    os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: c.status("N2")["stalls"] >= 1, 5, what="N2 to notice its own stall")
+    time.sleep(0.6)
+    assert c.holders() == ["N1"]
+    assert c.status("N2")["nodes"]["N1"]["deaths"] == 0
+    assert "not judging peers on that silence" in c.log("N2")
