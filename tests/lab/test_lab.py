@@ -251,3 +251,23 @@ def test_exec_unknown_node_is_one_line(lab):
     name = lab.name
     r = _halb("lab", "exec", "--name", name, "N9", "--", "true")
     assert r.returncode == 1 and r.stderr == f"halb: lab {name} has no node 'N9'\n"
+
+
+def test_nat_variant_gateway_topology(make_lab):
+    lab = make_lab(nodes=3, clients=1, apache=True, gateway="N1")
+    n1, n2, c0 = lab.node("N1"), lab.node("N2"), lab.client(0)
+    pub = lab.public_subnet.rsplit(".", 1)[0]
+    assert lab.public_subnet != lab.subnet
+    assert (n1.pub_ip, lab.vip, c0.ip) == (f"{pub}.1", f"{pub}.10", f"{pub}.100")
+    assert lab.run("N1", ["cat", "/proc/sys/net/ipv4/ip_forward"], check=True).stdout.strip() == "1"
+    # the real servers answer through the gateway...
+    for name in ("N2", "N3"):
+        route = lab.run(name, ["ip", "route", "get", c0.ip], check=True).stdout
+        assert f"via {n1.ip}" in route
+    assert lab.run("N2", ["ping", "-c1", "-W2", n1.pub_ip]).returncode == 0
+    # ...the clients reach the gateway's public leg, never the real servers directly
+    assert lab.http_get("client0", f"http://{n1.pub_ip}/testcluster.html")[1] == "N1\n"
+    with pytest.raises(LabError, match="unreachable"):
+        lab.http_get("client0", f"http://{n2.ip}/testcluster.html")
+    lab.down()
+    assert _leftovers(lab.name, lab.dir) == []

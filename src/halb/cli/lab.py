@@ -1,6 +1,7 @@
 """`halb lab`: the article's network in namespaces.
 
     halb lab up [--name NAME] [--nodes N] [--clients N] [--no-apache] [--nginx] [--subnet CIDR]
+                [--gateway N1]
     halb lab down [--name NAME | --all]
     halb lab status [--name NAME] [--json]
     halb lab exec [--name NAME] NODE -- CMD [ARGS...]
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--no-apache", action="store_true")
     up.add_argument("--nginx", action="store_true")
     up.add_argument("--subnet")
+    up.add_argument("--gateway", metavar="NODE", help="NAT variant: clients and VIP on a public LAN, NODE routes")
     up.add_argument("--json", action="store_true")
     down = sub.add_parser("down", help="remove the lab and everything it created")
     down.add_argument("--name")
@@ -80,7 +82,8 @@ def main(ctx, argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "up":
         lab = Lab(nodes=args.nodes, clients=args.clients, apache=not args.no_apache,
-                  nginx=args.nginx, name=args.name, subnet=args.subnet)
+                  nginx=args.nginx, name=args.name, subnet=args.subnet,
+                  gateway=args.gateway)
         try:
             lab.up()
         except BaseException:
@@ -146,8 +149,13 @@ def main(ctx, argv: list[str]) -> int:
 def _print_status(lab: Lab) -> None:
     d = lab.describe()
     print(f"lab {d['name']}: subnet {d['subnet']}  VIP {d['vip']}  switch {d['switch']} ({d['bridge']})  dir {d['dir']}")
+    if d.get("gateway"):
+        print(f"  NAT variant: clients and VIP on public LAN {d['public_subnet']} ({d['public_bridge']}), "
+              f"gateway {d['gateway']}")
     print(f"  {'node':<9} {'address':<16} {'netns':<24} {'iface':<12} {'mac':<18} {'link':<7} {'apache':<8} pids")
     for n in d["nodes"]:
         apache = "-" if n["kind"] != "node" else (str(n["apache"]) if n["apache"] else "stopped")
         pids = " ".join(map(str, n["pids"])) or "-"
         print(f"  {n['name']:<9} {n['ip']:<16} {n['netns']:<24} {n['iface']:<12} {n['mac']:<18} {n['link']:<7} {apache:<8} {pids}")
+        if n.get("pub_ip"):
+            print(f"  {'':<9} {n['pub_ip']:<16} {'(public leg)':<24} {n['pub_iface']:<12} {n['pub_mac']:<18}")

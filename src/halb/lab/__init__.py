@@ -10,6 +10,14 @@ Topology (one private /24 chosen at random per lab, e.g. 10.77.3.0/24)::
       |-- client1  .101
     VIP = .10 (free: nobody holds it until a director/realserver puts it up)
 
+NAT variant, `Lab(gateway="N1")` / `halb lab up --gateway N1`: a second
+bridge (the public LAN, another random /24) holds the clients (.100...) and
+the gateway's second leg (`node.pub_iface`, `node.pub_ip` = .1, `pub_mac`);
+`lab.vip` is then public .10 and `lab.public_subnet` / `lab.addr(n,
+public=True)` give its addresses. The gateway forwards (ip_forward=1 in its
+namespace); every other node has `default via <gateway RIP>`; clients have
+no route to the real servers' LAN, so only NAT through the gateway works.
+
 Every node is a network namespace "halb-<name>-<Node>" plus a UTS namespace
 bound to a file in the lab's directory (so `uname -n` prints N1 inside N1).
 Its LAN interface is `lab.node("N1").iface` (e<id>n1), the switch-side end of
@@ -27,7 +35,7 @@ Apache (Debian apache2, mpm_event, few workers) serves on each node:
 API (stable; used by the tests and benches of nft, director, heartbeat, dsh)::
 
     from halb.lab import Lab
-    with Lab(nodes=2, clients=1, apache=True, name=None, nginx=False) as lab:
+    with Lab(nodes=2, clients=1, apache=True, name=None, nginx=False, gateway=None) as lab:
         lab.vip, lab.subnet, lab.prefixlen, lab.addr(20)      # addresses
         n1 = lab.node("N1")        # also lab.node(1); lab.client(0) == lab.node("client0")
         n1.rip, n1.ip, n1.netns, n1.netns_path, n1.iface, n1.mac, n1.port, n1.uts

@@ -45,6 +45,12 @@ class Node:
     port: str            # the switch-side end of its cable
     dir: str             # its private directory (web roots, logs)
     mac: str = ""
+    # the gateway node of a NAT lab (Lab(gateway="N1")) has a second leg on
+    # the public LAN, where the clients and the VIP are
+    pub_ip: str = ""
+    pub_iface: str = ""
+    pub_port: str = ""
+    pub_mac: str = ""
 
     @property
     def rip(self) -> str:
@@ -71,6 +77,9 @@ class LabState:
     creator_pid: int = 0
     created: float = 0.0
     complete: bool = False
+    gateway: str = ""            # NAT lab: the node routing between the LANs
+    public_subnet: str = ""
+    public_bridge: str = ""
 
     @classmethod
     def load(cls, path) -> "LabState":
@@ -163,7 +172,7 @@ class Lab:
     def __init__(self, nodes: int = 2, clients: int = 1, apache: bool = True,
                  name: str | None = None, nginx: bool = False,
                  state_dir: str | os.PathLike | None = None, subnet: str | None = None,
-                 nginx_port: int = 8080):
+                 nginx_port: int = 8080, gateway: str | None = None):
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces)")
         if not 1 <= nodes <= 50 or not 0 <= clients <= 50:
@@ -190,22 +199,47 @@ class Lab:
         self.net = net
         self.subnet = str(net)
         self.prefixlen = net.prefixlen
-        self.vip = self.addr(10)
+        self.gateway = gateway or ""
+        self.pub_net = None
+        if gateway:
+            if not re.match(r"^N\d+$", gateway) or not 1 <= int(gateway[1:]) <= nodes:
+                raise LabError(f"gateway '{gateway}' is not one of the lab's nodes N1..N{nodes}")
+            while True:
+                pub = ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
+                if not pub.overlaps(net):
+                    break
+            self.pub_net = pub
+        self.vip = self.addr(10, public=bool(gateway))
         self._popens: list[subprocess.Popen] = []
         nodes_l = []
         for i in range(1, nodes + 1):
             nodes_l.append(self._mk_node(f"N{i}", "node", i, self.addr(i), f"n{i}"))
         for i in range(clients):
-            nodes_l.append(self._mk_node(f"client{i}", "client", i, self.addr(100 + i), f"c{i}"))
+            nodes_l.append(self._mk_node(f"client{i}", "client", i,
+                                         self.addr(100 + i, public=bool(gateway)), f"c{i}"))
+        if gateway:
+            g = next(n for n in nodes_l if n.name == gateway)
+            short = f"n{g.index}"
+            g.pub_ip, g.pub_iface, g.pub_port = self.addr(1, public=True), f"f{self.sid}{short}", f"q{self.sid}{short}"
         self.state = LabState(name=name, dir=str(base), subnet=self.subnet, vip=self.vip,
                               switch_ns=f"halb-{name}-sw", bridge=f"br{self.sid}",
-                              nodes=nodes_l, creator_pid=os.getpid())
+                              nodes=nodes_l, creator_pid=os.getpid(), gateway=self.gateway,
+                              public_subnet=str(self.pub_net) if gateway else "",
+                              public_bridge=f"pb{self.sid}" if gateway else "")
         self._up = False
 
     # ---- addressing ------------------------------------------------------
-    def addr(self, host: int) -> str:
-        """The subnet's address number `host` (1 = RIP1, 10 = VIP...)."""
-        return str(self.net.network_address + host)
+    def addr(self, host: int, public: bool = False) -> str:
+        """The subnet's address number `host` (1 = RIP1, 10 = VIP...);
+        public=True: on the public LAN of a NAT lab."""
+        net = self.pub_net if public else self.net
+        if net is None:
+            raise LabError("this lab has no public LAN (build it with gateway='N1')")
+        return str(net.network_address + host)
+
+    @property
+    def public_subnet(self) -> str:
+        return str(self.pub_net) if self.pub_net else ""
 
     def _mk_node(self, name, kind, index, ip, short) -> Node:
         return Node(name=name, kind=kind, index=index, ip=ip,
@@ -280,6 +314,9 @@ class Lab:
         sw = ["link set lo up",
               f"link add {st.bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
               f"link set {st.bridge} up"]
+        if st.public_bridge:
+            sw += [f"link add {st.public_bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+                   f"link set {st.public_bridge} up"]
         _ip_batch(st.switch_ns, sw)
         for n in st.nodes:
             Path(n.dir).mkdir(parents=True, exist_ok=True)
@@ -293,16 +330,35 @@ class Lab:
                 raise LabError(f"cannot create the UTS namespace of {n.name}: {r.stderr.strip()}")
             _sysctl_ns(n.netns, {"net.ipv6.conf.all.disable_ipv6": "1",
                                  "net.ipv6.conf.default.disable_ipv6": "1"})
+            on_public = n.kind == "client" and bool(st.gateway)
             _ip_batch(st.switch_ns, [
                 f"link add {n.port} type veth peer name {n.iface}",
                 f"link set {n.iface} netns {n.netns}",
-                f"link set {n.port} master {st.bridge}",
+                f"link set {n.port} master {st.public_bridge if on_public else st.bridge}",
                 f"link set {n.port} up"])
             _ip_batch(n.netns, [
                 "link set lo up",
-                f"addr add {n.ip}/{self.prefixlen} dev {n.iface}",
+                f"addr add {n.ip}/{self.pub_net.prefixlen if on_public else self.prefixlen} dev {n.iface}",
                 f"link set {n.iface} up"])
             n.mac = self._read_mac(n)
+            if n.pub_iface:
+                # the gateway's public leg; it forwards between the two LANs
+                _ip_batch(st.switch_ns, [
+                    f"link add {n.pub_port} type veth peer name {n.pub_iface}",
+                    f"link set {n.pub_iface} netns {n.netns}",
+                    f"link set {n.pub_port} master {st.public_bridge}",
+                    f"link set {n.pub_port} up"])
+                _ip_batch(n.netns, [
+                    f"addr add {n.pub_ip}/{self.pub_net.prefixlen} dev {n.pub_iface}",
+                    f"link set {n.pub_iface} up"])
+                _sysctl_ns(n.netns, {"net.ipv4.ip_forward": "1"})
+                n.pub_mac = self._read_mac(n, n.pub_iface)
+        if st.gateway:
+            # the real servers answer through the gateway (LVS-NAT's topology)
+            gw = self.node(st.gateway)
+            for n in self.nodes:
+                if n is not gw:
+                    _ip(["route", "add", "default", "via", gw.ip, "dev", n.iface], ns=n.netns)
         st.save(self.state_file)
         if self.want_apache:
             for n in self.nodes:
@@ -350,6 +406,8 @@ class Lab:
         lab.state = st
         lab.dir = Path(st.dir)
         lab.net = ipaddress.ip_network(st.subnet)
+        lab.gateway = st.gateway
+        lab.pub_net = ipaddress.ip_network(st.public_subnet) if st.public_subnet else None
         lab.subnet, lab.prefixlen, lab.vip = st.subnet, lab.net.prefixlen, st.vip
         lab.n_nodes, lab.n_clients = len([n for n in st.nodes if n.kind == "node"]), \
             len([n for n in st.nodes if n.kind == "client"])
@@ -359,8 +417,8 @@ class Lab:
         return lab
 
     # ---- running things in nodes ------------------------------------------
-    def _read_mac(self, n: Node) -> str:
-        r = _ip(["-j", "link", "show", "dev", n.iface], ns=n.netns)
+    def _read_mac(self, n: Node, iface: str | None = None) -> str:
+        r = _ip(["-j", "link", "show", "dev", iface or n.iface], ns=n.netns)
         return json.loads(r.stdout)[0]["address"]
 
     def nsenter_prefix(self, node: str | Node) -> list[str]:
@@ -610,11 +668,15 @@ class Lab:
         """A JSON-friendly summary (used by `halb lab status`)."""
         out = {"name": self.name, "dir": str(self.dir), "subnet": self.subnet, "vip": self.vip,
                "switch": self.switch_ns, "bridge": self.bridge, "nodes": []}
+        if self.gateway:
+            out.update(gateway=self.gateway, public_subnet=self.public_subnet,
+                       public_bridge=self.state.public_bridge)
         for n in self.state.nodes:
             up = os.path.exists(n.netns_path)
             out["nodes"].append({
                 "name": n.name, "kind": n.kind, "ip": n.ip, "netns": n.netns, "iface": n.iface,
                 "mac": n.mac, "exists": up,
+                **({"pub_ip": n.pub_ip, "pub_iface": n.pub_iface, "pub_mac": n.pub_mac} if n.pub_iface else {}),
                 "link": self._link_state(n) if up else "absent",
                 "apache": self.apache_pid(n.name) if n.kind == "node" else None,
                 "pids": self.pids(n) if up else []})
