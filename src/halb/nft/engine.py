@@ -161,7 +161,10 @@ class NftEngine(Engine):
                 d.local = dp.fwd == "local"
                 pk = kern.counter(f"d{dp.mid}", st.zero)
                 nk = kern.counter(f"n{dp.mid}", st.zero)
-                d.stats = Stats(conns=nk[0], inpkts=pk[0], inbytes=pk[1])
+                ok = kern.counter(f"o{dp.mid}", st.zero)
+                d.stats = Stats(conns=nk[0], inpkts=pk[0], inbytes=pk[1], outpkts=ok[0], outbytes=ok[1])
+                s.stats.outpkts += ok[0]
+                s.stats.outbytes += ok[1]
                 a, i = flows.get(dp.mid, (0, 0))
                 d.activeconns, d.inactconns = a, i
                 d.persistconns = persist.get(dp.mid, 0)
@@ -405,7 +408,7 @@ class NftEngine(Engine):
             if keys is not None and k not in keys:
                 continue
             names = [f"c{st.sids[k]}"] + [f"{p}{d.mid}" for d in st.dests.get(k, []) if d.live
-                                         for p in ("d", "n")]
+                                         for p in ("d", "n", "o")]
             for name in names:
                 st.zero[name] = list(kern.raw_counter(name))
 
@@ -446,6 +449,7 @@ def _fill_rate(obj, old: dict | None, dt: float) -> None:
 def _drop_zero(st: State, mid: int) -> None:
     st.zero.pop(f"d{mid}", None)
     st.zero.pop(f"n{mid}", None)
+    st.zero.pop(f"o{mid}", None)
 
 
 def _same(a: Service, b: Service) -> bool:

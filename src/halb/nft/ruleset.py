@@ -126,9 +126,11 @@ def globals_create() -> list[str]:
         f"add map {T} rtm {{ type mark : mark; }}",
         f"add map {T} dnat4 {{ type mark : ipv4_addr . inet_service; }}",
         f"add set {T} snat4 {{ type ipv4_addr; flags interval; }}",
+        f"add map {T} outc {{ type mark : counter; }}",
         f"add chain {T} rawpre {{ type filter hook prerouting priority {PRIO_RAW}; policy accept; }}",
         f"add rule {T} rawpre ip daddr . meta l4proto . th dport @nt4 notrack",
         f"add chain {T} dispatch {{ type filter hook prerouting priority {PRIO_PRE}; policy accept; }}",
+        f"add rule {T} dispatch ct direction reply counter name ct mark map @outc",
         f"add rule {T} dispatch ip daddr . meta l4proto . th dport vmap @svc4",
         f"add rule {T} dispatch ip daddr . meta l4proto vmap @svc4any",
         f"add rule {T} dispatch meta mark vmap @svcfw",
@@ -270,7 +272,8 @@ def dest_forward_add(d: DestPlan) -> list[str]:
     if d.fwd == "gate":
         return [f"add element {T} rtm {{ {m} : 0x{rmark(d.ridx):x} }}"]
     if d.fwd == "masq":
-        return [f"add element {T} dnat4 {{ {m} : {d.addr} . {d.port} }}"]
+        return [f"add element {T} dnat4 {{ {m} : {d.addr} . {d.port} }}",
+                f"add counter {T} o{d.mid}", f"add element {T} outc {{ {m} : \"o{d.mid}\" }}"]
     return []
 
 
@@ -279,7 +282,8 @@ def dest_forward_del(d: DestPlan) -> list[str]:
     if d.fwd == "gate":
         return [f"delete element {T} rtm {{ {m} }}"]
     if d.fwd == "masq":
-        return [f"delete element {T} dnat4 {{ {m} }}"]
+        return [f"delete element {T} dnat4 {{ {m} }}", f"delete element {T} outc {{ {m} }}",
+                f"delete counter {T} o{d.mid}"]
     return []
 
 
