@@ -217,3 +217,72 @@ def test_gate_is_refused_by_the_proxy_engine(lab):
     r = lab.ipvsadm(f"-A -t {lab.svc} -s rr", check=False)
     assert r.returncode != 0 and "Service already exists" in r.stderr
     assert lab.ipvsadm("-S -n").stdout == before
+
+
+UDP_ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(sys.argv[3].encode(), peer)
+"""
+
+
+def test_udp_service_round_robin_and_thresholds(lab):
+    for addr, name in ((lab.rip1, "N1"), (lab.rip2, "N2")):
+        lab.procs.append(subprocess.Popen([sys.executable, "-c", UDP_ECHO, addr, str(RPORT), name]))
+    lab.ipvsadm(f"-A -u {lab.vip}:5353 -s rr")
+    lab.ipvsadm(f"-a -u {lab.vip}:5353 -r {lab.rip1}:{RPORT} -m -x 100 -y 50")
+    lab.ipvsadm(f"-a -u {lab.vip}:5353 -r {lab.rip2}:{RPORT} -m")
+    thr = lab.ipvsadm("-L -n --thresholds").stdout
+    assert "  -> %-28s %-10u %-10u" % (f"{lab.rip1}:{RPORT}", 100, 50) in thr
+
+    def ask(src_port_sock):
+        end = time.monotonic() + 20
+        while time.monotonic() < end:  # the echo servers may still be starting
+            src_port_sock.sendto(b"who?", (lab.vip, 5353))
+            try:
+                return src_port_sock.recvfrom(100)[0].decode()
+            except socket.timeout:
+                continue
+        raise AssertionError("no UDP answer through the proxy")
+
+    answers = []
+    for _ in range(4):  # a new client socket (source port) is a new connection
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.5)
+        s.bind((lab.client1, 0))
+        answers.append(ask(s))
+        s.close()
+    assert sorted(answers) == ["N1", "N1", "N2", "N2"], answers
+    conns = [ln.split() for ln in lab.ipvsadm("-L -c -n").stdout.splitlines()[2:]]
+    assert any(f[0] == "UDP" and f[4] == f"{lab.vip}:5353" for f in conns), conns
+
+
+def test_rate_shows_traffic_while_it_flows(lab):
+    import threading
+
+    lab.ipvsadm(f"-A -t {lab.svc} -s rr")
+    lab.ipvsadm(f"-a -t {lab.svc} -r {lab.rip1}:{RPORT} -m")
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            lab.get()
+            time.sleep(0.05)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        end = time.monotonic() + 30
+        cps = 0
+        while time.monotonic() < end and cps == 0:
+            rate = lab.ipvsadm("-L -n --rate").stdout.splitlines()
+            assert rate[1].split() == ["Prot", "LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"]
+            cps = int(rate[3].split()[2])
+            time.sleep(0.5)
+        assert cps > 0, rate
+    finally:
+        stop.set()
+        t.join(15)

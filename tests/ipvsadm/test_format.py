@@ -193,3 +193,21 @@ def test_connection_table_layout():
 
 def test_timeout_line():
     assert format_timeout(Timeouts(900, 120, 300)) == "Timeout (tcp tcpfin udp): 900 120 300\n"
+
+
+def test_slow_reverse_dns_is_bounded_and_falls_back_to_numbers(monkeypatch):
+    import time as _time
+
+    import halb.ipvsadm.fmt as fmt
+
+    def slow(addr):
+        _time.sleep(30)
+        return ("never.example", [], [addr])
+
+    monkeypatch.setattr(fmt.socket, "gethostbyaddr", slow)
+    svc = Service(ServiceKey("tcp", "10.9.9.1", 80), "rr")
+    svc.dests = [Dest(f"10.9.9.{i}", 80, "masq") for i in range(2, 40)]
+    t0 = _time.monotonic()
+    got = format_list([svc], ListFormat(), Names(False, deadline=0.5))
+    assert _time.monotonic() - t0 < 5
+    assert "TCP  10.9.9.1:http rr\n" in got and "  -> 10.9.9.39:http " in got

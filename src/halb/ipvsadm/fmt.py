@@ -7,8 +7,10 @@ host name (reverse look-up) and /etc/services name, as ipvsadm does.
 from __future__ import annotations
 
 import ipaddress
+import queue
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from halb.model import Conn, Dest, Service, Timeouts
@@ -29,26 +31,37 @@ class Names:
         self._ports: dict[tuple[int, str], str] = {}
 
     def prefetch(self, addrs) -> None:
+        """Reverse-resolve addrs with a few daemon threads (a stuck resolver
+        never delays the exit) and one overall deadline."""
         if self.numeric:
             return
-        todo = [a for a in set(addrs) if a not in self._hosts]
+        todo = [a for a in dict.fromkeys(addrs) if a not in self._hosts]
         if not todo:
             return
         results: dict[str, str] = {}
+        work = queue.SimpleQueue()
+        for a in todo:
+            work.put(a)
+        done = threading.Semaphore(0)
 
-        def one(a):
-            try:
-                results[a] = socket.gethostbyaddr(a)[0]
-            except (OSError, UnicodeError, ValueError):
-                results[a] = a
+        def worker():
+            while True:
+                try:
+                    a = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[a] = socket.gethostbyaddr(a)[0]
+                except (OSError, UnicodeError, ValueError):
+                    results[a] = a
+                done.release()
 
-        threads = [threading.Thread(target=one, args=(a,), daemon=True) for a in todo]
-        for t in threads:
-            t.start()
-        import time
+        for _ in range(min(16, len(todo))):
+            threading.Thread(target=worker, daemon=True).start()
         end = time.monotonic() + self.deadline
-        for t in threads:
-            t.join(max(0.0, end - time.monotonic()))
+        for _ in todo:
+            if not done.acquire(timeout=max(0.0, end - time.monotonic())):
+                break
         for a in todo:
             self._hosts[a] = results.get(a, a)
 

@@ -162,7 +162,7 @@ class NumericResolver(Resolver):
 # ---------------------------------------------------------------------------
 # small parsers with ipvsadm's rules
 
-_NUM = re.compile(r"\s*[+-]?\d+")
+_NUM = re.compile(r"\s*[+-]?[0-9]+")
 
 
 def string_to_number(s: str | None, lo: int, hi: int) -> int | None:
@@ -199,7 +199,7 @@ class Addr:
 
 def parse_service(buf: str | None, proto: str, resolver: Resolver) -> Addr | None:
     """host[:port] | [v6]:port | v6 -> Addr, or None (ipvsadm's SERVICE_NONE)."""
-    if buf is None or buf == "" or buf.isdigit():
+    if buf is None or buf == "" or all("0" <= ch <= "9" for ch in buf):
         return None
     portstr = None
     if buf.startswith("["):
