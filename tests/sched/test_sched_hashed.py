@@ -200,3 +200,9 @@ def test_hashing_schedulers_need_a_packet(rig):
     for name in ("dh", "sh", "mh", "lblc", "lblcr"):
         with pytest.raises(ValueError, match="needs the packet"):
             rig(name, [1]).sched.schedule(rig(name, [1]).dests, None)
+
+
+def test_sh_port_only_for_protocols_with_ports(rig):
+    r = rig("sh", [1, 1], flags=["sh-port"])
+    p = Packet("198.51.100.1", 1, "192.0.2.1", 80, proto="icmp")
+    assert r.pick(p) == "A"  # port ignored: bucket 177

@@ -194,3 +194,19 @@ def test_ovf_overflows_when_active_exceeds_weight(rig):
     assert r.pick() == "C"
     r.load(C=(2, 0))
     assert r.pick() is None
+
+
+def test_error_lines_read_like_the_kernel_log(rig):
+    from halb.sched import error_line
+
+    r = rig("wrr", [1, 1])
+    r["A"].overloaded = r["B"].overloaded = True
+    assert r.pick() is None
+    assert error_line(r.svc, r.sched) == \
+        "wrr: TCP 192.0.2.1:80 - no destination available: all destinations are overloaded"
+    r2 = rig("rr", [0])
+    assert r2.pick() is None
+    assert error_line(r2.svc, r2.sched) == "rr: TCP 192.0.2.1:80 - no destination available"
+    fwm = Service(ServiceKey("fwm", fwmark=1), scheduler="lc")
+    assert error_line(fwm, make_scheduler(fwm)) == \
+        "lc: FWM 1 0x00000001 - no destination available"

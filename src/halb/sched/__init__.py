@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from halb.model import Dest, Service, SCHEDULERS
 
 __all__ = ["Packet", "Scheduler", "make_scheduler", "is_overloaded", "update_overload",
-           "carry_overload", "SCHEDULERS"]
+           "carry_overload", "error_line", "SCHEDULERS"]
+
+NO_DEST = "no destination available"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Scheduler:
     derived from the destination list, `update`."""
 
     name = ""
+    # why the last schedule() returned None, in the kernel's words
+    error = NO_DEST
 
     def __init__(self, service: Service | None = None):
         self.flags: tuple[str, ...] = tuple(service.flags) if service is not None else ()
@@ -106,6 +110,19 @@ def carry_overload(old: Dest, new: Dest) -> None:
     new.overloaded = old.overloaded
     if new.u_threshold == 0 or new.u_threshold > old.u_threshold:
         new.overloaded = False
+
+
+def error_line(service: Service, sched: Scheduler) -> str:
+    """The kernel's log line when a scheduler finds no server
+    (ip_vs_scheduler_err), e.g. "rr: TCP 10.0.0.1:80 - no destination available"."""
+    k = service.key
+    if k.proto == "fwm":
+        where = f"FWM {k.fwmark} 0x{k.fwmark:08X}"
+    elif ":" in k.addr:
+        where = f"{k.proto.upper()} [{k.addr}]:{k.port}"
+    else:
+        where = f"{k.proto.upper()} {k.addr}:{k.port}"
+    return f"{sched.name}: {where} - {sched.error}"
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ MH_TAB_INDEX = 12  # CONFIG_IP_VS_MH_TAB_INDEX default -> primes[12 - 8] = 4093
 # generate_hash_secret() in ip_vs_mh.c: fixed keys
 MH_HASH1 = (2654435761, 2654435761)
 MH_HASH2 = (2654446892, 2654446892)
+# ip_vs_sh/mh_get_port(): only these carry ports (others hash with port 0)
+PORT_PROTOS = frozenset(("tcp", "udp", "sctp"))
 
 
 @lru_cache(maxsize=65536)
@@ -112,7 +114,7 @@ class SourceHashing(Scheduler):
         self.table = table
 
     def _key(self, pkt: Packet) -> int:
-        port = pkt.sport if self.use_port else 0
+        port = pkt.sport if self.use_port and pkt.proto in PORT_PROTOS else 0
         return (port + addr_fold(pkt.src)) & 0xFFFFFFFF
 
     def schedule(self, dests, pkt=None, now=None):
@@ -136,9 +138,10 @@ class SourceHashing(Scheduler):
         for offset in range(size):
             roffset = (offset + ihash) % size
             idx = table[(roffset + key) & mask]
-            d = dests[idx]
-            if not _unavailable(d):
-                return d
+            if idx < n:
+                d = dests[idx]
+                if not _unavailable(d):
+                    return d
         return None
 
 
@@ -236,7 +239,7 @@ class MaglevHashing(Scheduler):
         table = self.table
         if table is None:
             return None
-        port = pkt.sport if self.use_port else 0
+        port = pkt.sport if self.use_port and pkt.proto in PORT_PROTOS else 0
         M = self.size
         ihash = self._hash(pkt.src, port, MH_HASH1) % M
         idx = table[ihash]
@@ -247,9 +250,10 @@ class MaglevHashing(Scheduler):
             return d
         if not self.fallback:
             return None
+        n = len(dests)
         for offset in range(M):
             roffset = (offset + ihash) % M
-            d = dests[table[self._hash(pkt.src, port, MH_HASH1, roffset) % M]]
-            if not _unavailable(d):
-                return d
+            idx = table[self._hash(pkt.src, port, MH_HASH1, roffset) % M]
+            if idx < n and not _unavailable(dests[idx]):
+                return dests[idx]
         return None

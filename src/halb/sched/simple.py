@@ -9,7 +9,10 @@ from __future__ import annotations
 from math import gcd
 
 from halb.model import Dest
-from halb.sched import Packet, Scheduler, register
+from halb.sched import NO_DEST, Scheduler, register
+
+
+OVERLOADED = NO_DEST + ": all destinations are overloaded"
 
 
 def _ident_list(dests: list[Dest]) -> list[tuple[str, int]]:
@@ -114,6 +117,7 @@ class WeightedRoundRobin(Scheduler):
         if i >= n:
             i = self.cl = -1
         if self.mw == 0:
+            self.error = NO_DEST
             return None
         last = i
         stop = None
@@ -131,6 +135,7 @@ class WeightedRoundRobin(Scheduler):
                 if j == stop:
                     self.cl = j
                     self.cw = cw
+                    self.error = OVERLOADED
                     return None
                 j += 1
             i = -1
@@ -140,6 +145,7 @@ class WeightedRoundRobin(Scheduler):
                 if last_pass or last == -1:
                     self.cl = -1
                     self.cw = cw
+                    self.error = OVERLOADED
                     return None
                 restarted = True
             last_pass = cw <= di
