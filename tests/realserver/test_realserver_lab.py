@@ -148,3 +148,19 @@ def test_errors_apply_nothing(lab):
     r = rs(lab, "N2", "start", "--vip", lab.vip, env=lab.node_env("N2", {"HALB_RUN_DIR": shared}))
     assert r.returncode == 1 and "belongs to another network namespace" in r.stderr
     assert snapshot(lab, "N2") == before
+
+
+def test_node_holding_the_vip_keeps_it_off_lo(lab):
+    """On the director (IPaddr2 put the VIP on its LAN interface) lvsdr sets
+    the ARP sysctls but does not hide a second copy of the VIP on lo."""
+    n1, vip = lab.node("N1"), lab.vip
+    lab.run("N1", ["ip", "addr", "add", f"{vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
+    r = rs(lab, "N1", "start", "--vip", vip)
+    assert r.returncode == 0, r.stderr
+    assert f"realserver: {vip} is up on {n1.iface} (this node holds the VIP): not hidden on lo" in r.stdout
+    assert f"lo: add" not in r.stdout
+    st = rs(lab, "N1", "status")
+    assert st.returncode == 0 and f"held on {n1.iface}" in st.stdout
+    assert rs(lab, "N1", "stop").returncode == 0
+    # stop leaves the director's VIP where it is
+    assert vip in lab.run("N1", ["ip", "-4", "addr", "show", "dev", n1.iface], check=True).stdout

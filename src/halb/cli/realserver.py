@@ -91,7 +91,9 @@ def _print_status(st: dict) -> None:
         return
     print(f"realserver is {st['state']}")
     for v in st["vips"]:
-        print(f"  lo: {v['vip']}/32 {'present' if v['on_lo'] else 'MISSING'}"
+        where = "present" if v["on_lo"] else (f"absent: held on {v['held_on']} (this node is the director)"
+                                              if v.get("held_on") else "MISSING")
+        print(f"  lo: {v['vip']}/32 {where}"
               + ("" if v["ours"] else " (was there before start)") + f"  LAN interface {v['iface']}")
     for i in st["interfaces"]:
         print(f"  {i['iface']}: arp_ignore={i['arp_ignore']} arp_announce={i['arp_announce']}"

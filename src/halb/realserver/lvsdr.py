@@ -51,6 +51,7 @@ class Observed:
     """What the shell saw: sysctl values per interface, addresses on lo."""
     sysctls: dict = field(default_factory=dict)     # {(iface, key): "0"}
     lo_addrs: set = field(default_factory=set)      # {"10.0.0.10"} (/32 only)
+    held: dict = field(default_factory=dict)        # {vip: iface}: VIP up on another interface
 
 
 def empty_state() -> dict:
@@ -73,7 +74,9 @@ def plan_start(wanted: list[tuple[str, str]], seen: Observed, state: dict) -> li
             if cur != value:
                 actions.append(Action("sysctl", iface, key, value, cur))
     for vip, _ in wanted:                    # 2. ... then the hidden VIPs
-        if vip not in seen.lo_addrs:
+        # a VIP this node holds on its LAN interface (it is the director,
+        # heartbeat's IPaddr2 moved it there) is not hidden on lo as well
+        if vip not in seen.lo_addrs and vip not in seen.held:
             actions.append(Action("addr-add", vip))
     return actions
 
@@ -184,8 +187,18 @@ class System:
             raise RealServerError(f"no LAN route to VIP {vip}: cannot find the LAN interface, use --interface")
         return name
 
+    def held(self) -> dict:
+        """Addresses up on interfaces other than lo: {ip: iface}."""
+        names = {l["index"]: l.get("IFLA_IFNAME") for l in self.ipr.get_links()}
+        out = {}
+        for a in self.ipr.get_addr(family=2):
+            name = names.get(a["index"])
+            if name and name != "lo":
+                out[a.get("IFA_ADDRESS")] = name
+        return out
+
     def observe(self, ifaces) -> Observed:
-        seen = Observed(lo_addrs=self.lo_addrs())
+        seen = Observed(lo_addrs=self.lo_addrs(), held=self.held())
         for iface in ifaces:
             for key, _ in ARP:
                 v = self.read_sysctl(iface, key)
@@ -256,10 +269,14 @@ class RealServer:
         iface_of = dict(wanted)
         # VIPs present before us stay someone else's: remember them as not ours
         for vip, iface in wanted:
+            if vip in seen.held and vip not in seen.lo_addrs:
+                self.log(f"{vip} is up on {seen.held[vip]} (this node holds the VIP): not hidden on lo")
             if vip not in st["vips"]:
                 if vip in seen.lo_addrs:
                     st["vips"][vip] = {"iface": iface, "added": False}
                     self.log(f"lo: {vip}/32 already present (left alone by stop)")
+                elif vip in seen.held:
+                    st["vips"][vip] = {"iface": iface, "added": False}
             else:
                 st["vips"][vip]["iface"] = iface
         done: list[Action] = []
@@ -327,11 +344,13 @@ class RealServer:
         if st is None:
             return {"state": "stopped", "vips": [], "interfaces": [], "problems": []}
         lo = self.sys.lo_addrs()
+        held = self.sys.held()
         vips, ifaces, problems = [], [], []
         for vip, rec in st["vips"].items():
             present = vip in lo
-            vips.append({"vip": vip, "iface": rec.get("iface"), "on_lo": present, "ours": rec.get("added", False)})
-            if not present:
+            vips.append({"vip": vip, "iface": rec.get("iface"), "on_lo": present,
+                         "held_on": held.get(vip), "ours": rec.get("added", False)})
+            if not present and vip not in held:
                 problems.append(f"{vip} is not on lo")
         used = sorted({rec.get("iface") for rec in st["vips"].values() if rec.get("iface")} | set(st["interfaces"]))
         for iface in used:
