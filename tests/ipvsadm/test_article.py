@@ -15,8 +15,10 @@ import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
-VPORT = 8080
-RPORT = 8081
+# per-run random ports and 127.x.y.z addresses: other test runs share the machine
+VPORT = random.randint(20000, 29999)
+RPORT = random.randint(30000, 39999)
+UPORT = random.randint(40000, 49999)
 
 
 def _wait_port(host, port, deadline=20.0):
@@ -115,8 +117,12 @@ def test_article_round_robin_listing_connections_stats_clear(lab):
                    f"TCP  {lab.svc} rr\n"
                    + "  -> %-28s %-7s %-6d %-10u %-10u\n" % (f"{lab.rip1}:{RPORT}", "Masq", 1, 0, 0)
                    + "  -> %-28s %-7s %-6d %-10u %-10u\n" % (f"{lab.rip2}:{RPORT}", "Masq", 1, 0, 0))
-    # without -n the port names come from /etc/services (8080 = http-alt)
-    assert f"TCP  {lab.vip}:http-alt rr\n" in lab.ipvsadm("-L").stdout
+    # without -n the port names come from /etc/services
+    try:
+        pname = socket.getservbyport(VPORT, "tcp")
+    except OSError:
+        pname = str(VPORT)
+    assert f"TCP  {lab.vip}:{pname} rr\n" in lab.ipvsadm("-L").stdout
 
     bodies = [lab.get() for _ in range(6)]
     assert set(bodies) == {"N1", "N2"}
@@ -232,16 +238,16 @@ while True:
 def test_udp_service_round_robin_and_thresholds(lab):
     for addr, name in ((lab.rip1, "N1"), (lab.rip2, "N2")):
         lab.procs.append(subprocess.Popen([sys.executable, "-c", UDP_ECHO, addr, str(RPORT), name]))
-    lab.ipvsadm(f"-A -u {lab.vip}:5353 -s rr")
-    lab.ipvsadm(f"-a -u {lab.vip}:5353 -r {lab.rip1}:{RPORT} -m -x 100 -y 50")
-    lab.ipvsadm(f"-a -u {lab.vip}:5353 -r {lab.rip2}:{RPORT} -m")
+    lab.ipvsadm(f"-A -u {lab.vip}:{UPORT} -s rr")
+    lab.ipvsadm(f"-a -u {lab.vip}:{UPORT} -r {lab.rip1}:{RPORT} -m -x 100 -y 50")
+    lab.ipvsadm(f"-a -u {lab.vip}:{UPORT} -r {lab.rip2}:{RPORT} -m")
     thr = lab.ipvsadm("-L -n --thresholds").stdout
     assert "  -> %-28s %-10u %-10u" % (f"{lab.rip1}:{RPORT}", 100, 50) in thr
 
     def ask(src_port_sock):
         end = time.monotonic() + 20
         while time.monotonic() < end:  # the echo servers may still be starting
-            src_port_sock.sendto(b"who?", (lab.vip, 5353))
+            src_port_sock.sendto(b"who?", (lab.vip, UPORT))
             try:
                 return src_port_sock.recvfrom(100)[0].decode()
             except socket.timeout:
@@ -257,7 +263,7 @@ def test_udp_service_round_robin_and_thresholds(lab):
         s.close()
     assert sorted(answers) == ["N1", "N1", "N2", "N2"], answers
     conns = [ln.split() for ln in lab.ipvsadm("-L -c -n").stdout.splitlines()[2:]]
-    assert any(f[0] == "UDP" and f[4] == f"{lab.vip}:5353" for f in conns), conns
+    assert any(f[0] == "UDP" and f[4] == f"{lab.vip}:{UPORT}" for f in conns), conns
 
 
 def test_rate_shows_traffic_while_it_flows(lab):
