@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from halb.errors import IpvsError
 from halb.model import Dest, Service, SCHEDULERS
 
 __all__ = ["Packet", "Scheduler", "make_scheduler", "is_overloaded", "update_overload",
@@ -137,12 +138,6 @@ def register(cls: type[Scheduler]) -> type[Scheduler]:
 
 def make_scheduler(service: Service) -> Scheduler:
     """A fresh scheduler for service.scheduler, honouring service.flags."""
-    from halb.errors import IpvsError
-    from halb.sched import simple  # noqa: F401  (registers)
-    try:
-        from halb.sched import hashed, locality  # noqa: F401
-    except ImportError:  # pragma: no cover - during bring-up
-        pass
     cls = _REGISTRY.get(service.scheduler)
     if cls is None:
         raise IpvsError("Scheduler or persistence engine not found")
@@ -151,3 +146,7 @@ def make_scheduler(service: Service) -> Scheduler:
 
 def now_default(now: float | None) -> float:
     return time.monotonic() if now is None else now
+
+
+# the scheduler modules register themselves (they import the names above)
+from halb.sched import hashed, locality, simple  # noqa: E402,F401

@@ -13,7 +13,7 @@ if the same address:port is added back.
 from __future__ import annotations
 
 from halb.model import Dest
-from halb.sched import Packet, Scheduler, now_default, register
+from halb.sched import Scheduler, now_default, register
 from halb.sched.hashing import addr_fold, hash_32
 
 TAB_BITS = 10  # CONFIG_IP_VS_LBLC_TAB_BITS / CONFIG_IP_VS_LBLCR_TAB_BITS default
