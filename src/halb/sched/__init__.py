@@ -8,6 +8,12 @@ Interface used by the engines::
     dest = sched.schedule(service.dests, Packet(src, sport, dst, dport, "tcp"))
     # dest is one of the Dest objects passed in, or None (no server available)
 
+The hashing schedulers (dh, sh, mh) expose their bucket table as `.table`
+(bucket -> index into the `dests` list of the last update(); mh: None when no
+server has a weight), for engines that program it into a data plane.
+
+`error_line(service, sched)` gives the kernel's log line for a None result.
+
 Engines keep each Dest's live `activeconns` / `inactconns` current and call
 `update_overload(dest)` whenever those counts change (the kernel's
 IP_VS_DEST_F_OVERLOAD rule), so `dest.overloaded` is what schedulers skip.

@@ -31,7 +31,9 @@ class RoundRobin(Scheduler):
     """ip_vs_rr.c: a pointer to the last chosen server in the list; the next
     available (not overloaded, weight > 0) server after it wins.  When the
     pointed-to server is removed the pointer moves to its predecessor, so the
-    cycle continues with the server that followed the removed one."""
+    cycle continues with the server that followed the removed one.  New
+    servers join at the head of the list.  When one update() both removes and
+    adds servers, the removals are taken to have happened first."""
 
     name = "rr"
 
