@@ -331,24 +331,28 @@ userdb {{
 }}
 mail_location = maildir:~/Maildir
 service imap-login {{
-  inet_listener imap {{ port = {imap} }}
-  inet_listener imaps {{ port = {imaps}
-    ssl = yes }}
+  inet_listener imap {{
+    port = {imap}
+  }}
+  inet_listener imaps {{
+    port = {imaps}
+    ssl = yes
+  }}
 }}
 service pop3-login {{
-  inet_listener pop3 {{ port = {pop3} }}
-  inet_listener pop3s {{ port = {pop3s}
-    ssl = yes }}
-}}
-service stats {{
-  unix_listener stats-reader {{ mode = 0666 }}
-  unix_listener stats-writer {{ mode = 0666 }}
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s}
+    ssl = yes
+  }}
 }}
 """)
     proc = popen(["dovecot", "-F", "-c", str(conf)], d / "dovecot.out")
     try:
         for p in (imap, imaps, pop3, pop3s):
-            wait_tcp(p, proc=proc, log=d / "dovecot.log")
+            wait_tcp(p, proc=proc, log=d / "dovecot.out")
         yield type("Dovecot", (), {"imap": imap, "imaps": imaps, "pop3": pop3, "pop3s": pop3s,
                                    "user": user, "password": password, "proc": proc})
     finally:

@@ -19,7 +19,7 @@ import director_servers as servers
 pytestmark = pytest.mark.timeout(120)
 
 
-def spec(virtual_lines: str, real: str, globals_: str = "checktimeout=3\nnegotiatetimeout=3\n",
+def spec(virtual_lines: str, real: str, globals_: str = "checktimeout=10\nnegotiatetimeout=10\n",
          vport: int = 80):
     cfg = parse_text(f"{globals_}virtual=127.0.0.1:{vport}\n\treal={real}\n" +
                      "".join(f"\t{l}\n" for l in virtual_lines.strip().splitlines()), "t.cf", hostname="N1")
