@@ -7,10 +7,11 @@ One run, everything on loopback, bounded (~2 min):
   (c) wrk -> HAProxy mode tcp, nbthread 1 -> nginx
 for keep-alive requests, one connection per request (Connection: close) and a
 bulk transfer (curl downloading a 100 MiB file several times), then the p99
-latency at low load (wrk with 2 connections) to get the latency halb adds.
+latency at half of halb's keep-alive maximum (wrk connections pacing their
+requests with a Lua delay()) to get the latency halb adds.
 Prints req/s, p99 latency, MB/s and the ratios b/a and b/c.
 
-    python3 bench/bench_proxy.py [--duration 5] [--conns 50] [--bulk-mib 100] [--bulk-n 3]
+    python3 bench/bench_proxy.py [--duration 3] [--rounds 2] [--conns 50] [--bulk-mib 100] [--bulk-n 3]
 """
 from __future__ import annotations
 
@@ -58,10 +59,12 @@ def halb(*args, run_dir):
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, conns: int, threads: int, duration: float, close: bool = False) -> dict:
+def wrk(url: str, conns: int, threads: int, duration: float, close: bool = False, script: str = "") -> dict:
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration:g}s", "--latency", url]
     if close:
         cmd[1:1] = ["-H", "Connection: close"]
+    if script:
+        cmd[1:1] = ["-s", script]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -171,7 +174,8 @@ listen bench
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run (default 3)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds, best kept (default 2)")
     ap.add_argument("--conns", type=int, default=50, help="wrk connections (default 50)")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--bulk-mib", type=int, default=100, help="size of the bulk file in MiB (default 100)")
@@ -191,17 +195,42 @@ def main() -> int:
         paths = {"a direct": ng, "b halb": st.halb_proxy(ng, True), "c haproxy": st.haproxy(ng),
                  "b' halb no-splice": st.halb_proxy(ng, False)}
         res: dict[str, dict] = {p: {} for p in paths}
-        for name, port in paths.items():
-            url = f"http://127.0.0.1:{port}/index.html"
-            ka = wrk(url, a.conns, a.threads, a.duration)
-            cl = wrk(url, a.conns, a.threads, a.duration, close=True)
-            lo = wrk(url, 2, 1, a.duration)
-            mb = bulk(f"http://127.0.0.1:{port}/big.bin", a.bulk_n)
-            res[name] = {"ka": ka, "cl": cl, "lo": lo, "mb": mb}
-            print(f"  measured {name:<18} keep-alive {ka['rps']:9.0f} req/s  conn/req {cl['rps']:8.0f} req/s  "
-                  f"bulk {mb:7.0f} MB/s  low-load p99 {lo['p99']:.3f} ms"
-                  + (f"  errors: {ka['errors']} {cl['errors']}" if (ka['errors'] or cl['errors']) else ""),
-                  flush=True)
+
+        def keep(name, what, val, better):
+            old = res[name].get(what)
+            res[name][what] = val if old is None else better(old, val)
+
+        best_rps = lambda o, n: n if n["rps"] > o["rps"] else o  # noqa: E731
+        best_p99 = lambda o, n: n if n["p99"] < o["p99"] else o  # noqa: E731
+        # the paths are measured interleaved, `rounds` times, keeping each one's best
+        # figure: other work on the machine then hurts no path more than another
+        for rnd in range(a.rounds):
+            for name, port in paths.items():
+                url = f"http://127.0.0.1:{port}/index.html"
+                ka = wrk(url, a.conns, a.threads, a.duration)
+                cl = wrk(url, a.conns, a.threads, a.duration, close=True)
+                mb = bulk(f"http://127.0.0.1:{port}/big.bin", a.bulk_n)
+                keep(name, "ka", ka, best_rps)
+                keep(name, "cl", cl, best_rps)
+                keep(name, "mb", mb, max)
+                print(f"  round {rnd + 1} {name:<18} keep-alive {ka['rps']:9.0f} req/s  conn/req {cl['rps']:8.0f} "
+                      f"req/s  bulk {mb:7.0f} MB/s"
+                      + (f"  errors: {ka['errors']} {cl['errors']}" if (ka['errors'] or cl['errors']) else ""),
+                      flush=True)
+        # latency at half of halb's keep-alive maximum: every wrk connection waits
+        # DELAY ms between requests (wrk's Lua delay()), so the offered rate is
+        # about conns * 1000 / DELAY whatever the path: the same load for a, b, c
+        delay_ms = 20
+        script = tmp / "delay.lua"
+        script.write_text(f"function delay()\n  return {delay_ms}\nend\n")
+        half = res["b halb"]["ka"]["rps"] / 2
+        lconns = max(2, min(1000, round(half * delay_ms / 1000)))
+        for rnd in range(a.rounds):
+            for name, port in paths.items():
+                lo = wrk(f"http://127.0.0.1:{port}/index.html", lconns, a.threads, a.duration, script=str(script))
+                keep(name, "lo", lo, best_p99)
+                print(f"  round {rnd + 1} {name:<18} at ~{half:.0f} req/s offered: {lo['rps']:.0f} req/s, "
+                      f"p99 {lo['p99']:.3f} ms", flush=True)
     finally:
         st.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -213,11 +242,11 @@ def main() -> int:
         ("conn-per-request req/s", lambda r: r["cl"]["rps"], "{:.0f}"),
         ("conn-per-request p99 ms", lambda r: r["cl"]["p99"], "{:.2f}"),
         ("bulk MB/s", lambda r: r["mb"], "{:.0f}"),
-        ("low load (c=2) req/s", lambda r: r["lo"]["rps"], "{:.0f}"),
-        ("low load (c=2) p99 ms", lambda r: r["lo"]["p99"], "{:.3f}"),
+        ("half load req/s", lambda r: r["lo"]["rps"], "{:.0f}"),
+        ("half load p99 ms", lambda r: r["lo"]["p99"], "{:.3f}"),
     ]
     print()
-    print(f"wrk -t{a.threads} -c{a.conns} -d{a.duration:g}s; bulk = curl {a.bulk_n} x {a.bulk_mib} MiB; "
+    print(f"best of {a.rounds} interleaved rounds; wrk -t{a.threads} -c{a.conns} -d{a.duration:g}s; bulk = curl {a.bulk_n} x {a.bulk_mib} MiB; "
           f"nginx 1 worker; HAProxy mode tcp nbthread 1; {os.cpu_count()} CPUs")
     hdr = f"{'':<26}{'(a) direct':>12}{'(b) halb':>12}{'(c) haproxy':>13}{'halb copy':>11}{'b/a':>7}{'b/c':>7}"
     print(hdr)
@@ -229,12 +258,12 @@ def main() -> int:
     added = B["lo"]["p99"] - A["lo"]["p99"]
     load = B["lo"]["rps"] / B["ka"]["rps"] if B["ka"]["rps"] else float("nan")
     print()
-    print(f"p99 latency added by halb proxy at low load: {added:.3f} ms "
-          f"(halb at {load:.0%} of its keep-alive maximum)")
+    print(f"p99 latency added by halb proxy at half load: {added:.3f} ms "
+          f"(halb at {load:.0%} of its keep-alive maximum, {lconns} connections x 1 request / {delay_ms} ms)")
     targets = [("keep-alive >= 0.5 x HAProxy", B["ka"]["rps"] >= 0.5 * C["ka"]["rps"]),
                ("conn-per-request >= 0.3 x HAProxy", B["cl"]["rps"] >= 0.3 * C["cl"]["rps"]),
                ("bulk >= 0.5 x HAProxy", B["mb"] >= 0.5 * C["mb"]),
-               ("p99 added < 1 ms at low load", added < 1.0)]
+               ("p99 added < 1 ms at half load", added < 1.0)]
     for what, ok in targets:
         print(f"  target {what:<36} {'met' if ok else 'NOT met'}")
     print(f"(bench took {time.monotonic() - t0:.0f} s)")
