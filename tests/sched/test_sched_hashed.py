@@ -206,3 +206,11 @@ def test_sh_port_only_for_protocols_with_ports(rig):
     r = rig("sh", [1, 1], flags=["sh-port"])
     p = Packet("198.51.100.1", 1, "192.0.2.1", 80, proto="icmp")
     assert r.pick(p) == "A"  # port ignored: bucket 177
+
+
+def test_sh_ipv6_source_is_folded(rig):
+    # 2001:db8::1 folds to 0x20010db8 ^ 0x00000001 = 0x20010db9; low byte 185
+    # bucket (185 * 177) & 255 = 233: odd -> A in the B A B A ... table
+    r = rig("sh", [1, 1])
+    assert r.pick(Packet("2001:db8::1", 0, "192.0.2.1", 80)) == "A"
+    assert r.pick(Packet("2001:db8::2", 0, "192.0.2.1", 80)) == "B"  # 186*177 & 255 = 154

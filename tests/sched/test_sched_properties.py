@@ -170,3 +170,84 @@ def test_thresholds_follow_the_kernel_bind_unbind_rule(u, low, events):
         assert d.overloaded == model
         if u and total >= u:
             assert d.overloaded
+
+
+class _Node:
+    def __init__(self, dest=None):
+        self.dest = dest
+        self.prev = self.next = self
+
+
+class KernelRR:
+    """ip_vs_rr.c on a literal circular doubly-linked list (list_add at the
+    head, list_del keeping the removed node's next pointer), as a reference."""
+
+    def __init__(self):
+        self.head = _Node()
+        self.sched_data = self.head
+        self.nodes = {}
+
+    def add(self, d):
+        n = _Node(d)
+        n.next, n.prev = self.head.next, self.head
+        self.head.next.prev = n
+        self.head.next = n
+        self.nodes[d.ident] = n
+
+    def delete(self, ident):
+        n = self.nodes.pop(ident)
+        n.prev.next = n.next
+        n.next.prev = n.prev  # n.next stays valid (list_del_rcu)
+        if self.sched_data is n:  # ip_vs_rr_del_dest
+            self.sched_data = n.next.prev
+
+    def schedule(self):
+        p = self.sched_data
+        last = p
+        node = p
+        passes = 0
+        while True:
+            node = node.next
+            while node is not self.head:
+                d = node.dest
+                if not d.overloaded and d.weight > 0:
+                    self.sched_data = node
+                    return d
+                if node is last:
+                    return None
+                node = node.next
+            passes += 1
+            if not (passes < 2 and p is not self.head):
+                return None
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(st.lists(st.tuples(st.sampled_from(["pick", "pick", "add", "del", "weight", "flag"]),
+                          st.integers(0, 50), st.integers(0, 3)), max_size=80))
+def test_rr_matches_the_kernel_linked_list(ops):
+    ref = KernelRR()
+    dests = []
+    s = make_scheduler(service("rr"))
+    s.update(dests)
+    nxt = 0
+    for op, a, w in ops:
+        if op == "add" or not dests:
+            d = dest(nxt, w)
+            nxt += 1
+            dests.append(d)
+            ref.add(d)
+            s.update(dests)
+        elif op == "del":
+            d = dests.pop(a % len(dests))
+            ref.delete(d.ident)
+            s.update(dests)
+        elif op == "weight":
+            dests[a % len(dests)].weight = w
+            s.update(dests)
+        elif op == "flag":
+            d = dests[a % len(dests)]
+            d.overloaded = not d.overloaded
+        else:
+            want = ref.schedule()
+            got = s.schedule(dests, None)
+            assert (got and got.ident) == (want and want.ident)
