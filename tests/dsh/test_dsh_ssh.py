@@ -27,9 +27,9 @@ def test_group_machine_and_nodeset_selection(sshlab):
     assert r.returncode == 0, r.stderr
     assert lines(r.stdout) == ["N1", "N2", "N4"]  # duplicates merged, order kept
 
-    r = sshlab.dsh("-m", "N[3-4],root@N1", "uname", "-n")
+    r = sshlab.dsh("-c", "-M", "-m", "N[3-4],root@N1", "uname", "-n")
     assert r.returncode == 0, r.stderr
-    assert lines(r.stdout) == ["N3", "N4", "N1"]
+    assert sorted(lines(r.stdout)) == ["N3: N3", "N4: N4", "root@N1: N1"]
 
     r = sshlab.dsh("-M", "-m", "root@N2", "id", "-un")
     assert r.returncode == 0, r.stderr
