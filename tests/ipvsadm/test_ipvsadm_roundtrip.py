@@ -68,7 +68,7 @@ def canon(t: Table):
                   for s in t.config_services())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(services(), max_size=5))
 def test_save_restore_round_trip(items):
     table = build(items)

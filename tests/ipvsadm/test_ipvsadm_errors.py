@@ -14,7 +14,7 @@ from halb.cli.main import main as halb_main
 from halb.ipvsadm.fmt import Names, format_save
 
 sys.path.insert(0, str(Path(__file__).parent))
-from memengine import MemEngine  # noqa: E402
+from ipvsadm_memengine import MemEngine  # noqa: E402
 
 SETUP = [
     "-A -t 10.0.0.1:80 -s rr",
