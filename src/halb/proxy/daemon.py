@@ -197,6 +197,8 @@ class Half:
 
     # -- splice mode -------------------------------------------------------
     def on_readable(self):
+        if self.conn.closed:  # ended earlier in this loop iteration
+            return
         try:
             n = SPLICE(self.src, self.wp, CHUNK, None, None, SPLICE_FLAGS)
         except BlockingIOError:
@@ -225,6 +227,8 @@ class Half:
             self.loop.add_writer(self.dst, self.on_writable)
 
     def on_writable(self):
+        if self.conn.closed:  # ended earlier in this loop iteration
+            return
         while self.pending:
             try:
                 m = SPLICE(self.rp, self.dst, self.pending, None, None, SPLICE_FLAGS)
@@ -245,6 +249,8 @@ class Half:
 
     # -- buffered mode -----------------------------------------------------
     def on_readable_buf(self):
+        if self.conn.closed:  # ended earlier in this loop iteration
+            return
         try:
             data = os.read(self.src, BUFSIZE)
         except BlockingIOError:
@@ -270,6 +276,8 @@ class Half:
             self.loop.add_writer(self.dst, self.on_writable_buf)
 
     def on_writable_buf(self):
+        if self.conn.closed:  # ended earlier in this loop iteration
+            return
         try:
             m = os.write(self.dst, self.buf)
         except BlockingIOError:
@@ -713,6 +721,11 @@ class ProxyDaemon:
                     opened[k] = bind_socket(k)
                 except OSError as e:
                     raise IpvsError(f"cannot bind {k}: {e.strerror}") from None
+            scheds = {}
+            for k, cfg in new.services.items():
+                svc = self.svcs.get(k)
+                if svc is None or svc.sig is None or svc.sig[0] != (cfg.scheduler, cfg.flags):
+                    scheds[k] = make_scheduler(cfg)
         except IpvsError:
             for s in opened.values():
                 s.close()
@@ -741,7 +754,7 @@ class ProxyDaemon:
                 if not cfg.persistent and old.persistent:
                     for t in self.persist.drop_key(k):
                         t.dest.dest.persistconns -= 1
-            self._sync_dests(svc, cfg, now)
+            self._sync_dests(svc, cfg, now, scheds.get(k))
         for op in ops:
             if op.kind == "zero":
                 for k, svc in self.svcs.items():
@@ -753,10 +766,10 @@ class ProxyDaemon:
                 log.info("timeouts set: tcp %d tcpfin %d udp %d", t.tcp, t.tcpfin, t.udp)
         del old_table
 
-    def _sync_dests(self, svc: SvcRT, cfg, now: float) -> None:
-        sched_changed = svc.sched is None or svc.sig is None or svc.sig[0] != (cfg.scheduler, cfg.flags)
+    def _sync_dests(self, svc: SvcRT, cfg, now: float, sched) -> None:
+        sched_changed = sched is not None
         if sched_changed:
-            svc.sched = make_scheduler(cfg)
+            svc.sched = sched
         new_map = {}
         dlist = []
         for d in cfg.dests:
