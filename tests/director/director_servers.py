@@ -357,3 +357,47 @@ service pop3-login {{
                                    "user": user, "password": password, "proc": proc})
     finally:
         stop(proc)
+
+
+class NginxSite:
+    """One nginx serving `body` at / on 127.0.0.1:port, that can be stopped
+    and started again on the same port (a back end that dies and returns)."""
+
+    def __init__(self, d: Path, body: str, port: int | None = None):
+        self.d = d
+        d.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.body = body
+        self.proc: subprocess.Popen | None = None
+        self.conf = d / "nginx.conf"
+        self.conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;
+    uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;
+    server {{ listen 127.0.0.1:{self.port} reuseport;
+        location / {{ return 200 "{body}\\n"; }} }}
+}}
+""")
+
+    def start(self) -> "NginxSite":
+        self.proc = popen(["nginx", "-c", str(self.conf), "-p", str(self.d)], self.d / "nginx.out")
+        wait_tcp(self.port, proc=self.proc, log=self.d / "error.log")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -205,7 +205,8 @@ def test_smtp_and_submission(tmp_path, web):
     with servers.exim(tmp_path / "exim") as mx:
         up(spec("service=smtp", f"127.0.0.1:{mx.port} masq"))
         up(spec("service=submission", f"127.0.0.1:{mx.port} masq"))
-    down(spec("service=smtp", f"127.0.0.1:{web.http} masq"))  # an HTTP server is a wrong answer
+    # an HTTP server never greets: a wrong answer
+    down(spec("service=smtp\nnegotiatetimeout=2", f"127.0.0.1:{web.http} masq"))
 
 
 # -- FTP (vsftpd) ---------------------------------------------------------------------
@@ -217,7 +218,7 @@ def test_ftp(tmp_path, web):
         up(spec('service=ftp\nrequest="health.txt"\nreceive="server OK"', f"127.0.0.1:{ftp.port} masq"))
         down(spec('service=ftp\nrequest="health.txt"\nreceive="broken"', f"127.0.0.1:{ftp.port} masq"))
         down(spec('service=ftp\nrequest="absent.txt"\nreceive="OK"', f"127.0.0.1:{ftp.port} masq"))
-    down(spec("service=ftp", f"127.0.0.1:{web.http} masq"))
+    down(spec("service=ftp\nnegotiatetimeout=2", f"127.0.0.1:{web.http} masq"))
 
 
 # -- DNS (dnsmasq) ----------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""The director daemon against a real engine (halb proxy) and real back ends
+(nginx): removal within checkinterval + checktimeout, re-add, quiescent,
+reload (good and bad file), maintenance, e-mail alerts through exim, clean stop."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import director_servers as servers
+from halb.context import Context
+
+pytestmark = [pytest.mark.timeout(180)]
+
+if not shutil.which("nginx"):
+    pytest.skip("nginx not installed", allow_module_level=True)
+
+
+def halb(ctx: Context, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
+                        "--engine", "proxy", *args], capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"halb {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    ctx = Context(node="dirtest", run_dir=tmp_path / "run", engine="proxy")
+    halb(ctx, "proxy", "start")
+    try:
+        yield ctx
+    finally:
+        for f in ctx.run_dir.glob("director.*.pid"):
+            cfg = f.name[len("director."):-len(".pid")]
+            halb(ctx, "director", str(tmp_path / cfg), "stop", check=False)
+        halb(ctx, "proxy", "stop", check=False)
+
+
+def dests(ctx: Context, port: int) -> dict | None:
+    from halb.proxy.client import connect
+    with connect(ctx) as eng:
+        for s in eng.services():
+            if s.key.port == port:
+                return {(d.addr, d.port): d.weight for d in s.dests}
+    return None
+
+
+def get(port: int, timeout=3.0) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+    return data.decode("latin-1")
+
+
+def write_cfg(path: Path, vport: int, p1: int, p2: int, extra_global: str = "", extra_virtual: str = "",
+              w2: int = 1) -> Path:
+    path.write_text(f"checkinterval=1\nchecktimeout=2\n{extra_global}\n"
+                    f"virtual=127.0.0.1:{vport}\n"
+                    f"\treal=127.0.0.1:{p1} masq 1 \"/\", \"N1\"\n"
+                    f"\treal=127.0.0.1:{p2} masq {w2} \"/\", \"N2\"\n"
+                    f"\tservice=http\n\tscheduler=rr\n{extra_virtual}")
+    return path
+
+
+def test_remove_readd_reload_maintenance_and_stop(proxy, tmp_path):
+    ctx = proxy
+    vport = servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        maint = tmp_path / "maint"
+        maint.mkdir()
+        cfg = write_cfg(tmp_path / "ld.cf", vport, n1.port, n2.port, extra_global=f"maintenancedir={maint}")
+        halb(ctx, "director", str(cfg), "start")
+        both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
+        wait_for(lambda: dests(ctx, vport) == both, what="both real servers in the table")
+        st = halb(ctx, "director", str(cfg), "status")
+        assert "is running with pid" in st.stdout and "up" in st.stdout
+        assert {get(vport).split()[-1] for _ in range(4)} == {"N1", "N2"}
+
+        # a back end dies: out within checkinterval + checktimeout (1 + 2 s; slack for a loaded CI box)
+        n2.stop()
+        t0 = time.monotonic()
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 1}, timeout=15, what="N2 removal")
+        assert time.monotonic() - t0 < 3 + 4
+        assert all(get(vport).split()[-1] == "N1" for _ in range(10))  # no failed request after removal
+
+        n2.start()
+        wait_for(lambda: dests(ctx, vport) == both, timeout=15, what="N2 re-added")
+
+        # reload: new weight applied in place, N1 never leaves the table
+        write_cfg(cfg, vport, n1.port, n2.port, extra_global=f"maintenancedir={maint}", w2=3)
+        halb(ctx, "director", str(cfg), "reload")
+        assert dests(ctx, vport) == {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 3}
+
+        # a bad file: refused, the running configuration stays
+        good = cfg.read_text()
+        cfg.write_text(good + "\tcheckinterval=abc\n")
+        r = halb(ctx, "director", str(cfg), "reload", check=False)
+        assert r.returncode == 1
+        assert f"{cfg}:" in r.stderr and "invalid checkinterval" in r.stderr and "Traceback" not in r.stderr
+        assert dests(ctx, vport) == {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 3}
+        assert "last reload failed" in halb(ctx, "director", str(cfg), "status").stdout
+        cfg.write_text(good)
+
+        # maintenance file takes N1 out by hand
+        (maint / f"127.0.0.1:{n1.port}").touch()
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n2.port): 3}, timeout=15, what="maintenance")
+        (maint / f"127.0.0.1:{n1.port}").unlink()
+        wait_for(lambda: len(dests(ctx, vport)) == 2, timeout=15, what="back from maintenance")
+
+        log = (ctx.run_dir / "director.ld.cf.log").read_text()
+        assert f"Deleted real server: 127.0.0.1:{n2.port} (127.0.0.1:{vport})" in log
+        assert f"Added real server: 127.0.0.1:{n2.port} (127.0.0.1:{vport}) (Weight set to 1)" in log
+
+        halb(ctx, "director", str(cfg), "stop")
+        assert dests(ctx, vport) is None  # cleanstop: the virtual service is gone
+        assert not list(ctx.run_dir.glob("director.ld.cf.*[dk]"))  # no pid file, no socket
+        assert halb(ctx, "director", str(cfg), "status", check=False).returncode == 3
+
+
+def test_quiescent_weight_zero_and_established_connection_finishes(proxy, tmp_path):
+    ctx = proxy
+    vport = servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        cfg = write_cfg(tmp_path / "q.cf", vport, n1.port, n2.port, extra_global="quiescent=yes\ncleanstop=no")
+        halb(ctx, "director", str(cfg), "start")
+        both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
+        wait_for(lambda: dests(ctx, vport) == both, what="both real servers in the table")
+        n2.stop()
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 0},
+                 timeout=15, what="N2 quiescent (weight 0)")
+        assert all(get(vport).split()[-1] == "N1" for _ in range(6))
+        n2.start()
+        wait_for(lambda: dests(ctx, vport) == both, timeout=15, what="N2 weight restored")
+        halb(ctx, "director", str(cfg), "stop")
+        assert dests(ctx, vport) == both  # cleanstop=no leaves the table as it is
+
+
+@pytest.mark.root
+def test_email_alert_received_by_exim(proxy, tmp_path):
+    if not shutil.which("exim4"):
+        pytest.skip("exim4 not installed")
+    ctx = proxy
+    vport = servers.free_port()
+    with servers.exim() as mx, servers.NginxSite(tmp_path / "n1", "N1") as n1, \
+            servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        cfg = write_cfg(tmp_path / "mail.cf", vport, n1.port, n2.port,
+                        extra_global=f'emailalert="root@halb-test"\nsmtp=127.0.0.1:{mx.port}\n'
+                                     f'emailalertstatus=running,stopping\nemailalertfrom="halb <director@halb-test>"')
+        halb(ctx, "director", str(cfg), "start")
+        wait_for(lambda: dests(ctx, vport) and len(dests(ctx, vport)) == 2, what="both up")
+        n2.stop()
+        want = f"Subject: Deleted real server: 127.0.0.1:{n2.port} (127.0.0.1:{vport})"
+        text = wait_for(lambda: mx.inbox.exists() and want in mx.inbox.read_text() and mx.inbox.read_text(),
+                        timeout=30, what="the alert in exim's mailbox")
+        assert "From: halb <director@halb-test>" in text and "Daemon-Status: running" in text
+        halb(ctx, "director", str(cfg), "stop")
+        want = f"Purged real server (stop): 127.0.0.1:{n1.port}"
+        wait_for(lambda: want in mx.inbox.read_text(), timeout=30, what="the stop alert")
+
+
+def test_cli_errors_are_one_line(proxy, tmp_path):
+    ctx = proxy
+    bad = tmp_path / "bad.cf"
+    bad.write_text("checkinterval=1\nvirtual=127.0.0.1:80\n\treal=127.0.0.1:81 sideways\n")
+    r = halb(ctx, "director", str(bad), "start", check=False)
+    assert r.returncode != 0 and r.stderr.strip() == \
+        f"halb: {bad}:3: forward method must be gate, masq or ipip"
+    assert not (ctx.run_dir / "director.bad.cf.pid").exists()
+    r = halb(ctx, "director", str(tmp_path / "absent.cf"), "start", check=False)
+    assert r.returncode != 0 and "Config file not found" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = halb(ctx, "director", str(bad), "dance", check=False)
+    assert r.returncode == 2 and "unknown command 'dance'" in r.stderr
