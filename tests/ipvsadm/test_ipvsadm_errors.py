@@ -168,3 +168,27 @@ def test_save_then_restore_round_trips(eng):
     assert snapshot(eng) == before
     assert eng.calls == calls + 2  # -C, then the whole restore as ONE execute()
     assert run(eng, ["-S", "-n"])[1] == saved_n
+
+
+def test_engine_default_gate_forces_the_service_port(monkeypatch, tmp_path):
+    """No forwarding option: the engine's default applies; with direct
+    routing as default the real-server port becomes the service's (ipvsadm's
+    rule), while a masq default keeps the given port."""
+    gate = MemEngine(fwd_methods=("gate", "masq", "ipip"), default_fwd="gate")
+    gate.run_dir = tmp_path
+    monkeypatch.setattr(cli_ipvsadm, "open_engine", lambda ctx: gate)
+    assert run(gate, "-A -t 10.0.0.1:80 -s rr".split())[0] == 0
+    assert run(gate, "-a -t 10.0.0.1:80 -r 10.0.0.2:8080".split())[0] == 0
+    assert run(gate, "-a -t 10.0.0.1:80 -r 10.0.0.3:8080 -m".split())[0] == 0
+    rc, _, err = run(gate, ["-R"], stdin="-a -t 10.0.0.1:80 -r 10.0.0.4:8080\n")
+    assert rc == 0, err
+    assert run(gate, ["-S", "-n"])[1] == ("-A -t 10.0.0.1:80 -s rr\n"
+                                          "-a -t 10.0.0.1:80 -r 10.0.0.2:80 -g -w 1\n"
+                                          "-a -t 10.0.0.1:80 -r 10.0.0.3:8080 -m -w 1\n"
+                                          "-a -t 10.0.0.1:80 -r 10.0.0.4:80 -g -w 1\n")
+    masq = MemEngine()
+    masq.run_dir = tmp_path
+    monkeypatch.setattr(cli_ipvsadm, "open_engine", lambda ctx: masq)
+    run(masq, "-A -t 10.0.0.1:80 -s rr".split())
+    run(masq, "-a -t 10.0.0.1:80 -r 10.0.0.2:8080".split())
+    assert "-r 10.0.0.2:8080 -m -w 1" in run(masq, ["-S", "-n"])[1]

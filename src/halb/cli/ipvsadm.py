@@ -8,13 +8,14 @@ table untouched.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from halb import __version__
 from halb.engine import open_engine
 from halb.errors import IpvsError, UsageError
 from halb.ipvsadm.fmt import ListFormat, Names, format_conns, format_list, format_save, format_timeout
 from halb.ipvsadm.parse import parse_argv, parse_restore
-from halb.model import FWD_METHODS, Table
+from halb.model import FWD_METHODS, Op, Table
 
 USAGE = """\
 halb ipvsadm -- the virtual-server table, with ipvsadm's syntax (ipvsadm 1.31)
@@ -58,6 +59,21 @@ def _fmt(cmd) -> ListFormat:
                       nosort=cmd.nosort, exact=cmd.exact, tun_info=cmd.tun_info)
 
 
+def _engine_defaults(ops, engine) -> list:
+    """No -g/-m/-i given: the engine's default method applies. When that is
+    direct routing or a tunnel, the real-server port is the service's, as
+    ipvsadm forces it (fwmark services keep theirs)."""
+    if engine.default_fwd not in ("gate", "ipip"):
+        return ops
+    out = []
+    for op in ops:
+        if op.kind in ("add-dest", "edit-dest") and op.dest.fwd is None and op.key.proto != "fwm" \
+                and op.dest.port != op.key.port:
+            op = Op(op.kind, key=op.key, dest=replace(op.dest, port=op.key.port))
+        out.append(op)
+    return out
+
+
 def _check_restore(engine, plan) -> None:
     """Dry-run the batch on a copy of the current table to name the failing
     line precisely; the engine then applies the same batch atomically."""
@@ -91,6 +107,7 @@ def main(ctx, argv: list[str]) -> int:
     try:
         if cmd.cmd == "restore":
             if plan.ops:
+                plan.ops = _engine_defaults(plan.ops, engine)
                 _check_restore(engine, plan)
                 try:
                     engine.execute(plan.ops)
@@ -119,7 +136,7 @@ def main(ctx, argv: list[str]) -> int:
             else:
                 sys.stdout.write(format_list(engine.services(), _fmt(cmd), names, engine.default_fwd))
             return 0
-        engine.execute(cmd.ops())
+        engine.execute(_engine_defaults(cmd.ops(), engine))
         return 0
     finally:
         engine.close()
