@@ -395,3 +395,34 @@ def test_cli_usage_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "unknown action 'frob'" in r.stderr and "Traceback" not in r.stderr
     r = halb("proxy", "stop", ctx=ctx)
     assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_live_counts_drive_lc_and_thresholds(proxy, web, vip):
+    """lc sees the proxy's live active/inactive counts; an upper threshold
+    takes a server out of scheduling while it holds that many connections."""
+    eng = proxy.engine
+    k = setup_http(eng, vip, web, "lc")
+    hc = http.client.HTTPConnection(*vip, timeout=15)  # a long-lived connection on X
+    hc.request("GET", "/")
+    busy = hc.getresponse().read().decode().strip()
+    other = "N2" if busy == "N1" else "N1"
+    assert names(fetch(*vip)[0] for _ in range(3)) == [other] * 3  # 1 active > 3 inactive (x256)
+    s = svc_of(eng, k)
+    counts = {("N1" if d.port == web["N1"][1] else "N2"): (d.activeconns, d.inactconns) for d in s.dests}
+    assert counts[busy] == (1, 0) and counts[other] == (0, 3)
+    hc.close()
+
+    eng.clear()
+    k = setup_http(eng, vip, web, "rr")
+    eng.edit_dest(k, Dest(*web["N1"], u_threshold=1))
+    hold, conns = [], []
+    for _ in range(4):  # keep connections open: N1 takes one, then is overloaded
+        c = http.client.HTTPConnection(*vip, timeout=15)
+        c.request("GET", "/")
+        hold.append(c.getresponse().read().decode().strip())
+        conns.append(c)
+    assert hold.count("N1") == 1 and hold.count("N2") == 3, hold
+    n1 = [d for d in svc_of(eng, k).dests if d.port == web["N1"][1]][0]
+    assert n1.overloaded and n1.activeconns == 1
+    for c in conns:
+        c.close()
