@@ -192,3 +192,16 @@ def test_engine_default_gate_forces_the_service_port(monkeypatch, tmp_path):
     run(masq, "-A -t 10.0.0.1:80 -s rr".split())
     run(masq, "-a -t 10.0.0.1:80 -r 10.0.0.2:8080".split())
     assert "-r 10.0.0.2:8080 -m -w 1" in run(masq, ["-S", "-n"])[1]
+
+
+def test_listing_variants_through_the_cli(eng):
+    rc, out, _ = run(eng, ["-L", "--daemon"])
+    assert rc == 0 and out == ""  # no sync daemon runs
+    rc, out, _ = run(eng, [])  # bare `ipvsadm` lists the table
+    assert rc == 0 and out.startswith("IP Virtual Server version 1.2.1 (size=4096)\n")
+    rc, out, _ = run(eng, ["-Ln", "-t", "10.0.0.1:80", "--thresholds"])
+    assert rc == 0 and out.splitlines()[0].startswith("Prot LocalAddress:Port            Uthreshold")
+    rc, out, _ = run(eng, ["-h"])
+    assert rc == 0 and "--tcp-service" in out
+    rc, out, _ = run(eng, ["--version"])
+    assert rc == 0 and out.startswith("ipvsadm v1.31")

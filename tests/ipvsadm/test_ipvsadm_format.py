@@ -211,3 +211,11 @@ def test_slow_reverse_dns_is_bounded_and_falls_back_to_numbers(monkeypatch):
     got = format_list([svc], ListFormat(), Names(False, deadline=0.5))
     assert _time.monotonic() - t0 < 5
     assert "TCP  10.9.9.1:http rr\n" in got and "  -> 10.9.9.39:http " in got
+
+
+def test_tun_info_layout():
+    got = format_list([table()[0]], ListFormat(numeric=True, tun_info=True), N)
+    assert got == (VERSION + "Prot LocalAddress:Port Scheduler Flags\n"
+                   "  -> RemoteAddress:Port           Forward TunnelInfo    Weight ActiveConn InActConn\n"
+                   "FWM  5 mh (mh-port) persistent 300\n"
+                   + "  -> %-28s %-7s %-13s %-6d %-10u %-10u\n" % ("10.0.0.9:0", "Tunnel", "ipip", 2, 0, 0))
