@@ -73,6 +73,10 @@ def test_start_status_stop_in_a_node(lab):
     assert st.returncode == 1 and "MISSING" in st.stdout
     lab.run("N2", ["ip", "addr", "add", f"{vip}/32", "dev", "lo"], check=True)
 
+    r = rs(lab, "N2", "restart", "--vip", vip)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == f"realserver: lo: add {vip}/32"
+    assert snapshot(lab, "N2") == mid
+
     r = rs(lab, "N2", "stop")
     assert r.returncode == 0
     assert r.stdout.splitlines()[0] == f"realserver: lo: del {vip}/32"   # VIP first, then ARP

@@ -50,7 +50,7 @@ API (stable; used by the tests and benches of nft, director, heartbeat, dsh)::
         lab.nginx_start("N1") / lab.nginx_stop("N1")   # nginx on lab.nginx_port (8080)
         lab.cut_link("N1"); lab.restore_link("N1")     # unplug / replug the cable
         lab.freeze("N1"); lab.thaw("N1"); lab.kill_node("N1")  # SIGSTOP/SIGCONT/SIGKILL all
-        lab.http_get("client0", "http://VIP/testcluster.html", timeout=2) -> (200, "N1\\n")
+        lab.http_get("client0", "http://VIP/testcluster.html", timeout=5) -> (200, "N1\\n")
         lab.curl("client0", "http://VIP/testcluster.html")     # the real curl
     Lab.attach(name)  # an existing lab (from `halb lab up`)
 

@@ -128,14 +128,23 @@ def destroy(state: LabState, grace: float = 2.0) -> list[str]:
     idempotent and tolerant of half-built labs. Returns what was removed."""
     removed: list[str] = []
     all_ns = [n.netns for n in state.nodes] + [state.switch_ns]
-    pids: set[int] = set()
-    for n in state.nodes:
-        pids.update(nsu.pids_in(f"{NETNS_DIR}/{n.netns}", "net"))
-        pids.update(nsu.pids_in(n.uts, "uts"))
-    pids.update(nsu.pids_in(f"{NETNS_DIR}/{state.switch_ns}", "net"))
-    if pids:
+    killed: set[int] = set()
+    # a process may still be forking (a daemon starting when its creator
+    # died): sweep until a pass finds nobody left
+    for _ in range(10):
+        pids: set[int] = set()
+        for n in state.nodes:
+            pids.update(nsu.pids_in(f"{NETNS_DIR}/{n.netns}", "net"))
+            pids.update(nsu.pids_in(n.uts, "uts"))
+        pids.update(nsu.pids_in(f"{NETNS_DIR}/{state.switch_ns}", "net"))
+        pids = {p for p in pids if nsu._alive(p)}
+        if not pids:
+            break
         nsu.kill_pids(sorted(pids), grace=grace)
-        removed.append(f"{len(pids)} processes")
+        killed |= pids
+        time.sleep(0.05)
+    if killed:
+        removed.append(f"{len(killed)} processes")
     for n in state.nodes:
         if os.path.exists(n.uts):
             subprocess.run(["umount", n.uts], capture_output=True)
@@ -518,7 +527,7 @@ class Lab:
         if wait:
             self._wait_apache(n)
 
-    def _wait_apache(self, n: Node, timeout: float = 20) -> None:
+    def _wait_apache(self, n: Node, timeout: float = 30) -> None:
         """Wait until Apache listens and its pid file names a live process."""
         self._wait_port(n, 80, timeout)
         deadline = time.monotonic() + timeout
@@ -573,7 +582,7 @@ class Lab:
         if not nsu.wait_gone([pid] + kids, timeout):
             nsu.kill_pids([pid] + kids, grace=0)
 
-    def _wait_port(self, n: Node, port: int, timeout: float = 20) -> None:
+    def _wait_port(self, n: Node, port: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -618,7 +627,7 @@ class Lab:
         return pids
 
     # ---- clients ---------------------------------------------------------
-    def http_get(self, node, url: str, timeout: float = 2) -> tuple[int, str]:
+    def http_get(self, node, url: str, timeout: float = 5) -> tuple[int, str]:
         """GET `url` from inside `node` (HTTP/1.0, new connection each time).
 
         The host may be "VIP" (the lab's VIP) or a node name. Returns
