@@ -426,3 +426,47 @@ def test_live_counts_drive_lc_and_thresholds(proxy, web, vip):
     assert n1.overloaded and n1.activeconns == 1
     for c in conns:
         c.close()
+
+
+def test_runs_without_any_privilege(tmp_path, web, vip):
+    """No capability at all (as a plain user): loopback VIPs on high ports work,
+    a privileged port is refused with the reason."""
+    import shutil
+    import subprocess
+    import sys
+
+    from halb.proxy.client import connect
+
+    pre = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to drop root's capabilities")
+        pre = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    p = Proxy(tmp_path / "run")
+    p.ctx.run_dir.mkdir(parents=True)
+    log = open(p.ctx.run_dir / "proxy.log", "wb")
+    proc = subprocess.Popen(pre + [sys.executable, "-m", "halb", "--node", p.ctx.node, "--run-dir",
+                                   str(p.ctx.run_dir), "proxy", "run"], stdout=log, stderr=log)
+    try:
+        eng = wait_for(lambda: (p.ctx.run_dir / "proxy.sock").exists() and connect(p.ctx), what="daemon")
+        with open(f"/proc/{proc.pid}/status") as f:
+            assert "CapEff:\t0000000000000000" in f.read()
+        setup_http(eng, vip, web, "rr")
+        assert sorted(names(fetch(*vip)[0] for _ in range(2))) == ["N1", "N2"]
+        try:
+            with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+                unpriv = int(f.read())
+        except OSError:
+            unpriv = 1024
+        if unpriv > 81:
+            with pytest.raises(IpvsError, match="Permission denied .ports below 1024 need root"):
+                eng.add_service(Service(ServiceKey("tcp", vip[0], 81)))
+            assert eng.services()[0].key.port == vip[1] and len(eng.services()) == 1
+        eng.stop()
+        eng.close()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

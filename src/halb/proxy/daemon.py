@@ -720,7 +720,9 @@ class ProxyDaemon:
                 try:
                     opened[k] = bind_socket(k)
                 except OSError as e:
-                    raise IpvsError(f"cannot bind {k}: {e.strerror}") from None
+                    hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" \
+                        if e.errno == errno.EACCES and k.port < 1024 else ""
+                    raise IpvsError(f"cannot bind {k}: {e.strerror}{hint}") from None
             scheds = {}
             for k, cfg in new.services.items():
                 svc = self.svcs.get(k)
