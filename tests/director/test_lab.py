@@ -1,0 +1,143 @@
+"""The article's acceptance test (§6.3.6, test 1) in the namespace lab: the
+director runs on N1 with the nft engine (Direct Return, N1 Local + N2 Route)
+and the article's ldirectord.cf; Apache on N2 stops -> N2 leaves the table
+within checkinterval + checktimeout and the client sees no failed request;
+Apache starts again -> N2 is back. Then the same with quiescent=yes."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+SEED = Path("/work/shared/seed/configs/ldirectord.cf")
+ARTICLE = """\
+checktimeout=10
+checkinterval=10
+emailalert="root"
+emailalertfreq=0
+emailalertstatus=stopping
+
+virtual=$VIP:80
+\tchecktype=negotiate
+\treal=$RIP1:80 gate 1 "testcluster.html", "N1"
+\treal=$RIP2:80 gate 1 "testcluster.html", "N2"
+\tservice=http
+\tcheckport=80
+\tscheduler=rr
+"""
+
+
+def article_text() -> str:
+    return SEED.read_text() if SEED.exists() else ARTICLE
+
+
+def halb(lab, *args, check=True, timeout=60):
+    r = lab.run("N1", [sys.executable, "-m", "halb", "--engine", "nft", *args], timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"halb {' '.join(args)} -> {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def table(lab) -> dict[str, tuple[str, int]]:
+    out = halb(lab, "ipvsadm", "-L", "-n").stdout
+    res = {}
+    for ln in out.splitlines():
+        m = re.match(r"^\s+->\s+(\d+\.\d+\.\d+\.\d+):(\d+)\s+(\w+)\s+(\d+)", ln)
+        if m:
+            res[m.group(1)] = (m.group(3), int(m.group(4)))
+    return res
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def client_get(lab, url):
+    from halb.lab.lab import LabError
+    try:
+        status, body = lab.http_get("client0", url, timeout=2)
+    except LabError:
+        return None
+    return body.strip() if status == 200 else None
+
+
+@pytest.fixture
+def cluster(make_lab, tmp_path):
+    lab = make_lab(nodes=2, clients=1, apache=True)
+    n1 = lab.node("N1")
+    lab.run("N1", ["ip", "addr", "add", f"{lab.vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
+    lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", lab.vip], check=True)
+    cfgs = []
+    try:
+        yield lab, cfgs
+    finally:
+        for c in cfgs:
+            halb(lab, "director", str(c), "stop", check=False)
+        halb(lab, "nft", "flush", check=False)
+        lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"])
+
+
+def config(lab, path: Path, extra: str = "") -> Path:
+    text = article_text().replace("$VIP", lab.vip).replace("$RIP1", lab.node("N1").ip) \
+        .replace("$RIP2", lab.node("N2").ip)
+    # alerts go to N1's own SMTP port (nothing listens): nothing leaves the lab
+    path.write_text(extra + "smtp=127.0.0.1\n" + text)
+    return path
+
+
+def scenario(lab, cfg: Path, interval: float, timeout: float, quiescent: bool):
+    rip1, rip2 = lab.node("N1").ip, lab.node("N2").ip
+    halb(lab, "director", str(cfg), "start")
+    wait_for(lambda: table(lab).get(rip1, ("", 0))[1] == 1 and table(lab).get(rip2, ("", 0))[1] == 1,
+             interval + timeout + 10, "N1 and N2 in the table")
+    t = table(lab)
+    assert t[rip1][0] == "Local" and t[rip2][0] == "Route", t
+    url = f"http://{lab.vip}/testcluster.html"
+    assert {client_get(lab, url) for _ in range(4)} == {"N1", "N2"}
+
+    lab.apache_stop("N2")
+    t0 = time.monotonic()
+    if quiescent:
+        wait_for(lambda: table(lab).get(rip2) == ("Route", 0), interval + timeout + 10, "N2 quiescent")
+    else:
+        wait_for(lambda: rip2 not in table(lab), interval + timeout + 10, "N2 removed")
+    took = time.monotonic() - t0
+    assert took <= interval + timeout + 3, took  # within checkinterval + checktimeout (+ CI slack)
+    got = [client_get(lab, url) for _ in range(10)]
+    assert got == ["N1"] * 10, got  # no failed request once N2 is out
+
+    lab.apache_start("N2")
+    wait_for(lambda: table(lab).get(rip2) == ("Route", 1), interval + timeout + 10, "N2 back")
+    assert {client_get(lab, url) for _ in range(4)} == {"N1", "N2"}
+    halb(lab, "director", str(cfg), "stop")
+    assert table(lab) == {}  # cleanstop: the director's virtual service is gone
+    return took
+
+
+def test_article_config_removes_and_readds_n2(cluster, tmp_path):
+    lab, cfgs = cluster
+    cfg = config(lab, tmp_path / "ldirectord.cf")
+    cfgs.append(cfg)
+    scenario(lab, cfg, interval=10, timeout=10, quiescent=False)
+    log = (lab.node_run_dir("N1") / "director.ldirectord.cf.log").read_text()
+    assert f"Deleted real server: {lab.node('N2').ip}:80 ({lab.vip}:80)" in log
+
+
+def test_quiescent_sets_weight_zero(cluster, tmp_path):
+    lab, cfgs = cluster
+    cfg = config(lab, tmp_path / "quiescent.cf", extra="quiescent=yes\n")
+    text = cfg.read_text().replace("checkinterval=10", "checkinterval=1").replace("checktimeout=10", "checktimeout=2")
+    cfg.write_text(text)
+    cfgs.append(cfg)
+    scenario(lab, cfg, interval=1, timeout=2, quiescent=True)
