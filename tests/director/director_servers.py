@@ -244,6 +244,17 @@ def dnsmasq(d: Path, records: dict[str, str]):
         stop(proc)
 
 
+def postgres_bindir() -> Path | None:
+    """Where initdb/postgres live (Debian keeps them off PATH)."""
+    found = shutil.which("postgres")
+    if found and (Path(found).parent / "initdb").exists():
+        return Path(found).parent
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (cand / "postgres").exists() and (cand / "initdb").exists():
+            return cand
+    return None
+
+
 def _as_nobody(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"] + argv
 
@@ -257,7 +268,7 @@ def postgres(_unused: Path | None = None, user: str = "halb", password: str = "s
 
 @contextlib.contextmanager
 def _postgres(d: Path, user: str, password: str):
-    bindir = Path(shutil.which("postgres")).parent
+    bindir = postgres_bindir()
     d = d / "pg"
     d.mkdir()
     os.chown(d, 65534, 65534)
