@@ -22,7 +22,7 @@ from halb.errors import ConfigError, HalbError
 from halb.heartbeat import stonith
 from halb.heartbeat.membership import Membership
 from halb.heartbeat.ownership import NodeView, decide, fence_targets
-from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode
+from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode, encode_body
 from halb.heartbeat.transport import echo_request, open_links, open_ping_socket, parse_echo_reply
 from halb.resources import ResourceError, make_agent
 
@@ -104,7 +104,8 @@ class Daemon:
         self.stopping = False
         self.realtime = False
         self.keepalive = self.cfg.keepalive
-        self.tick_interval = max(0.002, min(self.cfg.keepalive / 2, self.cfg.deadtime / 5))
+        # one wake-up per beat, more often only when deadtime needs the precision
+        self.tick_interval = max(0.002, min(self.cfg.keepalive, self.cfg.deadtime / 5))
         stonith.check_devices(self.cfg)
         self.fence_devices = stonith.devices_for(self.cfg, node)
         self.groups = []
@@ -124,6 +125,7 @@ class Daemon:
         self.respawned: dict[int, subprocess.Popen] = {}
         self._wake = None
         self.started_at = time.monotonic()
+        self._last_payload, self._last_body = None, b""
 
     # ------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -141,7 +143,10 @@ class Daemon:
 
     def send_beat(self, st="up"):
         self.seq += 1
-        data = encode(Packet(self.me, self.generation, self.seq, self.payload(st)), self.ha.auth)
+        p = self.payload(st)
+        if p != self._last_payload:
+            self._last_payload, self._last_body = p, encode_body(p)
+        data = encode(Packet(self.me, self.generation, self.seq, p), self.ha.auth, self._last_body)
         for ch in self.channels:
             self.counters["tx"] += len(ch.dests)
             self.counters["tx_errors"] += ch.send(data)
@@ -436,6 +441,11 @@ class Daemon:
         answer for a VIP another node now holds."""
         for g in reversed(self.groups):
             for a in reversed(g.agents):
+                if hasattr(a, "prepare"):
+                    try:
+                        await asyncio.to_thread(a.prepare)
+                    except Exception as e:
+                        self.log("warn", f"{a}: {e}")
                 try:
                     running = await asyncio.to_thread(a.status)
                 except Exception:
@@ -484,18 +494,26 @@ class Daemon:
             spath.unlink()
         server = await asyncio.start_unix_server(self.handle_client, path=str(spath))
         os.chmod(spath, 0o600)
-        stop = asyncio.Event()
+        self._stop = False
+
+        def on_signal():
+            self._stop = True
+            if self._sleeper is not None and not self._sleeper.done():
+                self._sleeper.cancel()
+        self._sleeper = None
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         self.set_realtime()
         respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
         next_beat = now
         next_ping = now
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
         try:
-            while not stop.is_set():
+            while not self._stop:
                 now = self.now()
-                if now >= next_beat:
+                # the event loop's timers have millisecond resolution and may fire
+                # up to 1 ms early: treat what is due within 1 ms as due now
+                if now >= next_beat - 0.001:
                     self.send_beat()
                     next_beat += cfg.keepalive
                     if next_beat < now:
@@ -508,11 +526,15 @@ class Daemon:
                 if not was_settled and self.mem.settled():
                     self.evaluate()
                 delay = min(next_beat, now + self.tick_interval) - self.now()
-                if delay > 0:
+                if delay > 0.001:
+                    self._sleeper = loop.create_future()
+                    h = loop.call_later(delay, _wake, self._sleeper)
                     try:
-                        await asyncio.wait_for(stop.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
+                        await self._sleeper
+                    except asyncio.CancelledError:
+                        if not self._stop:
+                            raise
+                    h.cancel()
         finally:
             await self.shutdown(server, respawn)
 
@@ -546,11 +568,20 @@ class Daemon:
             pass
         for ch in self.channels:
             ch.close()
+        for g in self.groups:
+            for a in g.agents:
+                if hasattr(a, "close"):
+                    a.close()
         if self.ping_sock:
             self.ping_sock.close()
         self.log("info", "heartbeat shutdown complete.")
         if isinstance(self.log, Logger):
             self.log.close()
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _socket_alive(path) -> bool:

@@ -18,7 +18,7 @@ not newer is a replay or arrived out of order and is dropped.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import hmac
 import json
 import struct
@@ -56,14 +56,20 @@ class Packet:
 def _mac(method: str, secret: bytes, data: bytes) -> bytes:
     if method == "crc":
         return struct.pack("!I", zlib.crc32(data) & 0xFFFFFFFF)
-    return hmac.new(secret, data, method).digest()
+    return hmac.digest(secret, data, method)
 
 
-def encode(pkt: Packet, auth: AuthKeys) -> bytes:
+def encode_body(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def encode(pkt: Packet, auth: AuthKeys, body: bytes | None = None) -> bytes:
+    """The signed datagram; `body` may be given pre-encoded (encode_body) to save work per beat."""
     key = auth.active
     method, secret = auth.keys[key]
     name = pkt.node.encode("utf-8")
-    body = json.dumps(pkt.payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    if body is None:
+        body = encode_body(pkt.payload)
     if len(name) > 255 or len(body) > MAX_PAYLOAD:
         raise ValueError("node name or payload too long for a beat")
     data = (_HEAD.pack(MAGIC, VERSION, pkt.type, key, 0, pkt.generation, pkt.seq)
@@ -117,12 +123,19 @@ def _decode(data: bytes, auth: AuthKeys, accept_crc: bool) -> Packet:
     # authenticated from here on: a peer with the key; still parse defensively
     try:
         name = name_b.decode("utf-8")
-        payload = json.loads(data[off:off + plen].decode("utf-8")) if plen else {}
+        payload = _parse_body(data[off:off + plen]) if plen else {}
     except (UnicodeDecodeError, ValueError):
         raise DecodeError("malformed", "payload") from None
     if not isinstance(payload, dict) or not name:
         raise DecodeError("malformed", "payload")
     return Packet(name, gen, seq, payload, ptype, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_body(body: bytes):
+    """Beats repeat the same body while nothing changes: parse each distinct one once.
+    The dict returned is shared: callers must not modify it."""
+    return json.loads(body.decode("utf-8"))
 
 
 class ReplayGuard:

@@ -76,6 +76,66 @@ class IPaddr2:
         self.state_file = Path(state_dir) / f"{name}-{self.ip}.state"
         self.log = log or (lambda level, msg: None)
         self._stop_arp = threading.Event()
+        self._nl = None          # a netlink socket kept open: a failover must not wait for a new one
+        self._lock = threading.Lock()
+
+    def _ipr(self):
+        if self._nl is None:
+            self._nl = IPRoute()
+        return self._nl
+
+    def _with_ipr(self, fn):
+        """Run fn(ipr) on the kept socket; on a socket problem retry once with a fresh one."""
+        with self._lock:
+            try:
+                return fn(self._ipr())
+            except (OSError, NetlinkError) as e:
+                if isinstance(e, NetlinkError):
+                    raise
+                self.close()
+                return fn(self._ipr())
+
+    def close(self):
+        if self._arp is not None:
+            self._arp[1].close()
+            self._arp = None
+        if self._nl is not None:
+            try:
+                self._nl.close()
+            except Exception:
+                pass
+            self._nl = None
+
+    def prepare(self):
+        """Open the netlink socket, find the interface and open the ARP socket
+        once, at daemon start: a failover then costs two netlink requests and
+        one frame."""
+        def work(ipr):
+            self._loc = self._locate(ipr)
+            self._lo = ipr.link_lookup(ifname="lo")[0]
+        self._with_ipr(work)
+        self._garp_sock(self._loc[1])
+
+    _loc = None
+    _lo = None
+    _arp = None
+
+    def _garp_sock(self, dev):
+        if self._arp is None or self._arp[0] != dev:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+            s.bind((dev, 0x0806))
+            self._arp = (dev, s, garp_frame(s.getsockname()[4][:6], self.ip))
+        return self._arp
+
+    def _announce(self, dev):
+        try:
+            _, s, frame = self._garp_sock(dev)
+            s.send(frame)
+        except OSError:
+            if self._arp:
+                self._arp[1].close()
+            self._arp = None
+            send_garp(dev, self.ip)
 
     def __str__(self):
         return f"{self.name}::{self.ip}"
@@ -118,27 +178,32 @@ class IPaddr2:
 
     # -- agent interface
     def start(self) -> None:
-        with IPRoute() as ipr:
-            idx, dev, bits = self._locate(ipr)
-            lo = ipr.link_lookup(ifname="lo")[0]
-            lo_bits = self._has(ipr, lo) if self.hidden_lo else None
-            if lo_bits is not None:
-                self.state_file.parent.mkdir(parents=True, exist_ok=True)
-                self.state_file.write_text(json.dumps({"ip": self.ip, "lo_prefixlen": lo_bits}))
-                ipr.addr("del", index=lo, address=self.ip, prefixlen=lo_bits)
-                self.log("info", f"{self}: removed {self.ip}/{lo_bits} from the hidden lo (remembered in {self.state_file})")
-            if self._has(ipr, idx) is None:
-                try:
-                    ipr.addr("add", index=idx, address=self.ip, prefixlen=bits)
-                except NetlinkError as e:
-                    raise ResourceError(f"{self}: cannot add {self.ip}/{bits} to {dev}: {e.args[-1]}") from None
-            self.log("info", f"{self}: {self.ip}/{bits} is up on {dev}")
-        self.dev_used = dev
+        self._with_ipr(self._start)
+
+    def _start(self, ipr) -> None:
+        idx, dev, bits = self._loc or self._locate(ipr)
+        lo = self._lo if self._lo is not None else ipr.link_lookup(ifname="lo")[0]
+        lo_bits = self._has(ipr, lo) if self.hidden_lo else None
+        if lo_bits is not None:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            self.state_file.write_text(json.dumps({"ip": self.ip, "lo_prefixlen": lo_bits}))
+            ipr.addr("del", index=lo, address=self.ip, prefixlen=lo_bits)
+            self.log("info", f"{self}: removed {self.ip}/{lo_bits} from the hidden lo (remembered in {self.state_file})")
         try:
-            send_garp(dev, self.ip)
+            ipr.addr("add", index=idx, address=self.ip, prefixlen=bits)
+        except NetlinkError as e:
+            if self._loc is not None and e.code == 19:     # the interface changed since prepare
+                self._loc = None
+                return self._start(ipr)
+            if e.code != 17:   # EEXIST: already there
+                raise ResourceError(f"{self}: cannot add {self.ip}/{bits} to {dev}: {e.args[-1]}") from None
+        try:
+            self._announce(dev)     # announce first, log after: the clients are waiting
         except OSError as e:
+            self.log("info", f"{self}: {self.ip}/{bits} is up on {dev}")
             self.log("warn", f"{self}: gratuitous ARP on {dev} failed: {e.strerror}")
             return
+        self.log("info", f"{self}: {self.ip}/{bits} is up on {dev}")
         self.log("info", f"{self}: sent gratuitous ARP for {self.ip} on {dev} (x{ARP_REPEAT + 1})")
         self._stop_arp.clear()
         threading.Thread(target=self._repeat_arp, args=(dev,), daemon=True).start()
@@ -148,41 +213,45 @@ class IPaddr2:
             if self._stop_arp.wait(ARP_INTERVAL):
                 return
             try:
-                send_garp(dev, self.ip)
+                self._announce(dev)
             except OSError:
                 return
 
     def stop(self) -> None:
         self._stop_arp.set()
-        with IPRoute() as ipr:
+        self._with_ipr(self._stop)
+
+    def _stop(self, ipr) -> None:
+        try:
+            idx, dev, _bits = self._locate(ipr)
+        except ResourceError:
+            idx, dev = None, None
+        if idx is not None:
+            have = self._has(ipr, idx)
+            if have is not None:
+                ipr.addr("del", index=idx, address=self.ip, prefixlen=have)
+                self.log("info", f"{self}: {self.ip} removed from {dev}")
+        if self.state_file.exists():
             try:
-                idx, dev, _bits = self._locate(ipr)
-            except ResourceError:
-                idx, dev = None, None
-            if idx is not None:
-                have = self._has(ipr, idx)
-                if have is not None:
-                    ipr.addr("del", index=idx, address=self.ip, prefixlen=have)
-                    self.log("info", f"{self}: {self.ip} removed from {dev}")
-            if self.state_file.exists():
-                try:
-                    st = json.loads(self.state_file.read_text())
-                    bits = int(st.get("lo_prefixlen", 32))
-                except (ValueError, OSError):
-                    bits = 32
-                lo = ipr.link_lookup(ifname="lo")[0]
-                if self._has(ipr, lo) is None:
-                    ipr.addr("add", index=lo, address=self.ip, prefixlen=bits)
-                self.state_file.unlink()
-                self.log("info", f"{self}: {self.ip}/{bits} back on the hidden lo (a real server again)")
+                st = json.loads(self.state_file.read_text())
+                bits = int(st.get("lo_prefixlen", 32))
+            except (ValueError, OSError):
+                bits = 32
+            lo = ipr.link_lookup(ifname="lo")[0]
+            if self._has(ipr, lo) is None:
+                ipr.addr("add", index=lo, address=self.ip, prefixlen=bits)
+            self.state_file.unlink()
+            self.log("info", f"{self}: {self.ip}/{bits} back on the hidden lo (a real server again)")
 
     def status(self) -> bool:
-        with IPRoute() as ipr:
-            try:
-                idx, _dev, _ = self._locate(ipr)
-            except ResourceError:
-                return False
-            return self._has(ipr, idx) is not None
+        return self._with_ipr(self._status)
+
+    def _status(self, ipr) -> bool:
+        try:
+            idx, _dev, _ = self._locate(ipr)
+        except ResourceError:
+            return False
+        return self._has(ipr, idx) is not None
 
 
 class IPaddr(IPaddr2):
