@@ -24,7 +24,7 @@ class Names:
     parallel with one overall deadline; whatever does not answer in time is
     shown numerically (ipvsadm would wait for each one)."""
 
-    def __init__(self, numeric: bool = False, deadline: float = 2.0):
+    def __init__(self, numeric: bool = False, deadline: float = 1.0):
         self.numeric = numeric
         self.deadline = deadline
         self._hosts: dict[str, str] = {}
