@@ -272,3 +272,27 @@ def test_nat_variant_gateway_topology(make_lab):
         lab.http_get("client0", f"http://{n2.ip}/testcluster.html")
     lab.down()
     assert _leftovers(lab.name, lab.dir) == []
+
+
+@pytest.mark.timeout(120)
+def test_down_stale_removes_only_labs_of_dead_creators():
+    alive = "s%05x" % random.getrandbits(20)
+    dead = "d%05x" % random.getrandbits(20)
+    code = ("import sys, time; from halb.lab import Lab; "
+            "Lab(nodes=1, clients=0, apache=False, name=sys.argv[1]).up(); print('up', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, dead], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        assert _halb("lab", "up", "--name", alive, "--nodes", "1", "--clients", "0", "--no-apache").returncode == 0
+        r = _halb("lab", "down", "--stale")
+        assert f"lab {dead}" not in r.stdout            # its creator still runs
+        p.kill()
+        p.wait(timeout=10)
+        r = _halb("lab", "down", "--stale")
+        assert r.returncode == 0 and f"lab {dead}: removed" in r.stdout and alive not in r.stdout
+        assert _leftovers(dead, lab_root() / dead) == []
+        assert os.path.exists(f"/run/netns/halb-{alive}-N1")   # `halb lab up` labs are kept
+    finally:
+        p.kill()
+        _halb("lab", "down", "--name", dead)
+        _halb("lab", "down", "--name", alive)

@@ -2,7 +2,7 @@
 
     halb lab up [--name NAME] [--nodes N] [--clients N] [--no-apache] [--nginx] [--subnet CIDR]
                 [--gateway N1]
-    halb lab down [--name NAME | --all]
+    halb lab down [--name NAME | --stale | --all]
     halb lab status [--name NAME] [--json]
     halb lab exec [--name NAME] NODE -- CMD [ARGS...]
     halb lab apache [--name NAME] NODE start|stop|status
@@ -11,6 +11,8 @@
 A lab's state lives in $HALB_LAB_DIR/NAME (default /run/halb-lab/NAME);
 `down` removes every namespace, link, process and file recorded there, also
 after the creating process was killed. The default lab name is "lab".
+`down --stale` removes the labs left by killed Python/pytest runs (their
+creator is gone; labs from `halb lab up` are kept); `--all` removes every lab.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import subprocess
 import sys
 
 from halb.errors import UsageError, HalbError
-from halb.lab import Lab, LabError, LabState, destroy, lab_root, list_labs
+from halb.lab import Lab, LabError, LabState, destroy, is_stale, lab_root, list_labs
 
 DEFAULT_NAME = "lab"
 
@@ -45,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove the lab and everything it created")
     down.add_argument("--name")
     down.add_argument("--all", action="store_true")
+    down.add_argument("--stale", action="store_true")
     st = sub.add_parser("status", help="nodes, addresses, processes")
     st.add_argument("--name")
     st.add_argument("--json", action="store_true")
@@ -83,7 +86,7 @@ def main(ctx, argv: list[str]) -> int:
     if args.cmd == "up":
         lab = Lab(nodes=args.nodes, clients=args.clients, apache=not args.no_apache,
                   nginx=args.nginx, name=args.name, subnet=args.subnet,
-                  gateway=args.gateway)
+                  gateway=args.gateway, persistent=True)
         try:
             lab.up()
         except BaseException:
@@ -97,6 +100,10 @@ def main(ctx, argv: list[str]) -> int:
     if args.cmd == "down":
         if args.all:
             states = list_labs()
+        elif args.stale:
+            states = [s for s in list_labs() if is_stale(s)]
+            if not states:
+                print("no stale lab")
         else:
             name = args.name or DEFAULT_NAME
             path = _state_path(name)

@@ -53,10 +53,13 @@ API (stable; used by the tests and benches of nft, director, heartbeat, dsh)::
         lab.http_get("client0", "http://VIP/testcluster.html", timeout=5) -> (200, "N1\\n")
         lab.curl("client0", "http://VIP/testcluster.html")     # the real curl
     Lab.attach(name)  # an existing lab (from `halb lab up`)
+    Lab(..., persistent=True)  # a lab meant to outlive its creating process
+                               # (as `halb lab up` does); others count as stale
+                               # once their creator is gone: `halb lab down --stale`
 
 Errors are LabError (a HalbError): one clear line.
 Pytest fixtures: halb.lab.testing (`lab`: 2 nodes, 1 client, Apache).
 """
-from halb.lab.lab import Lab, LabError, LabState, Node, destroy, lab_root, list_labs
+from halb.lab.lab import Lab, LabError, LabState, Node, destroy, is_stale, lab_root, list_labs
 
-__all__ = ["Lab", "LabError", "LabState", "Node", "destroy", "lab_root", "list_labs"]
+__all__ = ["Lab", "LabError", "LabState", "Node", "destroy", "is_stale", "lab_root", "list_labs"]

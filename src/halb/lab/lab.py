@@ -75,6 +75,8 @@ class LabState:
     bridge: str
     nodes: list = field(default_factory=list)
     creator_pid: int = 0
+    creator_start: float = 0.0   # the creator's start time (pid reuse guard)
+    persistent: bool = False     # built by `halb lab up`: outlives its creator
     created: float = 0.0
     complete: bool = False
     gateway: str = ""            # NAT lab: the node routing between the LANs
@@ -161,6 +163,19 @@ def destroy(state: LabState, grace: float = 2.0) -> list[str]:
     return removed
 
 
+def is_stale(state: LabState) -> bool:
+    """A lab built from Python whose creating process is gone (a crashed or
+    killed test run). Labs from `halb lab up` are never stale."""
+    if state.persistent or not state.creator_pid:
+        return False
+    import psutil
+    try:
+        proc = psutil.Process(state.creator_pid)
+        return state.creator_start and abs(proc.create_time() - state.creator_start) > 1
+    except psutil.NoSuchProcess:
+        return True
+
+
 def list_labs(root: Path | None = None) -> list[LabState]:
     root = root or lab_root()
     out = []
@@ -181,7 +196,7 @@ class Lab:
     def __init__(self, nodes: int = 2, clients: int = 1, apache: bool = True,
                  name: str | None = None, nginx: bool = False,
                  state_dir: str | os.PathLike | None = None, subnet: str | None = None,
-                 nginx_port: int = 8080, gateway: str | None = None):
+                 nginx_port: int = 8080, gateway: str | None = None, persistent: bool = False):
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces)")
         if not 1 <= nodes <= 50 or not 0 <= clients <= 50:
@@ -234,7 +249,8 @@ class Lab:
                               switch_ns=f"halb-{name}-sw", bridge=f"br{self.sid}",
                               nodes=nodes_l, creator_pid=os.getpid(), gateway=self.gateway,
                               public_subnet=str(self.pub_net) if gateway else "",
-                              public_bridge=f"pb{self.sid}" if gateway else "")
+                              public_bridge=f"pb{self.sid}" if gateway else "",
+                              persistent=persistent)
         self._up = False
 
     # ---- addressing ------------------------------------------------------
@@ -314,6 +330,11 @@ class Lab:
         if self.dir.parent == lab_root():
             os.chmod(self.dir.parent, 0o755)
         st.created = time.time()
+        try:
+            import psutil
+            st.creator_start = psutil.Process(st.creator_pid).create_time()
+        except Exception:
+            pass
         st.save(self.state_file)          # intent first: down works after any crash
         self._up = True
         # the switch: a bridge in its own namespace, no uplink, no route out
