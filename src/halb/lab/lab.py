@@ -171,7 +171,7 @@ def is_stale(state: LabState) -> bool:
     import psutil
     try:
         proc = psutil.Process(state.creator_pid)
-        return state.creator_start and abs(proc.create_time() - state.creator_start) > 1
+        return bool(state.creator_start) and abs(proc.create_time() - state.creator_start) > 1
     except psutil.NoSuchProcess:
         return True
 
