@@ -1,0 +1,98 @@
+"""The article's §6.3.6 acceptance tests 1-4, in the namespace lab: real Apache on N1 and N2,
+lvsdr (halb realserver) on both, heartbeat with the article's ha.cf (fast timers), authkeys md5,
+haresources `N1 IPAddr2::$VIP ldirectord`, ldirectord.cf (fast checks), nft engine."""
+from __future__ import annotations
+
+import collections
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cluster import Cluster, wait_for  # noqa: E402
+
+pytestmark = [pytest.mark.root]
+pytest_plugins = ["halb.lab.testing"]
+
+LDIRECTORD_CF = """\
+checktimeout=1
+checkinterval=1
+quiescent=no
+virtual={vip}:80
+\tchecktype=negotiate
+\treal={rip1}:80 gate 1 "testcluster.html", "N1"
+\treal={rip2}:80 gate 1 "testcluster.html", "N2"
+\tservice=http
+\tcheckport=80
+\tscheduler=rr
+"""
+
+
+def served(lab, n=8, timeout=2):
+    """Who answers n fresh requests to the VIP; a timeout or error raises."""
+    out = collections.Counter()
+    for _ in range(n):
+        status, body = lab.http_get("client0", "http://VIP/testcluster.html", timeout=timeout)
+        assert status == 200
+        out[body.strip()] += 1
+    return out
+
+
+def director_running(c, node):
+    cfg = c.dir(node) / "ldirectord.cf"
+    r = c.lab.run(node, [sys.executable, "-m", "halb", "--node", node, "--run-dir", str(c.run_dir(node)),
+                         "--engine", "nft", "director", str(cfg), "status"])
+    return r.returncode == 0
+
+
+@pytest.mark.timeout(240)
+def test_article_acceptance_tests_1_to_4(make_lab, tmp_path):
+    lab = make_lab(nodes=2, clients=1, apache=True)
+    c = Cluster(lab, tmp_path, haresources=f"N1 IPAddr2::{lab.vip} ldirectord::ldirectord.cf\n")
+    try:
+        for n in ("N1", "N2"):
+            (c.dir(n) / "ldirectord.cf").write_text(LDIRECTORD_CF.format(vip=lab.vip, rip1=lab.node("N1").rip,
+                                                                          rip2=lab.node("N2").rip))
+            r = lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.base / n / "rs"),
+                            "realserver", "start", "--haresources", str(c.dir(n) / "haresources")])
+            assert r.returncode == 0, r.stderr + r.stdout
+        c.start("N1")
+        c.start("N2")
+        wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+        wait_for(lambda: director_running(c, "N1"), 30, what="the director on N1")
+        wait_for(lambda: set(served(lab)) == {"N1", "N2"}, 30, 0.2, what="both nodes to serve through the VIP")
+
+        # test 1: Apache stops on N2 -> the director takes N2 out; every request still answered
+        lab.apache_stop("N2")
+        wait_for(lambda: set(served(lab)) == {"N1"}, 30, 0.2, what="N2 out of the table")
+        lab.apache_start("N2")
+        wait_for(lambda: set(served(lab)) == {"N1", "N2"}, 30, 0.2, what="N2 back in the table")
+
+        # test 2: heartbeat stops on N2 -> N1 says N2 is dead; service goes on
+        c.stop("N2")
+        wait_for(lambda: "node N2: is dead" in c.log("N1"), 10, what="N1 to declare N2 dead")
+        assert set(served(lab)) == {"N1", "N2"} and c.holders() == ["N1"]
+        c.start("N2")
+        wait_for(lambda: c.status("N1")["nodes"]["N2"]["status"] == "up", 10, what="N2 back")
+
+        # test 3: Apache and heartbeat stop on N1 -> N2 takes the VIP (off its lo), runs the director,
+        # and alone serves
+        lab.apache_stop("N1")
+        c.stop("N1")
+        wait_for(lambda: c.holders() == ["N2"], 10, what="N2 to take the VIP")
+        assert not c.vip_on("N2", "lo") and c.vip_on("N1", "lo")
+        wait_for(lambda: director_running(c, "N2"), 30, what="the director on N2")
+        assert not director_running(c, "N1")
+        wait_for(lambda: set(served(lab)) == {"N2"}, 30, 0.2, what="only N2 to serve")
+
+        # test 4: N1 comes back; auto_failback off: N2 stays director and re-adds N1 as a real
+        # server; N1 has the VIP on its hidden lo, so no request times out
+        lab.apache_start("N1")
+        c.start("N1")
+        wait_for(lambda: set(served(lab)) == {"N1", "N2"}, 30, 0.2, what="N1 to serve again as a real server")
+        assert c.holders() == ["N2"] and c.vip_on("N1", "lo")
+        counts = served(lab, 20, timeout=2)   # no request may time out
+        assert counts["N1"] >= 5 and counts["N2"] >= 5
+    finally:
+        c.close()
