@@ -13,8 +13,10 @@ in the kernel goes: the nft table, its ip rules and routing tables, the moved
 """
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
+import pickle
 import os
 import time
 from contextlib import contextmanager
@@ -59,6 +61,7 @@ class State:
         self.sysctls: dict[str, str] = d.get("sysctls", {})
         self.zero: dict[str, list[int]] = d.get("zero", {})
         self.kernel: bool = d.get("kernel", False)
+        self.sched_state: dict[str, str] = d.get("sched_state", {})
 
     def to_dict(self) -> dict:
         return {
@@ -68,7 +71,7 @@ class State:
             "dests": {k: [asdict(x) for x in v] for k, v in self.dests.items()},
             "next_mid": self.next_mid, "rips": self.rips, "next_ridx": self.next_ridx,
             "snat": self.snat, "local_moved": self.local_moved, "sysctls": self.sysctls,
-            "zero": self.zero, "kernel": self.kernel,
+            "zero": self.zero, "kernel": self.kernel, "sched_state": self.sched_state,
         }
 
     def table(self) -> Table:
@@ -244,10 +247,11 @@ class NftEngine(Engine):
                     _drop_zero(st, d.mid)
                 st.dests.pop(k, None)
                 st.sids.pop(k, None)
+                st.sched_state.pop(k, None)
         counts_needed = [s for s in new_services
                          if s.scheduler in COUNT_BASED or any(d.u_threshold for d in s.dests)]
         kern = _Kernel.read_flows(st, counts_needed) if (counts_needed and not full) else None
-        in_use = _Kernel.read_marks_in_use(st, old_by_key) if not full else {}
+        in_use = _Kernel.read_marks_in_use(st, old_by_key, new.services) if not full else {}
         refreshed = 0
         for svc in new_services:
             k = _skey(svc)
@@ -259,7 +263,7 @@ class NftEngine(Engine):
                         st.next_sid += 1
                 plan = rs.ServicePlan(st.sids[k], svc, [])
                 plan.dests = [self._new_dest(st, svc, d, locals_) for d in svc.dests]
-                _fill_sequence(plan, None)
+                _fill_sequence(plan, None, st)
                 cmds += rs.service_create(plan)
                 for d in plan.dests:
                     cmds += rs.dest_create(plan, d)
@@ -301,7 +305,7 @@ class NftEngine(Engine):
                     cmds += rs.dest_forward_del(dp)
             plan = rs.ServicePlan(old_plan.sid, svc, dests)
             counts = kern.counts_for(plan) if kern else None
-            _fill_sequence(plan, counts)
+            _fill_sequence(plan, counts, st)
             if (old.persistent, old.timeout, old.netmask) != (svc.persistent, svc.timeout, svc.netmask):
                 cmds.append(f"flush map {rs.T} p{plan.sid}")
             now_notrack = rs.in_notrack(plan)
@@ -392,6 +396,7 @@ class NftEngine(Engine):
         st.sids = {}
         st.snat = []
         st.zero = {}
+        st.sched_state = {}
         st.kernel = False
         try:
             self.samples_path.unlink()
@@ -460,7 +465,7 @@ def _trash_to_drop(st: State, k: str, in_use: dict) -> bool:
     return any(not d.live and d.mid not in in_use.get(k, set()) for d in st.dests.get(k, []))
 
 
-def _fill_sequence(plan: rs.ServicePlan, counts) -> None:
+def _fill_sequence(plan: rs.ServicePlan, counts, st: State | None = None) -> None:
     live = [d for d in plan.dests if d.live]
     by_ident = {(d.addr, d.port): d for d in live}
     svc = plan.svc
@@ -471,7 +476,22 @@ def _fill_sequence(plan: rs.ServicePlan, counts) -> None:
             dp = by_ident.get((d.addr, d.port or svc.key.port))
             if dp is not None:
                 c[d.ident] = counts.get(dp.mid, (0, 0))
-    expr, size, slots = slot_table(svc, c)
+    keep = None
+    k = _skey(svc)
+    if st is not None and svc.scheduler in ("lblc", "lblcr"):
+        keep = {"sched": None}
+        blob = st.sched_state.get(k)
+        if blob:
+            try:
+                keep["sched"] = pickle.loads(base64.b64decode(blob))
+            except Exception:  # an older format: start a fresh locality table
+                keep["sched"] = None
+    expr, size, slots = slot_table(svc, c, keep)
+    if st is not None:
+        if keep is not None and keep.get("sched") is not None:
+            st.sched_state[k] = base64.b64encode(pickle.dumps(keep["sched"])).decode()
+        else:
+            st.sched_state.pop(k, None)
     plan.hash_expr = expr
     plan.slots = max(size, 1)
     seq = []
@@ -532,11 +552,16 @@ class _Kernel:
         return k
 
     @classmethod
-    def read_marks_in_use(cls, st: State, old_by_key: dict) -> dict[str, set[int]]:
-        """Dest mark ids still used by flows, for services with retired dests."""
+    def read_marks_in_use(cls, st: State, old_by_key: dict, new_services: dict) -> dict[str, set[int]]:
+        """Dest mark ids still used by flows, for services that lose a real
+        server now or still keep a retired one."""
         out: dict[str, set[int]] = {}
+        new_by_key = {_skey(k): v for k, v in new_services.items()}
         for k, dests in st.dests.items():
-            if k not in old_by_key or all(d.live for d in dests):
+            if k not in old_by_key or k not in new_by_key:
+                continue
+            keep = {(d.addr, d.port or new_by_key[k].key.port) for d in new_by_key[k].dests}
+            if all(d.live and (d.addr, d.port) in keep for d in dests):
                 continue
             sid = st.sids[k]
             objs = nftcli.list_json("map", rs.FAMILY, rs.TABLE, f"f{sid}")

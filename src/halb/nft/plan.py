@@ -51,12 +51,18 @@ def _scaled(dests: list[Dest]) -> list[Dest]:
     return out
 
 
-def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | None = None
-               ) -> tuple[str, int, list[tuple[int, int]]]:
+STATEFUL = ("lblc", "lblcr")
+
+
+def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | None = None,
+               keep: dict | None = None) -> tuple[str, int, list[tuple[int, int]]]:
     """(hash_expr, L, [(slot, dest index)]) for the service.
 
     hash_expr "" means numgen inc; dest index refers to svc.dests. counts
-    gives (active, inactive) per dest ident for the count-based schedulers."""
+    gives (active, inactive) per dest ident for the count-based schedulers.
+    keep (lblc, lblcr): {"sched": scheduler or None}; the locality table is
+    carried from one refresh to the next, advanced by the first decision only
+    (the one the kernel takes next)."""
     dests = [deepcopy(d) for d in svc.dests]
     for d in dests:
         a, i = (counts or {}).get(d.ident, (0, 0))
@@ -93,6 +99,10 @@ def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | No
                         break
         return expr, size, slots
     sch = make_scheduler(svc)
+    if keep is not None and name in STATEFUL:
+        prev = keep.get("sched")
+        if prev is not None and type(prev) is type(sch):
+            sch = prev
     sch.update(dests)
     index = {id(d): i for i, d in enumerate(dests)}
     if name in COUNT_BASED or any(d.u_threshold for d in dests):
@@ -111,7 +121,13 @@ def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | No
     k = svc.key
     pkt = Packet("0.0.0.0", 0, k.addr or "0.0.0.0", k.port, k.proto if k.proto != "fwm" else "tcp")
     seq = []
+    live = sch
     for i in range(steps):
+        if i == 1 and keep is not None and name in STATEFUL:
+            keep["sched"] = live
+            live_state = deepcopy((sch, dests))
+            sch, dests = live_state
+            index = {id(d): j for j, d in enumerate(dests)}
         d = sch.schedule(dests, pkt, now=0.0)
         if d is None:
             break
@@ -119,6 +135,8 @@ def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | No
         if simulate:
             d.activeconns += 1
             update_overload(d)
+    if keep is not None and name in STATEFUL and steps == 1:
+        keep["sched"] = live
     if not seq:
         return "", 1, []
     return "", len(seq), seq
