@@ -470,3 +470,41 @@ def test_runs_without_any_privilege(tmp_path, web, vip):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def test_half_close_is_relayed(proxy, web, vip):
+    """A client that shuts down its sending side still gets the whole answer
+    (the FIN is passed on, the entry shows FIN_WAIT meanwhile)."""
+    setup_http(proxy.engine, vip, web, "rr")
+    s = socket.create_connection(vip, timeout=15)
+    s.sendall(f"GET /big?n={1 << 20} HTTP/1.0\r\n\r\n".encode())
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            break
+        got += b
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200") and len(got.split(b"\r\n\r\n", 1)[1]) == 1 << 20
+
+
+def test_restart_after_a_crash(tmp_path, web, vip):
+    """SIGKILL leaves a stale socket and pid file: `start` takes over cleanly."""
+    import signal
+
+    from conftest import alive
+
+    p = Proxy(tmp_path / "run").start()
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+        wait_for(lambda: not alive(p.pid), what="daemon to die")
+        assert (p.ctx.run_dir / "proxy.sock").exists()
+        r = halb("proxy", "status", ctx=p.ctx)
+        assert r.returncode == 3 and "not running" in r.stdout
+        p.engine.close()
+        p.start()
+        setup_http(p.engine, vip, web, "rr")
+        assert sorted(names(fetch(*vip)[0] for _ in range(2))) == ["N1", "N2"]
+    finally:
+        p.cleanup()

@@ -75,21 +75,16 @@ def _running(ctx):
         return None
 
 
-def _tail(path, n=3) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(lines[-n:])
-
-
 def cmd_start(ctx: Context, a) -> int:
     eng = _running(ctx)
     if eng is not None:
         pid = eng.status()["pid"]
         eng.close()
         raise HalbError(f"halb proxy for node {ctx.node} is already running (pid {pid})")
-    ctx.ensure_run_dir()
+    try:
+        ctx.ensure_run_dir()
+    except OSError as e:
+        raise HalbError(f"cannot use run dir {ctx.run_dir}: {e.strerror}") from None
     logf = _log_path(ctx)
     cmd = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
            "--engine", "proxy", "proxy", "run"] + (["--no-splice"] if a.no_splice else [])

@@ -1111,12 +1111,15 @@ def run_daemon(node: str, run_dir, splice: bool = True) -> int:
     from pathlib import Path
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock_path = run_dir / "proxy.sock"
     if len(str(sock_path).encode()) > 107:
         raise HalbError(f"run dir path too long for a unix socket: {sock_path}")
     lock = PidLock(run_dir / "proxy.pid")
-    lock.acquire()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock.acquire()
+    except OSError as e:
+        raise HalbError(f"cannot use run dir {run_dir}: {e.strerror}") from None
     try:
         try:
             import uvloop
@@ -1126,6 +1129,8 @@ def run_daemon(node: str, run_dir, splice: bool = True) -> int:
         daemon = ProxyDaemon(node, run_dir, splice=splice)
         try:
             loop.run_until_complete(daemon.serve(sock_path))
+        except OSError as e:
+            raise HalbError(f"cannot serve the control socket {sock_path}: {e.strerror}") from None
         finally:
             loop.close()
     finally:
