@@ -44,7 +44,9 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     kind, name, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     if kind == "http":
+        ThreadingHTTPServer.address_family = fam
         ThreadingHTTPServer.allow_reuse_address = True
         ThreadingHTTPServer.daemon_threads = True
         srv = ThreadingHTTPServer((host, port), Handler)
@@ -52,7 +54,7 @@ def main():
         print("ready", flush=True)
         srv.serve_forever()
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(fam, socket.SOCK_DGRAM)
         s.bind((host, port))
         print("ready", flush=True)
         while True:

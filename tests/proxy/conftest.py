@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 
 
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM) -> int:
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
     s.bind((host, 0))
     port = s.getsockname()[1]
     s.close()

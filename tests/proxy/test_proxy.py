@@ -508,3 +508,33 @@ def test_restart_after_a_crash(tmp_path, web, vip):
         assert sorted(names(fetch(*vip)[0] for _ in range(2))) == ["N1", "N2"]
     finally:
         p.cleanup()
+
+
+def test_ipv6_service(proxy, tmp_path):
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 on loopback")
+    from conftest import Backends
+
+    b = Backends()
+    try:
+        h1, p1 = b.start("http", "V1", host="::1")
+        h2, p2 = b.start("http", "V2", host="::1")
+        eng = proxy.engine
+        k = ServiceKey("tcp", "::1", free_port("::1"))
+        eng.add_service(Service(k, scheduler="rr"))
+        eng.add_dest(k, Dest(h1, p1))
+        eng.add_dest(k, Dest(h2, p2))
+        got = []
+        for _ in range(2):
+            c = http.client.HTTPConnection("::1", k.port, timeout=15)
+            c.request("GET", "/")
+            got.append(c.getresponse().read().decode().strip())
+            c.close()
+        assert sorted(got) == ["V1", "V2"]
+        assert {c.vaddr for c in eng.connections()} == {"::1"}
+        with pytest.raises(IpvsError, match="address family"):
+            eng.add_dest(k, Dest("127.0.0.1", 80))
+    finally:
+        b.stop()
