@@ -31,14 +31,17 @@ class SshLab:
         self.ssh_config = base / "ssh_config"
         self.sshd: dict[str, subprocess.Popen] = {}
 
-    def dsh(self, *args, timeout=60, input=None, config_dir=True):
+    def dsh_argv(self, *args, config_dir=True):
         argv = [sys.executable, "-m", "halb", "dsh"]
         if config_dir:
             argv += ["--config-dir", str(self.conf)]
-        argv += [str(a) for a in args]
         import halb
         env = dict(os.environ, PYTHONPATH=str(Path(halb.__file__).resolve().parents[1]))
         env.pop("HALB_DEBUG", None)
+        return argv + [str(a) for a in args], env
+
+    def dsh(self, *args, timeout=60, input=None, config_dir=True):
+        argv, env = self.dsh_argv(*args, config_dir=config_dir)
         t0 = time.monotonic()
         r = self.lab.run("client0", argv, timeout=timeout, input=input, env=env)
         r.elapsed = time.monotonic() - t0
@@ -63,18 +66,24 @@ class SshLab:
             p.wait(10)
 
     def wait_ssh(self, nodes, deadline=30.0):
-        """Poll until `ssh Nx true` works from client0 for every node."""
+        """Poll (from client0) until each node's sshd sends its SSH banner."""
         end = time.monotonic() + deadline
         pending = list(nodes)
         last = ""
         while pending and time.monotonic() < end:
             node = pending[0]
-            r = self.lab.run("client0", ["ssh", "-F", str(self.ssh_config), node, "true"], timeout=20)
-            if r.returncode == 0:
-                pending.pop(0)
-            else:
-                last = r.stderr.strip()
-                time.sleep(0.2)
+            sock = self.lab.socket("client0")
+            sock.settimeout(5)
+            try:
+                sock.connect((self.lab.node(node).ip, 22))
+                if sock.recv(64).startswith(b"SSH-2.0-"):
+                    pending.pop(0)
+                    continue
+            except OSError as e:
+                last = str(e)
+            finally:
+                sock.close()
+            time.sleep(0.1)
         if pending:
             logs = {n: (self.base / n / "sshd.log").read_text(errors="replace")[-500:] for n in pending}
             raise RuntimeError(f"sshd not reachable on {pending}: {last}; logs: {logs}")

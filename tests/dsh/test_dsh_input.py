@@ -105,6 +105,8 @@ def test_modes_follow_dsh(conf):
     assert plan(conf, "-a", "-c", "x").fanout == 4       # all at once
     assert plan(conf, "-c", "-w", "-a", "x").wait is True  # last one wins
     assert plan(conf, "-F", "2", "-a", "x").fanout == 2  # -F implies -c
+    assert plan(conf, "-M", "-a", "x").show_names is True
+    assert plan(conf, "-M", "-H", "-a", "x").show_names is False
     p = plan(conf, "-m", "u@h", "-r", "ssh", "-o", "-p2222", "echo", "a b")
     assert p.argv_for("u@h") == ["ssh", "-o", "BatchMode=yes", "-p2222", "-l", "u", "h", "echo", "a b"]
     p = plan(conf, "-m", "h", "-o", "-oBatchMode=no", "x")
@@ -213,3 +215,17 @@ def test_cli_help_and_version():
     assert r.returncode == 0 and "-g, --group NAME" in r.stdout and "exit status" in r.stdout
     r = dsh("-V")
     assert r.returncode == 0 and r.stdout.startswith("halb dsh ")
+
+
+def test_dsh_conf_order_matters_like_dsh(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "machines.list").write_text("N1\nN2\nN3\n")
+    (d / "dsh.conf").write_text("waitshell=1\nforklimit=2\n")
+    p = parse(["--config-dir", str(d), "-a", "x"])
+    assert (p.wait, p.fanout) == (False, 2)
+    (d / "dsh.conf").write_text("forklimit=2\nwaitshell=1\n")
+    with pytest.raises(DshUsageError, match="cannot be specified at the same time"):
+        parse(["--config-dir", str(d), "-a", "x"])
+    (d / "dsh.conf").write_text("forklimit=0\n")  # dsh: concurrent, no limit
+    assert parse(["--config-dir", str(d), "-a", "x"]).fanout == 3

@@ -1,6 +1,7 @@
 """`halb dsh`: dancer's dsh on ClusterShell (see halb.dsh.options.USAGE)."""
 from __future__ import annotations
 
+import signal
 import sys
 
 from halb.dsh.options import Plan, parse
@@ -16,7 +17,15 @@ def main(ctx, argv: list[str]) -> int:
     for w in plan.warnings:
         if not plan.quiet:
             print(f"halb dsh: warning: {w}", file=sys.stderr)
-    results = Runner(plan).run()
+    def stop(signum, frame):  # unwind so the runner kills every remote shell it started
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        results = Runner(plan).run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     failed = [r for r in results if not r.ok]
     if failed and not plan.quiet:
         for r in failed:

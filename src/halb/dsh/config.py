@@ -80,6 +80,7 @@ def parse_dsh_conf(text: str, path=None, conf: DshConf | None = None) -> tuple[D
             if n < 0:
                 raise ConfigError(path, lineno, "forklimit: cannot be less than 0")
             conf.forklimit = n
+            conf.waitshell = False  # dsh: forklimit implies concurrent, whatever its value
         elif key == "waitshell":
             conf.waitshell = _bool_value(value, path, lineno, key)
         elif key == "showmachinenames":

@@ -227,9 +227,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
     remoteshell = conf.remoteshell or DEFAULT_REMOTESHELL
     rshopts = list(conf.remoteshellopt)
     wait = True if conf.waitshell is None else conf.waitshell
-    forklimit = 0
-    if conf.forklimit:
-        forklimit, wait = conf.forklimit, False
+    forklimit = conf.forklimit or 0
     show = bool(conf.showmachinenames)
     verbose = bool(conf.verbose)
     quiet = False
