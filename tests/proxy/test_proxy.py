@@ -538,3 +538,46 @@ def test_ipv6_service(proxy, tmp_path):
             eng.add_dest(k, Dest("127.0.0.1", 80))
     finally:
         b.stop()
+
+
+def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
+    """With a tiny descriptor limit the daemon refuses or copies, never dies:
+    once connections end it serves normally again."""
+    import subprocess
+    import sys
+
+    from halb.proxy.client import connect
+
+    p = Proxy(tmp_path / "run")
+    p.ctx.run_dir.mkdir(parents=True)
+    log = open(p.ctx.run_dir / "proxy.log", "wb")
+    proc = subprocess.Popen(["prlimit", "--nofile=40", sys.executable, "-m", "halb", "--node", p.ctx.node,
+                             "--run-dir", str(p.ctx.run_dir), "proxy", "run"], stdout=log, stderr=log)
+    held = []
+    try:
+        eng = wait_for(lambda: (p.ctx.run_dir / "proxy.sock").exists() and connect(p.ctx), what="daemon")
+        setup_http(eng, vip, web, "rr")
+        for _ in range(12):  # each relay takes 2 sockets + 2 pipes (4 fds): far past the limit
+            try:
+                c = http.client.HTTPConnection(*vip, timeout=5)
+                c.request("GET", "/")
+                c.getresponse().read()
+                held.append(c)
+            except (OSError, http.client.HTTPException):
+                pass
+        assert 3 <= len(held) < 12
+        for c in held:
+            c.close()
+        wait_for(lambda: sum(d.activeconns for d in svc_of(eng, ServiceKey("tcp", *vip)).dests) == 0,
+                 what="relays to end")
+        assert sorted(names(fetch(*vip)[0] for _ in range(2))) == ["N1", "N2"]
+        assert proc.poll() is None
+        eng.stop()
+        eng.close()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert "Traceback" not in p.log()

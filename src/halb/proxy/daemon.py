@@ -377,8 +377,19 @@ class TcpConn:
             return
         self.state = "ESTABLISHED"
         _inactive_to_active(self.drt)
+        pipes = None
         if px.splice:
-            up_pipe, down_pipe = px.get_pipe(), px.get_pipe()
+            first = None
+            try:
+                first = px.get_pipe()
+                pipes = first, px.get_pipe()
+            except OSError as e:  # out of descriptors: this one is copied
+                if first is not None:
+                    px.put_pipe(first, True)
+                px.log_limited("pipe", f"no pipe for splice ({e.strerror}): buffered copy")
+                pipes = None
+        if pipes:
+            up_pipe, down_pipe = pipes
             self.up = Half(self, self.cfd, self.bfd, up_pipe)
             self.down = Half(self, self.bfd, self.cfd, down_pipe)
             px.loop.add_reader(self.cfd, self.up.on_readable)
@@ -568,9 +579,17 @@ class TcpListener:
                 return
             except OSError as e:
                 px.log_limited("accept", f"{self.svc.key}: accept failed: {e.strerror}")
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors: pause accepting instead of spinning
+                    px.loop.remove_reader(self.fd)
+                    px.loop.call_later(0.1, self._resume)
                 return
             csock.setblocking(False)
             px.new_tcp(self.svc, csock, caddr)
+
+    def _resume(self):
+        if self.sock.fileno() >= 0:
+            self.px.loop.add_reader(self.fd, self.on_accept)
 
     def close(self):
         self.px.loop.remove_reader(self.fd)
