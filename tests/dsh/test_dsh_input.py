@@ -120,8 +120,8 @@ def test_posix_option_parsing_stops_at_the_command(conf):
 
 def test_cluster_group_from_ha_cf(conf, tmp_path):
     ha = tmp_path / "ha.cf"
-    ha.write_text(Path("/work/shared/seed/configs/ha.cf").read_text()
-                  if Path("/work/shared/seed/configs/ha.cf").exists() else "node N1\nnode N2\n")
+    ha.write_text("# the article's ha.cf\nmcast eth0 225.0.0.7 694 1 0\nkeepalive 2\ndeadtime 10\n"
+                  "warntime 6\ninitdead 60\nnode       N1\nnode       N2\nauto_failback off\n")
     assert plan(conf, "--ha-cf", str(ha), "-g", "cluster", "x").hosts == ["N1", "N2"]
     (conf / "group" / "cluster").write_text("N7\n")  # a group file wins, as in dsh
     assert plan(conf, "--ha-cf", str(ha), "-g", "cluster", "x").hosts == ["N7"]

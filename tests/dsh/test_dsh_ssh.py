@@ -137,6 +137,10 @@ def test_dsh_conf_keys_apply(sshlab, tmp_path):
     (conf / "machines.list").write_text("N1\nN2\n")
     (conf / "dsh.conf").write_text(
         f"remoteshell=ssh\nremoteshellopt=-F{sshlab.ssh_config}\nshowmachinenames=1\nwaitshell=0\n")
-    r = sshlab.dsh("--config-dir", conf, "-a", "sleep 1; uname -n", config_dir=False)
+    r = sshlab.dsh("--config-dir", conf, "-v", "-a", "sleep 1; uname -n", config_dir=False)
     assert r.returncode == 0, r.stderr
     assert sorted(lines(r.stdout)) == ["N1: N1", "N2: N2"]
+    # -v tells what was read and what ran
+    assert f"halb dsh: loading config file {conf / 'dsh.conf'}" in r.stderr
+    assert "halb dsh: 2 machines (2 at a time): N1 N2" in r.stderr
+    assert f"halb dsh: N2: executing ssh -o BatchMode=yes -F{sshlab.ssh_config} N2 'sleep 1; uname -n'" in r.stderr

@@ -14,6 +14,11 @@ def main(ctx, argv: list[str]) -> int:
         sys.stdout.write(plan)
         return 0
     assert isinstance(plan, Plan)
+    if plan.verbose:
+        for n in plan.notes:
+            print(f"halb dsh: {n}", file=sys.stderr)
+        mode = "one after the other" if plan.wait else f"{plan.fanout} at a time"
+        print(f"halb dsh: {len(plan.hosts)} machines ({mode}): {' '.join(plan.hosts)}", file=sys.stderr)
     for w in plan.warnings:
         if not plan.quiet:
             print(f"halb dsh: warning: {w}", file=sys.stderr)

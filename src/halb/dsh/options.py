@@ -62,6 +62,9 @@ files:
   --config-dir DIR           instead of ~/.dsh then /etc/dsh (machines.list, group/, dsh.conf)
   --ha-cf FILE               heartbeat ha.cf for group `cluster` (default /etc/ha.d/ha.cf)
 
+With ssh, halb adds `-o BatchMode=yes` (no password or host-key question can
+hang a run) unless an -o option or the remote shell names BatchMode itself.
+
 exit status: 0 when every machine succeeded, else the number of machines that
 failed (non-zero exit, remote shell failure or timeout; at most 254);
 255 when nothing was run (bad option, file or machine list).
@@ -85,6 +88,7 @@ class Plan:
     verbose: bool = False
     quiet: bool = False
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # shown with -v
 
     @property
     def fanout(self) -> int:
@@ -192,8 +196,9 @@ def _int_opt(opt: str, value: str, minimum: int) -> int:
     return n
 
 
-def _specs_from_file(path: Path, text: str, hosts: list[str]):
+def _specs_from_file(path: Path, text: str, hosts: list[str], notes: list[str]):
     """Machines of a list file (dsh: strip, skip blanks and '#' lines), in order."""
+    notes.append(f"adding the machines of {path}")
     for lineno, raw in enumerate(text.splitlines(), 1):
         spec = raw.strip()
         if spec and not spec.startswith("#"):
@@ -217,7 +222,9 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
 
     conf = DshConf()
     warnings: list[str] = []
+    notes: list[str] = []
     for path, text in files.conf_texts():
+        notes.append(f"loading config file {path}")
         try:
             conf, w = parse_dsh_conf(text, path, conf)
         except ConfigError as e:
@@ -249,7 +256,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
             path, text = files.first("machines.list")
             if text is None:
                 raise DshUsageError(f"dsh: file {files.where('machines.list')} could not be opened for read")
-            _specs_from_file(path, text, hosts)
+            _specs_from_file(path, text, hosts, notes)
         elif o in ("-g", "--group"):
             selected = True
             if not v or "/" in v or v in (".", ".."):
@@ -258,7 +265,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
                 raise DshUsageError(f"dsh: netgroup '{v}': NIS netgroups are not supported, use DIR/group/NAME")
             path, text = files.first(f"group/{v}")
             if text is not None:
-                _specs_from_file(path, text, hosts)
+                _specs_from_file(path, text, hosts, notes)
             elif v == CLUSTER_GROUP:
                 ha = files.read(files.ha_cf)
                 if ha is None:
@@ -271,6 +278,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
                     raise DshConfigError(e.path, e.line, e.message) from None
                 if not nodes:
                     raise DshConfigError(files.ha_cf, None, "no 'node' line: group 'cluster' is empty")
+                notes.append(f"adding the nodes of {files.ha_cf} as group '{v}'")
                 merge_unique(hosts, nodes)
             else:
                 raise DshUsageError(f"dsh: unknown group '{v}': no file {files.where('group/' + v)}")
@@ -286,7 +294,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
             text = files.read(Path(v))
             if text is None:
                 raise DshUsageError(f"dsh: file {v} could not be opened for read")
-            _specs_from_file(Path(v), text, hosts)
+            _specs_from_file(Path(v), text, hosts, notes)
         elif o in ("-r", "--remoteshell"):
             remoteshell = v
         elif o in ("-o", "--remoteshellopt"):
@@ -357,4 +365,4 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
     return Plan(hosts=hosts, command=command, remoteshell=rsh, rshopts=rshopts,
                 wait=wait, forklimit=forklimit, show_names=show, dup_input=dup_input,
                 script=script, script_path=script_path, timeout=timeout, gather=gather,
-                verbose=verbose, quiet=quiet, warnings=warnings)
+                verbose=verbose, quiet=quiet, warnings=warnings, notes=notes)
