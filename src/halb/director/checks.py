@@ -13,6 +13,7 @@ negotiate; the caller alternates using `negotiate=`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import os
@@ -121,7 +122,8 @@ async def run(spec: CheckSpec, negotiate: bool | None = None) -> Result:
 
 async def _timed(coro, timeout: float) -> Result:
     try:
-        return await asyncio.wait_for(coro, timeout)
+        async with asyncio.timeout(timeout):  # no extra task per check (unlike wait_for)
+            return await coro
     except asyncio.TimeoutError:
         return Result(False, f"timed out after {timeout:g} s")
     except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError, ValueError, UnicodeError) as e:
@@ -169,10 +171,10 @@ async def _open(spec: CheckSpec, host: str, port: int, tls: bool = False):
 
 
 async def _close(writer) -> None:
+    writer.close()
     try:
-        writer.close()
         await asyncio.wait_for(writer.wait_closed(), 1)
-    except (Exception, asyncio.CancelledError):
+    except Exception:
         pass
 
 
@@ -332,6 +334,57 @@ async def _read_all(reader, limit: int = MAX_BODY) -> bytes:
     return b"".join(chunks)
 
 
+class _Collect(asyncio.Protocol):
+    """Sends a request, collects the whole answer until the server closes."""
+
+    def __init__(self, request: bytes, fut: asyncio.Future, limit: int = MAX_BODY):
+        self.request, self.fut, self.limit = request, fut, limit
+        self.buf: list[bytes] = []
+        self.size = 0
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf.append(data)
+        self.size += len(data)
+        if self.size >= self.limit:
+            self.transport.close()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if not self.fut.done():
+            if exc is not None and not self.buf and not isinstance(exc, ssl.SSLError):
+                self.fut.set_exception(exc)
+            else:
+                self.fut.set_result(b"".join(self.buf))
+
+
+async def _fetch(spec: CheckSpec, host: str, port: int, tls: bool, request: bytes) -> bytes:
+    """Connect, send `request`, return everything until the server closes."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    kw = {}
+    if tls:
+        kw = {"ssl": ssl_context(spec), "server_hostname": _sni(spec, host) or ""}
+    transport, _ = await loop.create_connection(lambda: _Collect(request, fut), host.strip("[]"), port, **kw)
+    try:
+        return await fut
+    finally:
+        transport.abort()
+
+
+@functools.lru_cache(maxsize=8192)
+def _split(url: str):
+    u = urlsplit(url)
+    path = (u.path or "/") + (("?" + u.query) if u.query else "")
+    return u.scheme, u.hostname, u.port, u.netloc, path
+
+
 async def check_http(spec: CheckSpec) -> Result:
     url = spec.url
     proxy = spec.service == "http_proxy"
@@ -339,27 +392,20 @@ async def check_http(spec: CheckSpec) -> Result:
         return Result(False, f"http_proxy request must be an absolute URL, got {url!r}")
     status, line, body = 0, "", b""
     for _ in range(8):  # LWP follows up to 7 redirects
-        u = urlsplit(url)
-        tls = u.scheme == "https"
-        host = u.hostname or spec.host
-        port = u.port or (443 if tls else 80)
-        path = u.path or "/"
-        if u.query:
-            path += "?" + u.query
+        scheme, hostname, uport, netloc, path = _split(url)
+        tls = scheme == "https"
+        host = hostname or spec.host
+        port = uport or (443 if tls else 80)
         if proxy:
-            r, w = await _open(spec, spec.host, spec.port)
-            target, hosthdr = url, u.netloc
+            conn_host, conn_port, conn_tls = spec.host, spec.port, False
+            target, hosthdr = url, netloc
         else:
-            r, w = await _open(spec, host, port, tls)
+            conn_host, conn_port, conn_tls = host, port, tls
             target = path
             hosthdr = spec.virtualhost or (f"[{host}]" if ":" in host else host)
-        try:
-            w.write(f"{spec.httpmethod} {target} HTTP/1.0\r\nHost: {hosthdr}\r\n"
-                    f"User-Agent: halb-director\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
-            await w.drain()
-            data = await _read_all(r)
-        finally:
-            await _close(w)
+        req = (f"{spec.httpmethod} {target} HTTP/1.0\r\nHost: {hosthdr}\r\n"
+               f"User-Agent: halb-director\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+        data = await _fetch(spec, conn_host, conn_port, conn_tls, req)
         status, line, headers, body = _parse_http(data)
         if status in (301, 302, 303, 307, 308) and headers.get("location"):
             url = urljoin(url, headers["location"])

@@ -112,6 +112,7 @@ class Director:
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.stopping = asyncio.Event()
         self.lateness = LatencyStats()
+        self.durations = LatencyStats()
         self.started = time.time()
         self.cfg_digest: str | None = None
         self.cfg_mtime: float | None = None
@@ -241,9 +242,10 @@ class Director:
             log.error(f"Error writing to monitorfile '{a.path}': {e}")
 
     def submit(self, actions: list) -> None:
-        if actions:
-            for a in actions:
-                self.queue.put_nowait(a)
+        for a in actions:
+            if isinstance(a, Log) and a.debug and not self.debug:
+                continue
+            self.queue.put_nowait(a)
 
     # -- checks -------------------------------------------------------------------
     def _maintenance(self, addr: str, port: int) -> str | None:
@@ -261,8 +263,9 @@ class Director:
         loop = asyncio.get_running_loop()
         num_connects = 10 ** 9  # combined: the first check is a negotiate
         real_id = fmt_hp(*rkey)
-        next_t = loop.time()
+        next_t = loop.time() + phase
         first = True
+        await asyncio.sleep(phase)
         while True:
             now_mono = loop.time()
             if not first:
@@ -277,22 +280,27 @@ class Director:
                 if spec.checktype == "combined":
                     negotiate = num_connects >= spec.num_connects
                     label = "negotiate" if negotiate else "combined-connect"
-                self.dbg(f"Checking {label}: real server={real_id} (virtual={vid})")
+                if self.debug:
+                    self.dbg(f"Checking {label}: real server={real_id} (virtual={vid})")
                 async with self.check_sem:
+                    t_chk = loop.time()
                     res = await checks.run(spec, negotiate)
+                    self.durations.add(loop.time() - t_chk)
                 if spec.checktype == "combined":
                     if negotiate:
                         if res.ok:
                             num_connects = 0
                     else:
                         num_connects = num_connects + 1 if res.ok else 10 ** 9
-                self.dbg(f"check {label} {real_id} ({vid}): {'up' if res.ok else 'down'}: {res.msg}")
+                if self.debug:
+                    self.dbg(f"check {label} {real_id} ({vid}): {'up' if res.ok else 'down'}: {res.msg}")
                 self.submit(self.core.result(vid, rkey, res.ok, time.time(), res.msg))
             else:
                 self.dbg("Checking off: No real or fallback servers to be added")
-            # schedule: the first follow-up check is spread over the interval
-            # (phase), then one every interval; missed slots are skipped
-            next_t = (next_t + interval + phase) if first else next_t + interval
+            # schedule: one check every interval from the start slot (phase:
+            # the servers' slots are spread over the interval); a slot
+            # missed because a check took too long is skipped
+            next_t += interval
             first = False
             now_mono = loop.time()
             if next_t < now_mono:
@@ -312,7 +320,9 @@ class Director:
         for i, (k, (spec, interval)) in enumerate(wanted.items()):
             if k in self.tasks:
                 continue
-            phase = (i / n) * interval
+            # first checks spread over at most 1 s (a burst of thousands of
+            # connections overflows listen backlogs), then every interval
+            phase = (i / n) * min(interval, 1.0)
             t = asyncio.get_running_loop().create_task(self.checker(k[0], k[1], spec, interval, phase))
             self.tasks[k] = (t, spec, interval)
 
@@ -393,6 +403,8 @@ class Director:
             "last_reload_error": self.last_reload_error,
         })
         snap.update(self.lateness.summary())
+        d = self.durations.summary()
+        snap.update({"check_time_p50": d.get("lateness_p50"), "check_time_p99": d.get("lateness_p99")})
         try:
             import psutil
             p = psutil.Process()
@@ -441,6 +453,7 @@ class Director:
         self.info(f"Starting halb director (Linux Director compatible) with pid: {os.getpid()}")
         live = await self.engine_call("services")
         self.core = DirectorCore(self.cfg)
+        self.core.verbose = self.debug
         try:
             sockf.unlink()
         except FileNotFoundError:
@@ -467,7 +480,11 @@ class Director:
                 t.cancel()
             for t in side:
                 t.cancel()
-            await asyncio.gather(*(t for t, _, _ in self.tasks.values()), *side, return_exceptions=True)
+            pending = [t for t, _, _ in self.tasks.values()] + side
+            if pending:
+                done, stuck = await asyncio.wait(pending, timeout=10)
+                if stuck:
+                    log.error(f"{len(stuck)} checks did not stop within 10 s")
             self.tasks.clear()
             if self.core is not None:
                 try:

@@ -130,6 +130,8 @@ class DirectorCore:
         self.view: dict[ServiceKey, dict[tuple[str, int], int]] = {}
         # pending repeated alerts: id -> (virtual id, last alert time)
         self.email_pending: dict[str, tuple[str, float]] = {}
+        # emit the debug lines (Enabled/Disabled) also when nothing changes
+        self.verbose = True
 
     # -- helpers -----------------------------------------------------------
     def _vstr(self, vs: VirtualState) -> str:
@@ -310,6 +312,12 @@ class DirectorCore:
             return out  # a result from a check that a reload removed
         rs = vs.reals[rkey]
         rs.last_check, rs.last_ok, rs.last_msg = now, ok, msg
+        if not force and not vs.v.monitorfile and not self.verbose:
+            # steady state (the common case, thousands per second): no decision
+            if ok and rs.up and rs.failcount == 0:
+                return out
+            if not ok and not rs.up:
+                return out
         real_id = f"{fmt_hp(*rkey)}"
         log_str = f"real server={real_id} (virtual={vs.v.id})"
         if vs.v.monitorfile:
