@@ -173,7 +173,8 @@ def cmd_status(ctx: Context, a) -> int:
     up = int(st["uptime"])
     print(f"halb proxy for node {st['node']}: running (pid {st['pid']}, up {up // 3600}h{up // 60 % 60:02d}m{up % 60:02d}s)")
     print(f"  control socket: {ctx.run_dir / 'proxy.sock'}")
-    print(f"  data path:      {'splice' if st['splice'] else 'buffered copy'}")
+    print(f"  data path:      {'splice for large transfers' if st['splice'] else 'buffered copy'} "
+          f"({st['bytes_spliced']} bytes spliced, {st['bytes_copied']} copied by ended connections)")
     print(f"  services:       {st['services']} ({st['dests']} real servers)")
     print(f"  connections:    {st['activeconns']} active, {st['inactconns']} inactive "
           f"({st['tcp_relays']} TCP relays open, {st['udp_flows']} UDP flows)")

@@ -8,11 +8,15 @@ the real server of every new connection with the service's scheduler
 a connection table with IPVS's TCP states and countdowns, per-service and
 per-server counters and rates, active/inactive connection counts.
 
-Data path (TCP): every direction of a relayed connection moves bytes
-socket -> pipe -> socket with splice(2) (SPLICE_F_MOVE|SPLICE_F_NONBLOCK),
-driven by loop.add_reader/add_writer; the bytes never enter Python. A
-buffered recv/send copy is used only where splice fails (EINVAL), or for
-every connection when started with --no-splice (to measure the difference).
+Data path (TCP): each direction of a relayed connection is driven by
+loop.add_reader/add_writer on raw descriptors. Small reads (requests, short
+answers) are copied with one read and one write, cheaper than two splices
+for a few hundred bytes; once a read brings 16 KiB or more the direction
+switches to splice(2), socket -> pipe -> socket with
+SPLICE_F_MOVE|SPLICE_F_NONBLOCK, and the bytes of a large transfer never enter
+Python (its pipe grows to 1 MiB). It returns to copying when reads get small
+again. --no-splice copies everything (to measure the difference); a socket
+where splice fails (EINVAL) is copied too.
 
 Counters: bytes are the payload bytes relayed (exact, from splice's return
 values; IPVS counts IP packet lengths, headers included); packets are the
@@ -65,9 +69,11 @@ SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK"
 # and at most MAX_GROWN exist at once: unprivileged users share a 64 MiB
 # budget of pipe buffers (/proc/sys/fs/pipe-user-pages-soft).
 CHUNK = 1 << 16
+COPY_READ = 1 << 16        # copy mode read size
+SPLICE_MIN = 16384         # a read this large switches a direction to splice
+COPY_BACK = 4096           # a splice smaller than this switches it back to copy
 BULK_PIPE = int(os.environ.get("HALB_PROXY_BULK_PIPE", str(1 << 20)))
 MAX_GROWN = 32
-BUFSIZE = 1 << 16          # buffered mode read size
 TIME_WAIT_TIMEOUT = 120.0  # the kernel's IP_VS_TCP_S_TIME_WAIT
 CLOSE_TIMEOUT = 10.0       # IP_VS_TCP_S_CLOSE
 SYN_RECV_TIMEOUT = 60.0    # IP_VS_TCP_S_SYN_RECV
@@ -78,7 +84,7 @@ _TCPI = struct.Struct("<QQII")  # bytes_acked, bytes_received, segs_out, segs_in
 _LAST_RECV = struct.Struct("<I")  # tcpi_last_data_recv @ offset 52 (ms)
 _SO_LINGER_RST = struct.pack("ii", 1, 0)
 
-ACTIVE_STATES = ("ESTABLISHED",)
+SYN_RECV = "SYN_RECV"
 
 
 def _supported_check(ops: list[Op]) -> None:
@@ -186,34 +192,115 @@ def _active_gone(drt: DestRT) -> None:
 
 
 class Half:
-    """One direction of a relayed TCP connection: src -> (pipe) -> dst."""
+    """One direction of a relayed TCP connection, src -> dst.
 
-    __slots__ = ("conn", "src", "dst", "rp", "wp", "pending", "nbytes", "eof", "done", "buf", "loop", "cap")
+    Small reads (requests, short answers) are copied: one read and one write,
+    cheaper than the two splices through a pipe for a few hundred bytes. As
+    soon as one read brings SPLICE_MIN bytes or more, the direction switches
+    to splice (socket -> pipe -> socket, nothing enters Python) and stays so
+    while reads stay larger than COPY_BACK bytes. With --no-splice every read
+    is copied."""
 
-    def __init__(self, conn: "TcpConn", src: int, dst: int, pipe):
+    __slots__ = ("conn", "src", "dst", "rp", "wp", "pending", "nbytes", "done", "buf", "loop", "cap",
+                 "can_splice", "splicing", "spliced")
+
+    def __init__(self, conn: "TcpConn", src: int, dst: int, can_splice: bool):
         self.conn = conn
         self.loop = conn.px.loop
         self.src = src
         self.dst = dst
-        self.rp, self.wp = pipe if pipe else (-1, -1)
-        self.pending = 0
+        self.rp = self.wp = -1
+        self.pending = 0  # splice mode: bytes in the pipe not yet sent
+        self.buf = None   # copy mode: bytes read, not yet sent
         self.nbytes = 0
-        self.eof = False
         self.done = False
-        self.buf = None  # buffered mode: bytes not yet sent
         self.cap = CHUNK  # the pipe's capacity (grown for bulk transfers)
+        self.can_splice = can_splice
+        self.splicing = False
+        self.spliced = 0  # of nbytes, how many went through the pipe
 
-    # -- splice mode -------------------------------------------------------
-    def on_readable(self):
+    def start(self):
+        self.loop.add_reader(self.src, self.on_read_copy)
+
+    def _resume(self):
+        self.loop.add_reader(self.src, self.on_read_splice if self.splicing else self.on_read_copy)
+
+    # -- copy mode -----------------------------------------------------------
+    def on_read_copy(self):
         if self.conn.closed:  # ended earlier in this loop iteration
+            return
+        try:
+            data = os.read(self.src, COPY_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.conn.abort()
+            return
+        n = len(data)
+        if not n:
+            self.loop.remove_reader(self.src)
+            self._eof()
+            return
+        try:
+            m = os.write(self.dst, data)
+        except BlockingIOError:
+            m = 0
+        except OSError:
+            self.conn.abort()
+            return
+        self.nbytes += m
+        if self.conn.state is SYN_RECV and (m or self.src == self.conn.bfd):
+            self.conn.established()
+        if n >= SPLICE_MIN and self.can_splice:
+            self._to_splice()
+        if m < n:
+            self.buf = data[m:]
+            self.loop.remove_reader(self.src)
+            self.loop.add_writer(self.dst, self.on_write_copy)
+        elif self.splicing and n >= SPLICE_MIN:
+            self.loop.add_reader(self.src, self.on_read_splice)
+
+    def on_write_copy(self):
+        if self.conn.closed:
+            return
+        try:
+            m = os.write(self.dst, self.buf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.conn.abort()
+            return
+        self.nbytes += m
+        if self.conn.state is SYN_RECV and m:
+            self.conn.established()
+        self.buf = self.buf[m:]
+        if not self.buf:
+            self.buf = None
+            self.loop.remove_writer(self.dst)
+            self._resume()
+
+    def _to_splice(self):
+        if self.rp < 0:
+            try:
+                self.rp, self.wp = self.conn.px.get_pipe()
+            except OSError as e:  # out of descriptors: keep copying
+                self.conn.px.log_limited("pipe", f"no pipe for splice ({e.strerror}): buffered copy")
+                return
+        self.splicing = True
+
+    # -- splice mode ---------------------------------------------------------
+    def on_read_splice(self):
+        if self.conn.closed:
             return
         try:
             n = SPLICE(self.src, self.wp, self.cap, None, None, SPLICE_FLAGS)
         except BlockingIOError:
             return
         except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOSYS) and not self.nbytes:
-                self._to_buffered()
+            if e.errno in (errno.EINVAL, errno.ENOSYS):  # splice can't work here: copy
+                log.info("splice not possible on this connection: buffered copy")
+                self.can_splice = self.splicing = False
+                self.loop.add_reader(self.src, self.on_read_copy)
                 return
             self.conn.abort()
             return
@@ -229,10 +316,14 @@ class Half:
             self.conn.abort()
             return
         self.nbytes += m
+        self.spliced += m
         if m < n:
             self.pending = n - m
             self.loop.remove_reader(self.src)
-            self.loop.add_writer(self.dst, self.on_writable)
+            self.loop.add_writer(self.dst, self.on_write_splice)
+        elif n < COPY_BACK:
+            self.splicing = False
+            self.loop.add_reader(self.src, self.on_read_copy)
         elif n == self.cap == CHUNK:
             self._grow()
 
@@ -246,8 +337,8 @@ class Half:
                 return
             px.grown += 1
 
-    def on_writable(self):
-        if self.conn.closed:  # ended earlier in this loop iteration
+    def on_write_splice(self):
+        if self.conn.closed:
             return
         while self.pending:
             try:
@@ -259,69 +350,19 @@ class Half:
                 return
             self.pending -= m
             self.nbytes += m
+            self.spliced += m
         self.loop.remove_writer(self.dst)
-        self.loop.add_reader(self.src, self.on_readable)
-
-    def _to_buffered(self):
-        log.info("splice not possible on this connection: buffered copy")
-        self.loop.remove_reader(self.src)
-        self.loop.add_reader(self.src, self.on_readable_buf)
-
-    # -- buffered mode -----------------------------------------------------
-    def on_readable_buf(self):
-        if self.conn.closed:  # ended earlier in this loop iteration
-            return
-        try:
-            data = os.read(self.src, BUFSIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.conn.abort()
-            return
-        if not data:
-            self.loop.remove_reader(self.src)
-            self._eof()
-            return
-        try:
-            m = os.write(self.dst, data)
-        except BlockingIOError:
-            m = 0
-        except OSError:
-            self.conn.abort()
-            return
-        self.nbytes += m
-        if m < len(data):
-            self.buf = data[m:]
-            self.loop.remove_reader(self.src)
-            self.loop.add_writer(self.dst, self.on_writable_buf)
-
-    def on_writable_buf(self):
-        if self.conn.closed:  # ended earlier in this loop iteration
-            return
-        try:
-            m = os.write(self.dst, self.buf)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.conn.abort()
-            return
-        self.nbytes += m
-        self.buf = self.buf[m:]
-        if not self.buf:
-            self.buf = None
-            self.loop.remove_writer(self.dst)
-            self.loop.add_reader(self.src, self.on_readable_buf)
+        self._resume()
 
     # ----------------------------------------------------------------------
     def _eof(self):
-        self.eof = True
         c = self.conn
         try:
             (c.bsock if self.dst == c.bfd else c.csock).shutdown(socket.SHUT_WR)
         except OSError:
             pass
         self.done = True
-        self.conn.half_closed()
+        c.half_closed()
 
 
 class TcpConn:
@@ -338,7 +379,7 @@ class TcpConn:
         d = drt.dest
         self.daddr, self.dport = d.addr, d.port
         self.tpl = tpl
-        self.state = "SYN_RECV"
+        self.state = SYN_RECV
         self.since = px.loop.time()
         self.bsock = None
         self.bfd = -1
@@ -361,44 +402,23 @@ class TcpConn:
         b.setblocking(False)
         b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = b.connect_ex((self.daddr, self.dport))
-        if err == 0:
-            self.on_connected()
-        elif err == errno.EINPROGRESS:
-            px.loop.add_writer(self.bfd, self.on_connected)
-        else:
-            self.abort()
-
-    def on_connected(self):
-        px = self.px
-        px.loop.remove_writer(self.bfd)
-        err = self.bsock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
+        if err not in (0, errno.EINPROGRESS):
             self.abort()
             return
+        # relay at once: what the client sends before the real server's
+        # handshake completes waits in copy mode (write -> EAGAIN -> writable);
+        # a refused connect shows up as an error on either side and resets both
+        self.up = Half(self, self.cfd, self.bfd, px.splice)
+        self.down = Half(self, self.bfd, self.cfd, px.splice)
+        self.up.start()
+        self.down.start()
+        if err == 0:
+            self.established()
+
+    def established(self):
+        """Data went through to or came from the real server: it is connected."""
         self.state = "ESTABLISHED"
         _inactive_to_active(self.drt)
-        pipes = None
-        if px.splice:
-            first = None
-            try:
-                first = px.get_pipe()
-                pipes = first, px.get_pipe()
-            except OSError as e:  # out of descriptors: this one is copied
-                if first is not None:
-                    px.put_pipe(first, True)
-                px.log_limited("pipe", f"no pipe for splice ({e.strerror}): buffered copy")
-                pipes = None
-        if pipes:
-            up_pipe, down_pipe = pipes
-            self.up = Half(self, self.cfd, self.bfd, up_pipe)
-            self.down = Half(self, self.bfd, self.cfd, down_pipe)
-            px.loop.add_reader(self.cfd, self.up.on_readable)
-            px.loop.add_reader(self.bfd, self.down.on_readable)
-        else:
-            self.up = Half(self, self.cfd, self.bfd, None)
-            self.down = Half(self, self.bfd, self.cfd, None)
-            px.loop.add_reader(self.cfd, self.up.on_readable_buf)
-            px.loop.add_reader(self.bfd, self.down.on_readable_buf)
 
     def half_closed(self):
         if self.up.done and self.down.done:
@@ -469,7 +489,11 @@ class TcpConn:
         if self.bsock is not None:
             self.bsock.close()
         for h in (self.up, self.down):
-            if h is not None and h.rp >= 0:
+            if h is None:
+                continue
+            px.bytes_spliced += h.spliced
+            px.bytes_copied += h.nbytes - h.spliced
+            if h.rp >= 0:
                 grown = h.cap > CHUNK + 1
                 if grown:
                     px.grown -= 1
@@ -633,6 +657,8 @@ class ProxyDaemon:
         self.lingering = {"TIME_WAIT": collections.deque(), "CLOSE": collections.deque()}
         self.pipes: list = []
         self.grown = 0
+        self.bytes_spliced = 0  # relayed bytes of ended connections, by data path
+        self.bytes_copied = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = time.time()
         self.stopping: asyncio.Event | None = None
@@ -923,7 +949,8 @@ class ProxyDaemon:
                 "dests": sum(len(s.dests) for s in self.table.services.values()),
                 "tcp_relays": len(self.tcp_conns), "udp_flows": sum(len(s.flows) for s in self.svcs.values()),
                 "activeconns": active, "inactconns": inact, "templates": len(self.persist),
-                "splice": self.splice}
+                "splice": self.splice, "bytes_spliced": self.bytes_spliced,
+                "bytes_copied": self.bytes_copied}
 
     # -- periodic work ----------------------------------------------------------
     def tick(self) -> None:
