@@ -134,10 +134,51 @@ def test_article_config_removes_and_readds_n2(cluster, tmp_path):
     assert f"Deleted real server: {lab.node('N2').ip}:80 ({lab.vip}:80)" in log
 
 
+def half_requests(lab, n=2):
+    """n connections from the client to the VIP, each with a request whose
+    end is not sent yet (rr spreads them over N1 and N2)."""
+    socks = []
+    for _ in range(n):
+        s = lab.socket("client0")
+        s.settimeout(10)
+        s.connect((lab.vip, 80))
+        s.sendall(b"GET /testcluster.html HTTP/1.0\r\nHost: x\r\n")
+        socks.append(s)
+    return socks
+
+
+def finish(s) -> str:
+    s.sendall(b"\r\n")
+    data = b""
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+    s.close()
+    return data.decode("latin-1").split("\r\n\r\n", 1)[-1].strip()
+
+
 def test_quiescent_sets_weight_zero(cluster, tmp_path):
     lab, cfgs = cluster
-    cfg = config(lab, tmp_path / "quiescent.cf", extra="quiescent=yes\n")
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    cfg = config(lab, tmp_path / "quiescent.cf", extra=f"quiescent=yes\nmaintenancedir={maint}\n")
     text = cfg.read_text().replace("checkinterval=10", "checkinterval=1").replace("checktimeout=10", "checktimeout=2")
     cfg.write_text(text)
     cfgs.append(cfg)
+    rip2 = lab.node("N2").ip
+    # established connections to a quiesced server finish: N2 taken out by a
+    # maintenance file while two requests are half sent
+    halb(lab, "director", str(cfg), "start")
+    wait_for(lambda: table(lab).get(rip2) == ("Route", 1), 15, "N2 in the table")
+    socks = half_requests(lab)
+    (maint / rip2).touch()
+    wait_for(lambda: table(lab).get(rip2) == ("Route", 0), 15, "N2 quiescent by maintenance")
+    assert sorted(finish(s) for s in socks) == ["N1", "N2"]
+    url = f"http://{lab.vip}/testcluster.html"
+    assert [client_get(lab, url) for _ in range(4)] == ["N1"] * 4  # no new connection goes to N2
+    (maint / rip2).unlink()
+    wait_for(lambda: table(lab).get(rip2) == ("Route", 1), 15, "N2 back from maintenance")
+    halb(lab, "director", str(cfg), "stop")
     scenario(lab, cfg, interval=1, timeout=2, quiescent=True)
