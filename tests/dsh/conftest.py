@@ -124,7 +124,7 @@ def sshlab(tmp_path_factory):
             cfg.append(f"Host {n}\n  HostName {ip}\n")
         cfg.append(f"Host *\n  User root\n  IdentityFile {base / 'userkey'}\n  IdentitiesOnly yes\n"
                    f"  UserKnownHostsFile {base / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
-                   f"  BatchMode yes\n  ConnectTimeout 3\n  LogLevel ERROR\n")
+                   f"  BatchMode yes\n  ConnectTimeout 5\n  LogLevel ERROR\n")
         s.ssh_config.write_text("".join(cfg))
         (s.conf / "group").mkdir(parents=True)
         (s.conf / "machines.list").write_text("# the cluster\nN1\nN2\n\nN3\nN4\n")

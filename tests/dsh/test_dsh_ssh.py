@@ -14,14 +14,6 @@ def lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
-def test_all_machines_in_list_order_by_default(sshlab):
-    r = sshlab.dsh("-a", "--", "uname", "-n")
-    assert r.returncode == 0, r.stderr
-    # dsh's default is -w: one machine after the other, in machines.list order
-    assert lines(r.stdout) == ["N1", "N2", "N3", "N4"]
-    assert "Traceback" not in r.stderr
-
-
 def test_group_machine_and_nodeset_selection(sshlab):
     r = sshlab.dsh("-g", "web", "-m", "N4", "-m", "N2", "uname", "-n")
     assert r.returncode == 0, r.stderr
@@ -41,11 +33,14 @@ def test_cluster_group_is_the_ha_cf_node_list(sshlab, tmp_path):
     assert lines(r.stdout) == ["N2", "N3"]
 
 
-def test_concurrent_is_faster_than_wait(sshlab):
-    # 4 machines each sleeping 1 s: about 1 s with -c, at least 4 s with -w
-    w = sshlab.dsh("-w", "-a", "sleep 1; uname -n")
+def test_all_machines_wait_by_default_and_concurrent_with_c(sshlab):
+    # 4 machines each sleeping 1 s. dsh's default is -w: one machine after
+    # the other, in machines.list order, so at least 4 s; -c: about 1 s
+    w = sshlab.dsh("-a", "--", "sleep 1; uname -n")
     c = sshlab.dsh("-c", "-a", "sleep 1; uname -n")
     assert w.returncode == 0 and c.returncode == 0, (w.stderr, c.stderr)
+    assert lines(w.stdout) == ["N1", "N2", "N3", "N4"]
+    assert "Traceback" not in w.stderr
     assert sorted(lines(c.stdout)) == ["N1", "N2", "N3", "N4"]
     assert w.elapsed >= 4.0
     assert c.elapsed < w.elapsed - 1.5, (c.elapsed, w.elapsed)
@@ -89,11 +84,12 @@ def test_exit_status_counts_failed_machines(sshlab):
 
 
 def test_per_host_timeout_does_not_block_the_others(sshlab):
-    # -w: N2 hangs, is killed after 2 s, and N3, N4 still run after it
-    r = sshlab.dsh("-w", "-t", "2", "-a", "test $(uname -n) = N2 && sleep 60; uname -n")
+    # -w: N2 hangs, is killed after 6 s (ample for an ssh login on a busy
+    # machine), and N3, N4 still run after it
+    r = sshlab.dsh("-w", "-t", "6", "-a", "test $(uname -n) = N2 && sleep 60; uname -n")
     assert r.returncode == 1, r.stderr
     assert lines(r.stdout) == ["N1", "N3", "N4"]
-    assert "halb dsh: N2: timed out after 2 s" in r.stderr
+    assert "halb dsh: N2: timed out after 6 s" in r.stderr
     assert r.elapsed < 40
 
 
