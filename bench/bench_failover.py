@@ -197,6 +197,29 @@ def cpu_rss(lab, base, seconds):
     st = s.c.status("N2")
     out["beats_rx_per_s_N2"] = round(st["counters"]["rx"] / st["uptime"], 1)
     s.c.close()
+    # baseline, same lab, same rate: a bare uvloop process sending/reading one datagram per 10 ms
+    bare = [lab.popen(n, [sys.executable, str(HERE / "beat_baseline.py"), lab.node(n).iface, "0.01"])
+            for n in ("N1", "N2")]
+    time.sleep(2.0)
+    kids = []
+    for b in bare:
+        pp = psutil.Process(b.pid)
+        kids.append((pp.children() or [pp])[0])
+    t0 = [k.cpu_times() for k in kids]
+    w0 = time.monotonic()
+    time.sleep(seconds)
+    w1 = time.monotonic()
+    base = []
+    for k, c0 in zip(kids, t0):
+        c1 = k.cpu_times()
+        base.append(100 * ((c1.user + c1.system) - (c0.user + c0.system)) / (w1 - w0))
+    for b in bare:
+        b.kill()
+        b.wait()
+    out["baseline_bare_uvloop_cpu_pct"] = round(sum(base) / len(base), 2)
+    halb_avg = (out["N1"]["cpu_pct"] + out["N2"]["cpu_pct"]) / 2
+    if out["baseline_bare_uvloop_cpu_pct"] > 0:
+        out["ratio_halb_vs_bare"] = round(halb_avg / out["baseline_bare_uvloop_cpu_pct"], 2)
     return out
 
 

@@ -9,6 +9,7 @@ standby, takeover) are served on a unix socket in the node's run dir.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from halb.heartbeat.membership import Membership
 from halb.heartbeat.ownership import NodeView, decide, fence_targets
 from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode, encode_body
 from halb.heartbeat.transport import echo_request, open_links, open_ping_socket, parse_echo_reply
+from halb.heartbeat.worker import AgentWorker
 from halb.resources import ResourceError, make_agent
 
 SOCKET_NAME = "heartbeat.sock"
@@ -34,7 +36,16 @@ def socket_path(run_dir) -> Path:
 
 
 class Logger:
+    """heartbeat-style log lines to stderr and the ha.cf log files.
+
+    The beat loop only queues lines; a writer thread does the I/O, because a
+    write can block for hundreds of ms when the disk is busy (dirty-page
+    throttling) and a blocked loop is a node its peers declare dead."""
+
     def __init__(self, logfile=None, debugfile=None, stream=sys.stderr, debug=False):
+        import queue
+        import threading
+
         self.stream = stream
         self.files = []
         self.debug_on = debug
@@ -47,25 +58,36 @@ class Logger:
                 self.files.append(open(f, "a", buffering=1))
             except OSError as e:
                 self.problems.append(f"cannot open log file {f}: {e.strerror}; logging to stderr only")
+        self.q = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._writer, name="halb-heartbeat-log", daemon=True)
+        self.thread.start()
 
     def __call__(self, level: str, msg: str):
         if level == "debug" and not self.debug_on:
             return
         t = time.time()
         stamp = time.strftime("%Y/%m/%d_%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
-        line = f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n"
-        try:
-            self.stream.write(line)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
-        for fh in self.files:
+        self.q.put(f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n")
+
+    def _writer(self):
+        while True:
+            line = self.q.get()
+            if line is None:
+                return
             try:
-                fh.write(line)
-            except OSError:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
                 pass
+            for fh in self.files:
+                try:
+                    fh.write(line)
+                except OSError:
+                    pass
 
     def close(self):
+        self.q.put(None)
+        self.thread.join(10)
         for fh in self.files:
             fh.close()
 
@@ -126,6 +148,7 @@ class Daemon:
         self._wake = None
         self.started_at = time.monotonic()
         self._last_payload, self._last_body = None, b""
+        self.worker = None
 
     # ------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -275,22 +298,20 @@ class Daemon:
             self.log("info", f"Acquiring resource group: {g.describe()}")
             self.send_beat()   # tell peers at once that the group is being taken
             started = []
-            for a in g.agents:
+            for ri, a in enumerate(g.agents):
                 self.log("info", f"Running {a} start")
-                try:
-                    await asyncio.to_thread(a.start)
-                except Exception as e:  # an agent failure must not kill the daemon
-                    self.log("error", f"{a} start failed: {e}")
-                    for b in reversed(started):
-                        try:
-                            await asyncio.to_thread(b.stop)
-                        except Exception as e2:
-                            self.log("error", f"{b} stop failed: {e2}")
+                ok, res = await self.agent(g, ri, "start")
+                if not ok:
+                    self.log("error", f"{a} start failed: {res}")
+                    for rj in reversed(started):
+                        ok2, res2 = await self.agent(g, rj, "stop")
+                        if not ok2:
+                            self.log("error", f"{g.agents[rj]} stop failed: {res2}")
                     g.state = "idle"
                     g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
                     self.send_beat()
                     return
-                started.append(a)
+                started.append(ri)
             g.state = "held"
             self.log("info", "local resource transition completed.")
             self.send_beat()
@@ -302,12 +323,12 @@ class Daemon:
     async def release(self, g: GroupState):
         try:
             self.log("info", f"Releasing resource group: {g.describe()}")
-            for a in reversed(g.agents):
+            for ri in reversed(range(len(g.agents))):
+                a = g.agents[ri]
                 self.log("info", f"Running {a} stop")
-                try:
-                    await asyncio.to_thread(a.stop)
-                except Exception as e:
-                    self.log("error", f"{a} stop failed: {e}")
+                ok, res = await self.agent(g, ri, "stop")
+                if not ok:
+                    self.log("error", f"{a} stop failed: {res}")
             g.state = "idle"
             self.log("info", "local resource transition completed.")
             self.send_beat()
@@ -372,6 +393,8 @@ class Daemon:
             await writer.drain()
         except (asyncio.TimeoutError, OSError):
             pass
+        except Exception as e:  # a bad client must never hurt the daemon
+            self.log("debug", f"control connection dropped: {type(e).__name__}")
         finally:
             writer.close()
 
@@ -416,6 +439,7 @@ class Daemon:
                                   os.sched_param(prio))
             self.realtime = True
             self.log("info", f"beat loop runs at real-time priority (SCHED_FIFO {prio})")
+            _lock_memory(self.log)
         except (OSError, AttributeError) as e:
             self.log("warn", f"realtime on, but real-time priority is not allowed here "
                              f"({getattr(e, 'strerror', e)}): running at normal priority")
@@ -440,22 +464,24 @@ class Daemon:
         interface): stop whatever says it runs before joining, so it cannot
         answer for a VIP another node now holds."""
         for g in reversed(self.groups):
-            for a in reversed(g.agents):
-                if hasattr(a, "prepare"):
-                    try:
-                        await asyncio.to_thread(a.prepare)
-                    except Exception as e:
-                        self.log("warn", f"{a}: {e}")
-                try:
-                    running = await asyncio.to_thread(a.status)
-                except Exception:
-                    running = False
-                if running:
+            for ri in reversed(range(len(g.agents))):
+                a = g.agents[ri]
+                ok, res = await self.agent(g, ri, "prepare")
+                if not ok:
+                    self.log("warn", f"{a}: {res}")
+                ok, running = await self.agent(g, ri, "status")
+                if ok and running:
                     self.log("warn", f"{a} is running but this node holds no resources yet: stopping it")
-                    try:
-                        await asyncio.to_thread(a.stop)
-                    except Exception as e:
-                        self.log("error", f"{a} stop failed: {e}")
+                    ok, res = await self.agent(g, ri, "stop")
+                    if not ok:
+                        self.log("error", f"{a} stop failed: {res}")
+
+    async def agent(self, g, ri, op):
+        """Run one agent operation in the helper process; (ok, result or error)."""
+        ok, res, logs = await asyncio.to_thread(self.worker.call, op, g.index, ri)
+        for level, msg in logs:
+            self.log(level, msg)
+        return ok, res
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -472,6 +498,14 @@ class Daemon:
             self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
                              "run, both take the resources: split brain possible")
         self.channels = open_links(cfg.links)
+        rt_prio = 0
+        if cfg.realtime:
+            try:
+                rt_prio = max(1, min(49, os.sched_get_priority_max(os.SCHED_FIFO) - 1))
+            except (OSError, AttributeError):
+                rt_prio = 0
+        self.worker = AgentWorker([list(g.group.resources) for g in self.groups], ha_dir=self.ha.dir, node=self.me,
+                                  run_dir=self.run_dir, engine=self.engine, rt_prio=rt_prio if os.geteuid() == 0 else 0)
         await self.clean_leftovers()
         for ln in cfg.links:
             where = f"{ln.addr}:{ln.port}" if ln.addr else f"port {ln.port}"
@@ -484,8 +518,9 @@ class Daemon:
         if cfg.ping_targets:
             self.ping_sock = open_ping_socket()
             loop.add_reader(self.ping_sock.fileno(), self._ping_reader)
-        for ch in self.channels:
-            loop.add_reader(ch.sock.fileno(), self._reader(ch))
+        self._drains = [self._reader(ch) for ch in self.channels]
+        for ch, cb in zip(self.channels, self._drains):
+            loop.add_reader(ch.sock.fileno(), cb)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spath = socket_path(self.run_dir)
         if spath.exists():
@@ -504,6 +539,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         self.set_realtime()
+        # a full garbage collection over the start-up heap (pyroute2 & co) can stall the
+        # loop for tens of ms: freeze what exists now so collections only scan new objects
+        gc.collect()
+        gc.freeze()
         respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
         next_beat = now
         next_ping = now
@@ -522,6 +561,11 @@ class Daemon:
                     self.send_pings()
                     next_ping = now + max(cfg.keepalive, 0.05)
                 was_settled = self.mem.settled()
+                # read what already arrived before judging anyone on silence: the
+                # reader callbacks may not have run yet in this loop iteration
+                for drain in self._drains:
+                    drain()
+                now = self.now()
                 self.handle_events(self.mem.tick(now))
                 if not was_settled and self.mem.settled():
                     self.evaluate()
@@ -568,15 +612,25 @@ class Daemon:
             pass
         for ch in self.channels:
             ch.close()
-        for g in self.groups:
-            for a in g.agents:
-                if hasattr(a, "close"):
-                    a.close()
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.close)
         if self.ping_sock:
             self.ping_sock.close()
         self.log("info", "heartbeat shutdown complete.")
         if isinstance(self.log, Logger):
             self.log.close()
+
+
+def _lock_memory(log):
+    """mlockall, as heartbeat does: no page fault may delay a beat."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.mlockall(1 | 2) != 0:   # MCL_CURRENT | MCL_FUTURE
+            log("warn", f"cannot lock ourselves into memory: {os.strerror(ctypes.get_errno())}")
+    except (OSError, AttributeError) as e:
+        log("warn", f"cannot lock ourselves into memory: {e}")
 
 
 def _wake(fut):

@@ -1,0 +1,100 @@
+"""Resource agents run in a helper process, not in the daemon.
+
+pyroute2 and the agents are Python code: run in a thread of the daemon they
+would hold the interpreter lock for tens of milliseconds and delay beats,
+which is exactly what makes a peer declare us dead. The helper is started
+once (spawned, so it shares nothing with the event loop), keeps the agents
+(and their open netlink / ARP sockets) and answers one request at a time
+over a pipe: (op, group, resource) -> (ok, error message, log lines).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+
+def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
+    if rt_prio:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_prio))
+        except (OSError, AttributeError):
+            pass
+    from halb.resources import make_agent
+
+    logs: list = []
+
+    def log(level, msg):
+        logs.append((level, msg))
+
+    agents = [[make_agent(r, ha_dir=ha_dir, node=node, run_dir=run_dir, engine=engine, log=log) for r in group]
+              for group in specs]
+    while True:
+        try:
+            req = conn.recv()
+        except (EOFError, OSError):
+            break
+        if req is None:
+            break
+        op, gi, ri = req
+        logs = []
+        try:
+            a = agents[gi][ri]
+            if op == "prepare":
+                if hasattr(a, "prepare"):
+                    a.prepare()
+                result = True
+            elif op == "status":
+                result = bool(a.status())
+            elif op == "start":
+                a.start()
+                result = True
+            elif op == "stop":
+                a.stop()
+                result = True
+            else:
+                raise ValueError(f"unknown op {op}")
+            conn.send((True, result, logs))
+        except BaseException as e:  # noqa: BLE001 - every failure goes back as a message
+            conn.send((False, str(e) or type(e).__name__, logs))
+    for group in agents:
+        for a in group:
+            if hasattr(a, "close"):
+                try:
+                    a.close()
+                except Exception:
+                    pass
+
+
+class AgentWorker:
+    def __init__(self, specs, *, ha_dir, node, run_dir, engine, rt_prio=0):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, name="halb-heartbeat-agents", daemon=True,
+                                args=(child, specs, str(ha_dir), node, str(run_dir), engine, rt_prio))
+        self.proc.start()
+        child.close()
+        self.lock = threading.Lock()
+
+    def call(self, op, gi, ri, timeout=120.0):
+        """Blocking: run one agent operation; returns (ok, result-or-error, logs)."""
+        with self.lock:
+            try:
+                self.conn.send((op, gi, ri))
+                if not self.conn.poll(timeout):
+                    return False, f"agent {op} did not answer in {timeout:g}s", []
+                return self.conn.recv()
+            except (EOFError, OSError) as e:
+                return False, f"resource agent helper died ({e or type(e).__name__})", []
+
+    def close(self):
+        try:
+            with self.lock:
+                self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(2)
+        self.conn.close()
