@@ -26,13 +26,12 @@ from pathlib import Path
 from halb.context import Context, has_net_admin
 from halb.engine.base import Engine
 from halb.errors import HalbError, IpvsError
-from halb.model import (Conn, Dest, Op, Rates, Service, Stats, Table, Timeouts, service_from_dict,
-                        to_dict)
+from halb.model import Conn, Dest, Op, Rates, Service, ServiceKey, Stats, Table, Timeouts
 from halb.nft import nftcli, routing
 from halb.nft import ruleset as rs
 from halb.nft.plan import COUNT_BASED, slot_table
 
-STATE_FILE = "nft-state.json"
+STATE_FILE = "nft-state.pickle"
 LOCK_FILE = "nft.lock"
 SAMPLES_FILE = "nft-samples.json"
 
@@ -42,37 +41,81 @@ def _skey(svc_or_key) -> str:
     return str(key)
 
 
+def _pack(svc: Service) -> tuple:
+    """A service as primitives (the state file holds 10,000s of these)."""
+    k = svc.key
+    return (str(k), (k.proto, k.addr, k.port, k.fwmark, k.af),
+            (svc.scheduler, svc.persistent, svc.timeout, svc.netmask, tuple(svc.flags), svc.ops, svc.pe),
+            tuple((d.addr, d.port, d.fwd, d.weight, d.u_threshold, d.l_threshold) for d in svc.dests))
+
+
+def _unpack(rec: tuple) -> Service:
+    _, kt, p, ds = rec
+    svc = Service(ServiceKey(*kt), *p)
+    svc.dests = [Dest(*d) for d in ds]
+    return svc
+
+
+def _kstr(x) -> str:
+    return x[0] if isinstance(x, tuple) else str(x.key)
+
+
 class State:
-    """The engine's persistent state (configured table + kernel object ids)."""
+    """The engine's persistent state: the configured table (packed) and the
+    ids of halb's kernel objects. Services are unpacked only when touched."""
 
-    def __init__(self, d: dict | None = None):
-        d = d or {}
-        self.services: list[Service] = [service_from_dict(s) for s in d.get("services", [])]
-        self.timeouts = Timeouts(**d.get("timeouts", {}))
-        self.sids: dict[str, int] = d.get("sids", {})
-        self.next_sid: int = d.get("next_sid", 1)
-        self.dests: dict[str, list[rs.DestPlan]] = {
-            k: [rs.DestPlan(**x) for x in v] for k, v in d.get("dests", {}).items()}
-        self.next_mid: int = d.get("next_mid", 1)
-        self.rips: dict[str, int] = d.get("rips", {})
-        self.next_ridx: int = d.get("next_ridx", 1)
-        self.snat: list[str] = d.get("snat", [])
-        self.local_moved: bool = d.get("local_moved", False)
-        self.sysctls: dict[str, str] = d.get("sysctls", {})
-        self.zero: dict[str, list[int]] = d.get("zero", {})
-        self.kernel: bool = d.get("kernel", False)
-        self.sched_state: dict[str, str] = d.get("sched_state", {})
+    def __init__(self):
+        self.recs: list[tuple] = []
+        self.timeouts = Timeouts()
+        self.sids: dict[str, int] = {}
+        self.next_sid = 1
+        self.dtuples: dict[str, list[tuple]] = {}  # service -> packed DestPlans
+        self.next_mid = 1
+        self.rips: dict[str, int] = {}
+        self.next_ridx = 1
+        self.snat: list[str] = []
+        self.local_moved = False
+        self.sysctls: dict[str, str] = {}
+        self.zero: dict[str, list[int]] = {}
+        self.kernel = False
+        self.sched_state: dict[str, str] = {}
+        self._cache: dict[str, Service] = {}
 
-    def to_dict(self) -> dict:
-        return {
-            "services": [to_dict(s.config()) for s in self.services],
-            "timeouts": asdict(self.timeouts),
-            "sids": self.sids, "next_sid": self.next_sid,
-            "dests": {k: [asdict(x) for x in v] for k, v in self.dests.items()},
-            "next_mid": self.next_mid, "rips": self.rips, "next_ridx": self.next_ridx,
-            "snat": self.snat, "local_moved": self.local_moved, "sysctls": self.sysctls,
-            "zero": self.zero, "kernel": self.kernel, "sched_state": self.sched_state,
-        }
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d.pop("_cache", None)
+        d.pop("_index", None)
+        return d
+
+    def __setstate__(self, d):
+        self.__init__()
+        known = set(self.__dict__)
+        self.__dict__.update({k: v for k, v in d.items() if k in known})
+        self._cache = {}
+
+    # services
+    @property
+    def services(self) -> list[Service]:
+        return [self.service(r[0]) for r in self.recs]
+
+    def keys(self) -> list[str]:
+        return [r[0] for r in self.recs]
+
+    def service(self, k: str) -> Service | None:
+        svc = self._cache.get(k)
+        if svc is None:
+            if "_index" not in self.__dict__ or len(self._index) != len(self.recs):
+                self._index = {r[0]: r for r in self.recs}
+            rec = self._index.get(k)
+            if rec is None:
+                return None
+            svc = self._cache[k] = _unpack(rec)
+        return svc
+
+    def set_services(self, items: list) -> None:
+        self.recs = [x if isinstance(x, tuple) else _pack(x) for x in items]
+        self._cache = {_kstr(x): x for x in items if not isinstance(x, tuple)}
+        self._index = {r[0]: r for r in self.recs}
 
     def table(self) -> Table:
         t = Table([s.config() for s in self.services], timeouts=Timeouts(**asdict(self.timeouts)),
@@ -81,9 +124,16 @@ class State:
         t.engine_name = "nft"
         return t
 
+    # real servers as the data plane knows them
+    def dplans(self, k: str) -> list[rs.DestPlan]:
+        return [rs.DestPlan(*t) for t in self.dtuples.get(k, ())]
+
+    def set_dplans(self, k: str, plans: list[rs.DestPlan]) -> None:
+        self.dtuples[k] = [(d.mid, d.addr, d.port, d.fwd, d.ridx, d.live) for d in plans]
+
     def plan(self, svc: Service) -> rs.ServicePlan:
         k = _skey(svc)
-        return rs.ServicePlan(self.sids[k], svc, list(self.dests.get(k, [])))
+        return rs.ServicePlan(self.sids[k], svc, self.dplans(k))
 
 
 class NftEngine(Engine):
@@ -109,19 +159,24 @@ class NftEngine(Engine):
             os.close(fd)
 
     def _load(self) -> State:
+        # pickle: the engine's private file in the root-only run dir; loading
+        # 10,000 real servers must cost milliseconds, not a second
         try:
-            text = self.state_path.read_text()
+            with open(self.state_path, "rb") as fh:
+                st = pickle.load(fh)
         except FileNotFoundError:
             return State()
-        try:
-            return State(json.loads(text))
-        except (ValueError, TypeError, KeyError) as e:
-            raise HalbError(f"{self.state_path}: corrupt nft engine state ({e}); "
+        except Exception as e:  # noqa: BLE001 - any unreadable file
+            raise HalbError(f"{self.state_path}: corrupt nft engine state ({type(e).__name__}); "
                             f"run 'halb nft flush' to start again") from None
+        if not isinstance(st, State):
+            raise HalbError(f"{self.state_path}: not an nft engine state; run 'halb nft flush'")
+        return st
 
     def _save(self, st: State) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st.to_dict()))
+        with open(tmp, "wb") as fh:
+            pickle.dump(st, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, self.state_path)
 
     # -- Engine interface --------------------------------------------------
@@ -131,9 +186,30 @@ class NftEngine(Engine):
             _precheck(op, i)
         with self._locked():
             st = self._load()
-            new = st.table().apply(ops)
+            if any(op.kind in ("clear", "set-timeouts") for op in ops):
+                new = st.table().apply(ops)
+                new_services, changed = list(new.services.values()), None
+            else:
+                # only the services the ops name are copied and checked: an
+                # edit costs the same whatever the table size
+                keys = [op.key for op in ops if op.key is not None]
+                touched = [st.service(str(k)) for k in dict.fromkeys(keys)]
+                sub = Table([s.config() for s in touched if s is not None],
+                            timeouts=Timeouts(**asdict(st.timeouts)), default_fwd="gate")
+                sub.allowed_fwd, sub.engine_name = ("gate", "masq"), "nft"
+                new = sub.apply(ops)
+                by_str = {str(k): v for k, v in new.services.items()}
+                before = {str(k) for k in sub.services}
+                new_services = []
+                for rec in st.recs:
+                    if rec[0] not in before:
+                        new_services.append(rec)
+                    elif rec[0] in by_str:
+                        new_services.append(by_str[rec[0]])
+                new_services += [v for k, v in by_str.items() if k not in before]
+                changed = {str(k) for k in keys}
             zero_keys = [op for op in ops if op.kind == "zero"]
-            self._sync(st, new)
+            self._sync(st, new_services, new.timeouts, changed)
             if zero_keys:
                 self._zero(st, zero_keys)
             self._save(st)
@@ -143,7 +219,7 @@ class NftEngine(Engine):
 
     def services(self) -> list[Service]:
         st = self._load()
-        if not st.services:
+        if not st.recs:
             return []
         kern = _Kernel.read()
         now = time.monotonic()
@@ -155,8 +231,7 @@ class NftEngine(Engine):
             flows = kern.flow_counts(plan)
             persist = kern.persist_counts(plan)
             by_ident = {(d.addr, d.port): d for d in plan.dests if d.live}
-            c = kern.counter(f"c{plan.sid}", st.zero)
-            s.stats = Stats(inpkts=c[0], inbytes=c[1])
+            s.stats = Stats()
             for d in s.dests:
                 dp = by_ident.get(d.ident)
                 if dp is None:
@@ -166,21 +241,20 @@ class NftEngine(Engine):
                 nk = kern.counter(f"n{dp.mid}", st.zero)
                 ok = kern.counter(f"o{dp.mid}", st.zero)
                 d.stats = Stats(conns=nk[0], inpkts=pk[0], inbytes=pk[1], outpkts=ok[0], outbytes=ok[1])
-                s.stats.outpkts += ok[0]
-                s.stats.outbytes += ok[1]
+                s.stats.add(Stats(inpkts=pk[0], inbytes=pk[1], outpkts=ok[0], outbytes=ok[1]))
                 a, i = flows.get(dp.mid, (0, 0))
                 d.activeconns, d.inactconns = a, i
                 d.persistconns = persist.get(dp.mid, 0)
                 s.stats.conns += d.stats.conns
                 samples[f"d{dp.mid}"] = asdict(d.stats)
-            samples[f"c{plan.sid}"] = asdict(s.stats)
+            samples[f"s{plan.sid}"] = asdict(s.stats)
             out.append(s)
         self._rates(out, st, samples, now)
         return out
 
     def connections(self) -> list[Conn]:
         st = self._load()
-        if not st.services:
+        if not st.recs:
             return []
         kern = _Kernel.read()
         out: list[Conn] = []
@@ -193,9 +267,12 @@ class NftEngine(Engine):
     def flush(self) -> None:
         """Remove everything halb put in the kernel (`halb nft flush`)."""
         with self._locked():
-            st = self._load()
+            try:
+                st = self._load()
+            except HalbError:  # unreadable state: still remove what is in the kernel
+                st = State()
             self._teardown(st)
-            st.services = []
+            st.set_services([])
             self._save(st)
 
     def refresh(self) -> int:
@@ -203,59 +280,69 @@ class NftEngine(Engine):
         (the controller's tick). Returns the number of services refreshed."""
         with self._locked():
             st = self._load()
-            if not any(s.scheduler in COUNT_BASED or any(d.u_threshold for d in s.dests)
-                       for s in st.services):
+            changed = {r[0] for r in st.recs if r[2][0] in COUNT_BASED or any(d[4] for d in r[3])}
+            if not changed:
                 return 0
-            table = st.table()
-            return self._sync(st, table, refresh_only=True)
+            n = self._sync(st, list(st.recs), st.timeouts, changed, refresh_only=True)
+            self._save(st)
+            return n
 
     def status(self) -> dict:
         st = self._load()
-        return {"services": len(st.services), "table": nftcli.table_exists(rs.FAMILY, rs.TABLE),
+        return {"services": len(st.recs), "table": nftcli.table_exists(rs.FAMILY, rs.TABLE),
                 "rules": routing.halb_rules(), "local_rule_moved": st.local_moved,
                 "sysctls_changed": dict(st.sysctls)}
 
     # -- the work --------------------------------------------------------------
-    def _sync(self, st: State, new: Table, refresh_only: bool = False) -> int:
-        new_services = list(new.services.values())
+    def _sync(self, st: State, new_services: list[Service], timeouts: Timeouts,
+              changed: set[str] | None = None, refresh_only: bool = False,
+              force_full: bool = False) -> int:
+        """Make the kernel follow new_services; changed = the keys that may
+        differ from st (None: any)."""
         if not new_services:
             self._teardown(st)
-            st.services = []
-            st.timeouts = new.timeouts
+            st.set_services([])
+            st.timeouts = timeouts
             return 0
         routes_before = set(st.rips.values()) if st.kernel else set()
-        present = nftcli.table_exists(rs.FAMILY, rs.TABLE)
-        full = not (present and st.kernel)
+        # trust the state (a `nft list` costs as much as the edit); when the
+        # table vanished behind halb's back the batch fails and is redone in full
+        full = force_full or not st.kernel
         locals_ = routing.local_addrs()
-        old_by_key = {_skey(s): s for s in st.services}
-        timeouts_changed = asdict(new.timeouts) != asdict(st.timeouts)
+        old_keys = set(st.keys())
+        timeouts_changed = asdict(timeouts) != asdict(st.timeouts)
+        if timeouts_changed:
+            changed = None
         cmds: list[str] = []
         if full:
             cmds += [f"add table {rs.T}", f"delete table {rs.T}"] + rs.globals_create()
-            old_by_key = {}
-            st.dests = {}
+            old_keys = set()
+            changed = None
+            st.dtuples = {}
             st.snat = []
             st.zero = {}
         # services removed
-        new_keys = {_skey(s) for s in new_services}
-        for k, old in old_by_key.items():
+        new_keys = {_kstr(s) for s in new_services}
+        for k in sorted(old_keys if changed is None else old_keys & changed):
             if k not in new_keys:
-                plan = st.plan(old)
+                plan = st.plan(st.service(k))
                 cmds += rs.service_dispatch_del(plan, rs.in_notrack(plan))
                 cmds += rs.service_delete(plan)
                 for d in plan.dests:
                     _drop_zero(st, d.mid)
-                st.dests.pop(k, None)
+                st.dtuples.pop(k, None)
                 st.sids.pop(k, None)
                 st.sched_state.pop(k, None)
-        counts_needed = [s for s in new_services
+        todo = [s if not isinstance(s, tuple) else st.service(s[0]) for s in new_services
+                if changed is None or _kstr(s) in changed]
+        counts_needed = [s for s in todo
                          if s.scheduler in COUNT_BASED or any(d.u_threshold for d in s.dests)]
         kern = _Kernel.read_flows(st, counts_needed) if (counts_needed and not full) else None
-        in_use = _Kernel.read_marks_in_use(st, old_by_key, new.services) if not full else {}
+        in_use = _Kernel.read_marks_in_use(st, old_keys, todo) if not full else set()
         refreshed = 0
-        for svc in new_services:
+        for svc in todo:
             k = _skey(svc)
-            old = old_by_key.get(k)
+            old = st.service(k) if k in old_keys else None
             if old is None:
                 if k not in st.sids or full:
                     st.sids.setdefault(k, st.next_sid)
@@ -267,9 +354,9 @@ class NftEngine(Engine):
                 cmds += rs.service_create(plan)
                 for d in plan.dests:
                     cmds += rs.dest_create(plan, d)
-                cmds += rs.service_rules(plan, new.timeouts, fresh=True)
+                cmds += rs.service_rules(plan, timeouts, fresh=True)
                 cmds += rs.service_dispatch_add(plan)
-                st.dests[k] = plan.dests
+                st.set_dplans(k, plan.dests)
                 continue
             if (not refresh_only and not timeouts_changed and _same(old, svc)
                     and not _trash_to_drop(st, k, in_use)):
@@ -299,31 +386,35 @@ class NftEngine(Engine):
                     cmds += rs.dest_retire(old_plan, dp)
                     _drop_zero(st, dp.mid)
                     dp.live = False
-                if dp.mid in in_use.get(k, set()):
+                if dp.mid in in_use:
                     dests.append(dp)
                 else:
                     cmds += rs.dest_forward_del(dp)
             plan = rs.ServicePlan(old_plan.sid, svc, dests)
             counts = kern.counts_for(plan) if kern else None
             _fill_sequence(plan, counts, st)
-            if (old.persistent, old.timeout, old.netmask) != (svc.persistent, svc.timeout, svc.netmask):
+            if svc.persistent and not old.persistent:
+                cmds.append(rs.persist_create(plan))
+            elif svc.persistent and (old.timeout, old.netmask) != (svc.timeout, svc.netmask):
                 cmds.append(f"flush map {rs.T} p{plan.sid}")
             now_notrack = rs.in_notrack(plan)
             if was_notrack != now_notrack:
                 elem = f"{svc.key.addr} . {svc.key.proto} . {svc.key.port}"
                 cmds.append(f"{'add' if now_notrack else 'delete'} element {rs.T} nt4 {{ {elem} }}")
-            cmds += rs.service_rules(plan, new.timeouts, fresh=False)
-            st.dests[k] = dests
+            cmds += rs.service_rules(plan, timeouts, fresh=False)
+            if old.persistent and not svc.persistent:
+                cmds.append(f"delete map {rs.T} p{plan.sid}")
+            st.set_dplans(k, dests)
             refreshed += 1
         # masquerading of clients on the real servers' own networks
-        masq_nets = sorted({n for ds in st.dests.values() for d in ds if d.fwd == "masq"
-                            for n in [routing.connected_net(d.addr)] if n})
+        masq_addrs = {t[1] for ts in st.dtuples.values() for t in ts if t[3] == "masq"}
+        masq_nets = routing.connected_nets(masq_addrs) if masq_addrs else []
         masq_nets = rs.collapse_nets(masq_nets) if masq_nets else []
         if masq_nets != st.snat:
             cmds += rs.snat_update(st.snat, masq_nets)
             st.snat = masq_nets
         # routes for Direct Return: add before the transaction, remove after
-        needed = {d.ridx for ds in st.dests.values() for d in ds if d.fwd == "gate"}
+        needed = {t[4] for ts in st.dtuples.values() for t in ts if t[3] == "gate"}
         rip_of = {v: k for k, v in st.rips.items()}
         added = []
         sysctls_before = dict(st.sysctls)
@@ -334,10 +425,17 @@ class NftEngine(Engine):
                 added.append(ridx)
             if needed and not st.local_moved:
                 st.local_moved = routing.move_local_rule() or st.local_moved
-            if needed or masq_nets or any(d.fwd == "masq" for ds in st.dests.values() for d in ds):
-                ifaces = sorted({routing.route_to(rip_of[r])[1] for r in needed})
+            if needed - routes_before or masq_addrs:
+                ifaces = sorted({routing.route_to(rip_of[r])[1] for r in needed - routes_before})
                 routing.apply_sysctls(routing.dr_sysctls(ifaces), st.sysctls)
-            nftcli.run_script("\n".join(cmds) + "\n")
+            try:
+                nftcli.run_script("\n".join(rs.merge_elements(cmds)) + "\n")
+            except nftcli.NftError:
+                if full or nftcli.table_exists(rs.FAMILY, rs.TABLE):
+                    raise
+                retry = True
+            else:
+                retry = False
         except (OSError, HalbError) as e:
             # undo what this call changed outside nft (nft itself changed nothing)
             for ridx in added:
@@ -349,13 +447,16 @@ class NftEngine(Engine):
             if isinstance(e, HalbError):
                 raise IpvsError(str(e)) from None
             raise IpvsError(f"cannot set up Direct Return routing: {e}") from None
+        if retry:  # halb's table was removed by someone else: rebuild it all
+            st.kernel = False
+            return self._sync(st, new_services, timeouts, None, refresh_only, force_full=True)
         st.kernel = True
         for ridx in list(rip_of):
             if ridx not in needed:
                 routing.del_route(ridx, rs.rmark(ridx))
                 st.rips.pop(rip_of[ridx], None)
-        st.services = [s.config() for s in new_services]
-        st.timeouts = new.timeouts
+        st.set_services(new_services)
+        st.timeouts = timeouts
         return refreshed
 
     def _dest_plan(self, st: State, svc: Service, d: Dest, locals_: set[str], mid: int) -> rs.DestPlan:
@@ -379,20 +480,19 @@ class NftEngine(Engine):
     def _teardown(self, st: State) -> None:
         errors = []
         try:
-            if nftcli.table_exists(rs.FAMILY, rs.TABLE):
-                nftcli.run_script(f"delete table {rs.T}\n")
+            nftcli.run_script(f"delete table {rs.T}\n")
         except HalbError as e:
-            errors.append(str(e))
+            if "No such file" not in str(e):
+                errors.append(str(e))
         try:
             routing.remove_all({r: rs.rmark(r) for r in st.rips.values()})
-            if st.local_moved:
-                routing.restore_local_rule()
+            routing.restore_local_rule(only_if_moved=not st.local_moved)
             routing.restore_sysctls(st.sysctls)
         except OSError as e:
             errors.append(str(e))
         st.local_moved = False
         st.rips = {}
-        st.dests = {}
+        st.dtuples = {}
         st.sids = {}
         st.snat = []
         st.zero = {}
@@ -408,11 +508,10 @@ class NftEngine(Engine):
     def _zero(self, st: State, zops: list[Op]) -> None:
         kern = _Kernel.read()
         keys = None if any(op.key is None for op in zops) else {_skey(op.key) for op in zops}
-        for svc in st.services:
-            k = _skey(svc)
+        for k in st.keys():
             if keys is not None and k not in keys:
                 continue
-            names = [f"c{st.sids[k]}"] + [f"{p}{d.mid}" for d in st.dests.get(k, []) if d.live
+            names = [f"{p}{d.mid}" for d in st.dplans(k) if d.live
                                          for p in ("d", "n", "o")]
             for name in names:
                 st.zero[name] = list(kern.raw_counter(name))
@@ -426,9 +525,9 @@ class NftEngine(Engine):
             dt = now - prev["t"]
             old = prev.get("s", {})
             for s in services:
-                _fill_rate(s, old.get(f"c{st.sids[_skey(s)]}"), dt)
+                _fill_rate(s, old.get(f"s{st.sids[_skey(s)]}"), dt)
                 for d in s.dests:
-                    dp = next((x for x in st.dests.get(_skey(s), []) if x.live and (x.addr, x.port) == d.ident), None)
+                    dp = next((x for x in st.dplans(_skey(s)) if x.live and (x.addr, x.port) == d.ident), None)
                     if dp:
                         _fill_rate(d, old.get(f"d{dp.mid}"), dt)
         if not prev or now - prev.get("t", now) >= 1.0 or now < prev.get("t", 0):
@@ -457,12 +556,17 @@ def _drop_zero(st: State, mid: int) -> None:
     st.zero.pop(f"o{mid}", None)
 
 
+def _sig(s: Service) -> tuple:
+    return (s.key, s.scheduler, s.persistent, s.timeout, s.netmask, tuple(s.flags), s.ops, s.pe,
+            tuple((d.addr, d.port, d.fwd, d.weight, d.u_threshold, d.l_threshold) for d in s.dests))
+
+
 def _same(a: Service, b: Service) -> bool:
-    return to_dict(a.config()) == to_dict(b.config())
+    return _sig(a) == _sig(b)
 
 
-def _trash_to_drop(st: State, k: str, in_use: dict) -> bool:
-    return any(not d.live and d.mid not in in_use.get(k, set()) for d in st.dests.get(k, []))
+def _trash_to_drop(st: State, k: str, in_use: set) -> bool:
+    return any(not t[5] and t[0] not in in_use for t in st.dtuples.get(k, ()))
 
 
 def _fill_sequence(plan: rs.ServicePlan, counts, st: State | None = None) -> None:
@@ -519,60 +623,61 @@ def _precheck(op: Op, i: int) -> None:
 
 
 class _Kernel:
-    """One read of halb's table."""
+    """One read of halb's table (or of its flow maps only)."""
 
     def __init__(self, objs: list[dict]):
         self.counters: dict[str, tuple[int, int]] = {}
         self.maps: dict[str, list] = {}
+        stats = {"dstats": "d", "nstats": "n", "ostats": "o"}
         for o in objs:
-            if "counter" in o:
-                c = o["counter"]
-                self.counters[c["name"]] = (c.get("packets", 0), c.get("bytes", 0))
             for kind in ("map", "set"):
                 if kind in o:
                     m = o[kind]
+                    if m["name"] in stats:
+                        prefix = stats[m["name"]]
+                        for e in m.get("elem", []):
+                            if isinstance(e, dict) and "elem" in e:
+                                c = e["elem"].get("counter") or {}
+                                mid = int(e["elem"]["val"]) & 0xFFFFFF
+                                self.counters[f"{prefix}{mid}"] = (c.get("packets", 0), c.get("bytes", 0))
+                        continue
                     self.maps[m["name"]] = [nftcli.elem_parts(e) for e in m.get("elem", [])]
+        self._by_mark: dict[int, list] | None = None
 
     @classmethod
     def read(cls) -> "_Kernel":
         return cls(nftcli.list_json("table", rs.FAMILY, rs.TABLE))
 
     @classmethod
-    def read_flows(cls, st: State, services: list[Service]) -> "_Kernel":
+    def read_flows(cls, st: State | None = None, services=None) -> "_Kernel":
         objs = []
-        for s in services:
-            sid = st.sids.get(_skey(s))
-            if sid is None:
-                continue
-            for m in (f"f{sid}", f"w{sid}"):
-                objs += nftcli.list_json("map", rs.FAMILY, rs.TABLE, m)
-            objs += nftcli.list_json("set", rs.FAMILY, rs.TABLE, f"z{sid}")
-        k = cls(objs)
-        k.sids = {_skey(s): st.sids.get(_skey(s)) for s in services}
-        return k
+        for kind, name in (("map", "flows"), ("map", "uflows"), ("map", "closing"), ("set", "closed")):
+            objs += nftcli.list_json(kind, rs.FAMILY, rs.TABLE, name)
+        return cls(objs)
 
     @classmethod
-    def read_marks_in_use(cls, st: State, old_by_key: dict, new_services: dict) -> dict[str, set[int]]:
-        """Dest mark ids still used by flows, for services that lose a real
-        server now or still keep a retired one."""
-        out: dict[str, set[int]] = {}
-        new_by_key = {_skey(k): v for k, v in new_services.items()}
-        for k, dests in st.dests.items():
-            if k not in old_by_key or k not in new_by_key:
+    def read_marks_in_use(cls, st: State, old_keys: set, todo: list[Service]) -> set[int]:
+        """Dest mark ids still used by flows, when some service in todo loses
+        a real server now or still keeps a retired one (else: no kernel read)."""
+        need = False
+        for svc in todo:
+            k = _skey(svc)
+            if k not in old_keys:
                 continue
-            keep = {(d.addr, d.port or new_by_key[k].key.port) for d in new_by_key[k].dests}
-            if all(d.live and (d.addr, d.port) in keep for d in dests):
-                continue
-            sid = st.sids[k]
-            objs = nftcli.list_json("map", rs.FAMILY, rs.TABLE, f"f{sid}")
-            marks = set()
-            for o in objs:
-                for e in o.get("map", {}).get("elem", []):
-                    _, _, _, v = nftcli.elem_parts(e)
-                    if isinstance(v, int):
-                        marks.add(v & 0xFFFFFF)
-            out[k] = marks
-        return out
+            keep = {(d.addr, d.port or svc.key.port) for d in svc.dests}
+            if any(not t[5] or (t[1], t[2]) not in keep for t in st.dtuples.get(k, ())):
+                need = True
+                break
+        if not need:
+            return set()
+        marks = set()
+        for o in (nftcli.list_json("map", rs.FAMILY, rs.TABLE, "flows")
+                  + nftcli.list_json("map", rs.FAMILY, rs.TABLE, "uflows")):
+            for e in o.get("map", {}).get("elem", []):
+                _, _, _, v = nftcli.elem_parts(e)
+                if isinstance(v, int):
+                    marks.add(v & 0xFFFFFF)
+        return marks
 
     def raw_counter(self, name: str) -> tuple[int, int]:
         return self.counters.get(name, (0, 0))
@@ -584,30 +689,35 @@ class _Kernel:
             return p, b
         return p - zp, b - zb
 
-    def _flows(self, sid: int):
-        closed = {e[0] for e in self.maps.get(f"z{sid}", [])}
-        closing = {e[0]: e for e in self.maps.get(f"w{sid}", [])}
-        for key, expires, timeout, mark in self.maps.get(f"f{sid}", []):
-            if key in closing:
-                _, wexp, _, wmark = closing[key]
-                yield key, "FIN_WAIT", wexp, wmark
-            elif key in closed:
-                continue
-            else:
-                yield key, "ESTABLISHED", expires, mark
+    def by_mark(self) -> dict[int, list]:
+        """mid -> [(key, state, expires)] of live flows."""
+        if self._by_mark is None:
+            closed = {e[0] for e in self.maps.get("closed", [])}
+            closing = {e[0]: e for e in self.maps.get("closing", [])}
+            out: dict[int, list] = {}
+            for key, expires, timeout, mark in self.maps.get("flows", []) + self.maps.get("uflows", []):
+                if key in closing:
+                    _, wexp, _, wmark = closing[key]
+                    item = (key, "FIN_WAIT", wexp)
+                    mark = wmark
+                elif key in closed:
+                    continue
+                else:
+                    item = (key, "ESTABLISHED", expires)
+                if isinstance(mark, int):
+                    out.setdefault(mark & 0xFFFFFF, []).append(item)
+            self._by_mark = out
+        return self._by_mark
 
     def flow_counts(self, plan: rs.ServicePlan) -> dict[int, tuple[int, int]]:
         udp = plan.svc.key.proto == "udp"
-        out: dict[int, list[int]] = {}
-        for key, state, _, mark in self._flows(plan.sid):
-            if not isinstance(mark, int):
-                continue
-            c = out.setdefault(mark & 0xFFFFFF, [0, 0])
-            if state == "ESTABLISHED" and not udp:
-                c[0] += 1
-            else:
-                c[1] += 1
-        return {k: (v[0], v[1]) for k, v in out.items()}
+        flows = self.by_mark()
+        out = {}
+        for d in plan.dests:
+            items = flows.get(d.mid, ())
+            active = 0 if udp else sum(1 for it in items if it[1] == "ESTABLISHED")
+            out[d.mid] = (active, len(items) - active)
+        return out
 
     def counts_for(self, plan: rs.ServicePlan) -> dict[int, tuple[int, int]]:
         return self.flow_counts(plan)
@@ -624,24 +734,19 @@ class _Kernel:
     def conns(self, plan: rs.ServicePlan) -> list[Conn]:
         svc = plan.svc
         k = svc.key
-        by_mid = {d.mid: d for d in plan.dests}
-        proto = "UDP" if k.proto == "udp" else "TCP"
+        flows = self.by_mark()
         out = []
-        for key, state, expires, mark in self._flows(plan.sid):
-            d = by_mid.get((mark or 0) & 0xFFFFFF)
-            if d is None:
-                continue
-            if plan.full_key:
-                caddr, l4, cport, vaddr, vport = key
-                proto = "UDP" if l4 in ("udp", 17) else "TCP"
-            else:
-                caddr, cport = key
-                vaddr, vport = k.addr, k.port
-            if proto == "UDP":
-                state = "UDP"
-            out.append(Conn(proto, float(expires or 0), state, str(caddr), int(cport), vaddr, vport,
-                            d.addr, d.port, fwd=d.fwd))
+        for d in plan.dests:
+            for key, state, expires in flows.get(d.mid, ()):
+                vaddr, vport, caddr, cport = key
+                proto = "UDP" if k.proto == "udp" else "TCP"
+                if proto == "UDP":
+                    state = "UDP"
+                out.append(Conn(proto, float(expires or 0), state, str(caddr), int(cport), str(vaddr),
+                                int(vport), d.addr, d.port, fwd=d.fwd))
         if svc.persistent:
+            by_mid = {d.mid: d for d in plan.dests}
+            proto = "UDP" if k.proto == "udp" else "TCP"
             for key, expires, timeout, mark in self.maps.get(f"p{plan.sid}", []):
                 d = by_mid.get((mark or 0) & 0xFFFFFF)
                 if d is None:

@@ -22,7 +22,7 @@ exact IPVS algorithms:
 """
 from __future__ import annotations
 
-from copy import deepcopy
+from copy import copy, deepcopy
 from functools import reduce
 from math import gcd
 
@@ -44,7 +44,7 @@ def _scaled(dests: list[Dest]) -> list[Dest]:
         return dests
     out = []
     for d in dests:
-        c = deepcopy(d)
+        c = copy(d)
         if c.weight > 0:
             c.weight = max(1, c.weight * MAX_PERIOD // (total * g))
         out.append(c)
@@ -63,7 +63,7 @@ def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | No
     keep (lblc, lblcr): {"sched": scheduler or None}; the locality table is
     carried from one refresh to the next, advanced by the first decision only
     (the one the kernel takes next)."""
-    dests = [deepcopy(d) for d in svc.dests]
+    dests = [copy(d) for d in svc.dests]  # only ints change: a shallow copy is enough
     for d in dests:
         a, i = (counts or {}).get(d.ident, (0, 0))
         d.activeconns, d.inactconns = a, i

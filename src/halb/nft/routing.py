@@ -57,6 +57,18 @@ def connected_net(addr: str) -> str | None:
     return None
 
 
+def connected_nets(addrs) -> list[str]:
+    """The connected prefixes containing any of addrs (one netlink dump)."""
+    targets = [ipaddress.ip_address(a) for a in addrs]
+    out = set()
+    with IPRoute() as ip:
+        for a in ip.get_addr(family=socket.AF_INET):
+            net = ipaddress.ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+            if net.prefixlen < 32 and any(t in net for t in targets):
+                out.add(str(net))
+    return sorted(out)
+
+
 def _rules(ip: IPRoute) -> list:
     return list(ip.get_rules(family=socket.AF_INET))
 
@@ -80,8 +92,13 @@ def move_local_rule() -> bool:
         return True
 
 
-def restore_local_rule() -> None:
+def restore_local_rule(only_if_moved: bool = False) -> None:
+    """Put `lookup local` back at pref 0 (only_if_moved: only when halb's
+    LOCAL_PREF copy is there, e.g. after a lost state file)."""
     with IPRoute() as ip:
+        if only_if_moved and not any((r.get_attr("FRA_PRIORITY") or 0) == LOCAL_PREF
+                                     and _rule_table(r) == RT_TABLE_LOCAL for r in _rules(ip)):
+            return
         if not local_rule_at_zero(ip):
             ip.rule("add", table=RT_TABLE_LOCAL, priority=0)
         try:

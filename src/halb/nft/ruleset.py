@@ -6,13 +6,22 @@ One table, `inet halb`, holds everything. Per virtual service N:
     t<N>  chain: a NEW connection to the real server in meta mark (conns counter,
           persistence entry)
     o<N>  chain: every packet of a flow (packet counter, flow entry, forwarding)
-    f<N>  map   client addr . port -> dest mark   (pinned flows; timeout tcp/udp)
-    w<N>  map   same key -> dest mark             (flows that saw FIN/RST; timeout tcpfin)
-    z<N>  set   same key                          (closed flows: no longer refreshed)
-    p<N>  map   client addr & netmask -> dest mark (persistence templates, -p/-M)
+    p<N>  map   client addr & netmask -> dest mark (persistence templates, -p/-M;
+                only for persistent services)
     q<N>  map   numgen/jhash slot -> dest mark    (the scheduler's decisions)
-    cm<N>, km<N>  maps dest mark -> counter d<mark>/n<mark> (packets, new conns)
-    c<N>  counter (the service's packets)
+
+Counters live in three global sets with a per-element counter, keyed by dest
+mark: `dstats` (packets to the server), `nstats` (new connections), `ostats`
+(replies, masq). Named counter objects would make every nft run fetch tens of
+thousands of objects; set elements are not fetched.
+
+The dynamic flow maps are shared by all services (a dynamic set costs kernel
+memory of its own; one per service would not scale), keyed by the whole
+5-tuple (VIP . proto . port . client . client port):
+
+    flows   map -> dest mark   (pinned flows; timeout tcp/udp, refreshed by traffic)
+    closing map -> dest mark   (flows that saw FIN/RST; timeout tcpfin)
+    closed  set                (closed flows: no longer refreshed)
 
 Global objects: `svc4`/`svc4any`/`svcfw` dispatch verdict maps, `nt4` (services
 without NAT: not tracked by conntrack), `rt` (dest mark -> route mark for
@@ -28,6 +37,7 @@ exists); a route mark is ROUTE_BASE | index of the real server's address.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from halb.model import Service, Timeouts
@@ -39,6 +49,8 @@ MARK_BASE = 0x4A000000
 ROUTE_BASE = 0x4B000000
 MARK_MASK = 0xFF000000
 FLOW_SIZE = 1048576
+PERSIST_SIZE = 65536
+STATS_SIZE = 262144
 SH_SIZE = 256
 PRIO_RAW = -300
 PRIO_PRE = -140  # after the usual mangle (-150), so user fwmarks are visible
@@ -85,16 +97,18 @@ class ServicePlan:
 
 
 # --------------------------------------------------------------------------
-def key_type(plan: ServicePlan) -> str:
-    if plan.full_key:
-        return "ipv4_addr . inet_proto . inet_service . ipv4_addr . inet_service"
-    return "ipv4_addr . inet_service"
+# (nft 1.0.6 cannot update a map from a 5-part key: the protocol is left out
+# of the key, and UDP services get their own map)
+FLOW_TYPE = "ipv4_addr . inet_service . ipv4_addr . inet_service"
+FLOW_KEY = "ip daddr . th dport . ip saddr . th sport"
+
+
+def flow_map(plan: "ServicePlan") -> str:
+    return "uflows" if plan.svc.key.proto == "udp" else "flows"
 
 
 def key_expr(plan: ServicePlan) -> str:
-    if plan.full_key:
-        return "ip saddr . meta l4proto . th sport . ip daddr . th dport"
-    return "ip saddr . th sport"
+    return FLOW_KEY
 
 
 def masked_src(plan: ServicePlan) -> str:
@@ -126,11 +140,19 @@ def globals_create() -> list[str]:
         f"add map {T} rtm {{ type mark : mark; }}",
         f"add map {T} dnat4 {{ type mark : ipv4_addr . inet_service; }}",
         f"add set {T} snat4 {{ type ipv4_addr; flags interval; }}",
-        f"add map {T} outc {{ type mark : counter; }}",
+        f"add set {T} live {{ type mark; }}",
+        f"add set {T} dstats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
+        f"add set {T} nstats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
+        f"add set {T} ostats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
+        f"add map {T} flows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add map {T} uflows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add map {T} closing {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add set {T} closed {{ type {FLOW_TYPE}; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add chain {T} rawpre {{ type filter hook prerouting priority {PRIO_RAW}; policy accept; }}",
         f"add rule {T} rawpre ip daddr . meta l4proto . th dport @nt4 notrack",
         f"add chain {T} dispatch {{ type filter hook prerouting priority {PRIO_PRE}; policy accept; }}",
-        f"add rule {T} dispatch ct direction reply counter name ct mark map @outc",
+        f"add rule {T} dispatch ct direction reply ct mark & 0x{MARK_MASK:x} == 0x{MARK_BASE:x} "
+        f"update @ostats {{ ct mark }}",
         f"add rule {T} dispatch ip daddr . meta l4proto . th dport vmap @svc4",
         f"add rule {T} dispatch ip daddr . meta l4proto vmap @svc4any",
         f"add rule {T} dispatch meta mark vmap @svcfw",
@@ -154,21 +176,20 @@ def _dispatch_elem(plan: ServicePlan) -> tuple[str, str]:
 def service_create(plan: ServicePlan) -> list[str]:
     """Objects of a new service (its rules come from service_rules)."""
     n = plan.sid
-    kt = key_type(plan)
     cmds = [
-        f"add counter {T} c{n}",
-        f"add map {T} f{n} {{ type {kt} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
-        f"add map {T} w{n} {{ type {kt} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
-        f"add set {T} z{n} {{ type {kt}; flags dynamic,timeout; size {FLOW_SIZE}; }}",
-        f"add map {T} p{n} {{ type ipv4_addr : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add map {T} q{n} {{ typeof numgen inc mod 2 : meta mark; }}",
-        f"add map {T} cm{n} {{ type mark : counter; }}",
-        f"add map {T} km{n} {{ type mark : counter; }}",
         f"add chain {T} s{n}",
         f"add chain {T} t{n}",
         f"add chain {T} o{n}",
     ]
+    if plan.svc.persistent:
+        cmds.append(persist_create(plan))
     return cmds
+
+
+def persist_create(plan: ServicePlan) -> str:
+    return (f"add map {T} p{plan.sid} {{ type ipv4_addr : mark; flags dynamic,timeout; "
+            f"size {PERSIST_SIZE}; }}")
 
 
 def service_dispatch_add(plan: ServicePlan) -> list[str]:
@@ -197,10 +218,9 @@ def service_delete(plan: ServicePlan) -> list[str]:
     n = plan.sid
     cmds = [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush chain {T} o{n}",
             f"delete chain {T} s{n}", f"delete chain {T} t{n}", f"delete chain {T} o{n}"]
-    for m in ("f", "w", "p", "q", "cm", "km"):
-        cmds.append(f"delete map {T} {m}{n}")
-    cmds.append(f"delete set {T} z{n}")
-    cmds.append(f"delete counter {T} c{n}")
+    cmds.append(f"delete map {T} q{n}")
+    if plan.svc.persistent:
+        cmds.append(f"delete map {T} p{n}")
     for d in plan.dests:
         cmds.extend(dest_delete(plan, d, in_service_maps=False))
     return cmds
@@ -213,6 +233,7 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
     key = key_expr(plan)
     src = masked_src(plan)
     ft = flow_timeout(plan, t)
+    fm = flow_map(plan)
     tcp = svc.key.proto != "udp"
     cmds = []
     if not fresh:
@@ -222,32 +243,31 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
         elems = ", ".join(f"{i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
         cmds.append(f"add element {T} q{n} {{ {elems} }}")
     # s: entry
-    cmds.append(f"add rule {T} s{n} counter name c{n}")
     if not svc.ops:
         if tcp:
             # a new SYN on a closed flow's key starts a new connection
-            cmds.append(f"add rule {T} s{n} tcp flags & (syn|ack) == syn {key} @z{n} "
-                        f"delete @z{n} {{ {key} }}")
-        cmds.append(f"add rule {T} s{n} meta mark set {key} map @f{n} goto o{n}")
+            cmds.append(f"add rule {T} s{n} tcp flags & (syn|ack) == syn {key} @closed "
+                        f"delete @closed {{ {key} }}")
+        cmds.append(f"add rule {T} s{n} meta mark set {key} map @{fm} goto o{n}")
     if svc.persistent:
-        cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} goto t{n}")
+        cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} meta mark @live goto t{n}")
     cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q{n} goto t{n}")
     cmds.append(f"add rule {T} s{n} reject")
     # t: new connection
-    cmds.append(f"add rule {T} t{n} counter name meta mark map @km{n}")
+    cmds.append(f"add rule {T} t{n} update @nstats {{ meta mark }}")
     if svc.persistent:
         cmds.append(f"add rule {T} t{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
     cmds.append(f"add rule {T} t{n} goto o{n}")
     # o: every packet of a flow
-    cmds.append(f"add rule {T} o{n} counter name meta mark map @cm{n}")
+    cmds.append(f"add rule {T} o{n} update @dstats {{ meta mark }}")
     if not svc.ops:
         if tcp:
             cmds.append(f"add rule {T} o{n} tcp flags & (fin|rst) != 0 "
-                        f"update @w{n} {{ {key} timeout {t.tcpfin}s : meta mark }} "
-                        f"update @z{n} {{ {key} timeout {ft}s }}")
-            cmds.append(f"add rule {T} o{n} {key} != @z{n} update @f{n} {{ {key} timeout {ft}s : meta mark }}")
+                        f"update @closing {{ {key} timeout {t.tcpfin}s : meta mark }} "
+                        f"update @closed {{ {key} timeout {ft}s }}")
+            cmds.append(f"add rule {T} o{n} {key} != @closed update @{fm} {{ {key} timeout {ft}s : meta mark }}")
         else:
-            cmds.append(f"add rule {T} o{n} update @f{n} {{ {key} timeout {ft}s : meta mark }}")
+            cmds.append(f"add rule {T} o{n} update @{fm} {{ {key} timeout {ft}s : meta mark }}")
     if svc.persistent:
         cmds.append(f"add rule {T} o{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
     if plan.has_masq:
@@ -260,9 +280,8 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
 def dest_create(plan: ServicePlan, d: DestPlan) -> list[str]:
     n = plan.sid
     m = f"0x{dmark(d.mid):x}"
-    cmds = [f"add counter {T} d{d.mid}", f"add counter {T} n{d.mid}",
-            f"add element {T} cm{n} {{ {m} : \"d{d.mid}\" }}",
-            f"add element {T} km{n} {{ {m} : \"n{d.mid}\" }}"]
+    cmds = [f"add element {T} live {{ {m} }}", f"add element {T} dstats {{ {m} }}",
+            f"add element {T} nstats {{ {m} }}"]
     cmds += dest_forward_add(d)
     return cmds
 
@@ -273,7 +292,7 @@ def dest_forward_add(d: DestPlan) -> list[str]:
         return [f"add element {T} rtm {{ {m} : 0x{rmark(d.ridx):x} }}"]
     if d.fwd == "masq":
         return [f"add element {T} dnat4 {{ {m} : {d.addr} . {d.port} }}",
-                f"add counter {T} o{d.mid}", f"add element {T} outc {{ {m} : \"o{d.mid}\" }}"]
+                f"add element {T} ostats {{ {m} }}"]
     return []
 
 
@@ -282,29 +301,44 @@ def dest_forward_del(d: DestPlan) -> list[str]:
     if d.fwd == "gate":
         return [f"delete element {T} rtm {{ {m} }}"]
     if d.fwd == "masq":
-        return [f"delete element {T} dnat4 {{ {m} }}", f"delete element {T} outc {{ {m} }}",
-                f"delete counter {T} o{d.mid}"]
+        return [f"delete element {T} dnat4 {{ {m} }}", f"delete element {T} ostats {{ {m} }}"]
     return []
 
 
 def dest_retire(plan: ServicePlan, d: DestPlan) -> list[str]:
     """A real server leaves the table: its counters go, its forwarding stays
     (established flows keep their server) until dest_delete."""
-    n = plan.sid
     m = f"0x{dmark(d.mid):x}"
-    return [f"delete element {T} cm{n} {{ {m} }}", f"delete element {T} km{n} {{ {m} }}",
-            f"delete counter {T} d{d.mid}", f"delete counter {T} n{d.mid}"]
+    return [f"delete element {T} live {{ {m} }}", f"delete element {T} dstats {{ {m} }}",
+            f"delete element {T} nstats {{ {m} }}"]
 
 
 def dest_delete(plan: ServicePlan, d: DestPlan, in_service_maps: bool = True) -> list[str]:
     cmds = []
     if d.live:
-        if in_service_maps:
-            cmds += dest_retire(plan, d)
-        else:
-            cmds += [f"delete counter {T} d{d.mid}", f"delete counter {T} n{d.mid}"]
+        cmds += dest_retire(plan, d)
     cmds += dest_forward_del(d)
     return cmds
+
+
+_MERGE_RE = re.compile(r"^add element inet halb (live|dstats|nstats|ostats|rtm|dnat4) \{ (.*) \}$")
+
+
+def merge_elements(cmds: list[str], chunk: int = 4096) -> list[str]:
+    """Additions to the global sets, merged into a few commands at the end of
+    the batch (deletions stay where they are, so delete-then-add keeps its
+    order); one command per element costs nft a lot on big tables."""
+    out, merged = [], {}
+    for c in cmds:
+        m = _MERGE_RE.match(c)
+        if m:
+            merged.setdefault(m.group(1), []).append(m.group(2))
+        else:
+            out.append(c)
+    for name, items in merged.items():
+        for i in range(0, len(items), chunk):
+            out.append(f"add element {T} {name} {{ {', '.join(items[i:i + chunk])} }}")
+    return out
 
 
 def snat_update(old: list[str], new: list[str]) -> list[str]:
