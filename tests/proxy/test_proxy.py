@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Proxy, free_port, halb, wait_for
+from proxy_helpers import Proxy, free_port, halb, wait_for
 from halb.errors import EngineUnavailable, IpvsError
 from halb.model import Dest, Op, Service, ServiceKey, Timeouts
 
@@ -353,7 +353,7 @@ def test_life_cycle_start_twice_status_stop_leaves_nothing(tmp_path, web, vip):
         p.engine = None
         r = halb("proxy", "stop", ctx=p.ctx)
         assert r.returncode == 0 and "stopped" in r.stdout
-        from conftest import alive
+        from proxy_helpers import alive
 
         assert not alive(p.pid)
         assert not (p.ctx.run_dir / "proxy.sock").exists()
@@ -384,7 +384,7 @@ def test_sigterm_stops_cleanly(tmp_path):
     p = Proxy(tmp_path / "run").start()
     try:
         os.kill(p.pid, signal.SIGTERM)
-        from conftest import alive
+        from proxy_helpers import alive
 
         wait_for(lambda: not alive(p.pid), what="daemon to exit")
         assert not (p.ctx.run_dir / "proxy.sock").exists() and not (p.ctx.run_dir / "proxy.pid").exists()
@@ -498,7 +498,7 @@ def test_restart_after_a_crash(tmp_path, web, vip):
     """SIGKILL leaves a stale socket and pid file: `start` takes over cleanly."""
     import signal
 
-    from conftest import alive
+    from proxy_helpers import alive
 
     p = Proxy(tmp_path / "run").start()
     try:
@@ -520,7 +520,7 @@ def test_ipv6_service(proxy, tmp_path):
         socket.socket(socket.AF_INET6).bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 on loopback")
-    from conftest import Backends
+    from proxy_helpers import Backends
 
     b = Backends()
     try:

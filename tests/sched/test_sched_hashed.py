@@ -17,7 +17,7 @@ from halb.sched import Packet
 from halb.sched.hashed import MH_HASH1, MaglevHashing
 from halb.sched.hashing import addr_fold, hash_32, hsiphash_u32, siphash
 
-from conftest import name_of  # noqa: E402  (tests/sched/conftest.py)
+from sched_helpers import name_of  # noqa: E402
 
 
 def pkt(src_last=1, dst_last=1, sport=0):
