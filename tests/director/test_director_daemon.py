@@ -192,3 +192,39 @@ def test_cli_errors_are_one_line(proxy, tmp_path):
     assert r.returncode != 0 and "Config file not found" in r.stderr and len(r.stderr.splitlines()) == 1
     r = halb(ctx, "director", str(bad), "dance", check=False)
     assert r.returncode == 2 and "unknown command 'dance'" in r.stderr
+
+
+def test_autoreload_fallback_and_fallbackcommand(proxy, tmp_path):
+    """autoreload=yes picks up an edited file by itself; with every real
+    server down the fallback server is in the table and fallbackcommand ran
+    with start, then stop once a real server is back."""
+    ctx = proxy
+    vport = servers.free_port()
+    marks = tmp_path / "fallback.log"
+    cmd = tmp_path / "fb.sh"
+    cmd.write_text(f"#!/bin/sh\necho \"$@\" >> {marks}\n")
+    cmd.chmod(0o755)
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2, \
+            servers.NginxSite(tmp_path / "fb", "sorry") as fb:
+        extra = f"autoreload=yes\nfallback=127.0.0.1:{fb.port} masq\nfallbackcommand=\"{cmd}\"\n"
+        cfg = write_cfg(tmp_path / "auto.cf", vport, n1.port, n2.port, extra_global=extra)
+        halb(ctx, "director", str(cfg), "start")
+        both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
+        wait_for(lambda: dests(ctx, vport) == both, what="both up")
+        n1.stop()
+        n2.stop()
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", fb.port): 1}, timeout=15, what="fallback only")
+        assert get(vport).split()[-1] == "sorry"
+        n1.start()
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 1}, timeout=15, what="N1 back")
+        # as ldirectord: "start" at start-up (nothing up yet), "stop" at the first
+        # server up, "start" when all were down, "stop" when N1 came back
+        want = [f"{w} 127.0.0.1:{vport} tcp" for w in ("start", "stop", "start", "stop")]
+        wait_for(lambda: marks.exists() and marks.read_text().splitlines() == want, timeout=10,
+                 what="fallbackcommand")
+        # edit the file: weight 4 for N1, applied without `reload`
+        cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{n1.port} masq 1", f"127.0.0.1:{n1.port} masq 4"))
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 4}, timeout=15, what="autoreload")
+        log = (ctx.run_dir / "director.auto.cf.log").read_text()
+        assert f"Configuration file '{cfg}' has changed on disk" in log
+        halb(ctx, "director", str(cfg), "stop")
