@@ -412,3 +412,71 @@ http {{
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextlib.contextmanager
+def mariadb(user: str = "halb", password: str = "s3cret", database: str = "shop"):
+    """MariaDB on 127.0.0.1:.port; `user`/`password` may read `database`,
+    which has a table health(ok) with one row."""
+    with world_dir("mysql") as d:
+        data = d / "data"
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+                        "--auth-root-authentication-method=socket", "--skip-test-db"],
+                       check=True, capture_output=True, timeout=180)
+        port = free_port()
+        sock = d / "mysql.sock"
+        proc = popen(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+                      "--bind-address=127.0.0.1", "--user=root", f"--pid-file={d}/mysqld.pid",
+                      "--skip-log-bin", "--innodb-buffer-pool-size=16M", f"--log-error={d}/error.log"],
+                     d / "mysqld.out")
+        try:
+            wait_tcp(port, timeout=60, proc=proc, log=d / "error.log")
+            sql = (f"CREATE DATABASE {database}; CREATE TABLE {database}.health (ok INT); "
+                   f"INSERT INTO {database}.health VALUES (1); "
+                   f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                   f"GRANT SELECT ON {database}.* TO '{user}'@'127.0.0.1';")
+            subprocess.run(["mariadb", "--no-defaults", f"--socket={sock}", "-uroot", "-e", sql],
+                           check=True, capture_output=True, timeout=60)
+            yield type("MariaDB", (), {"port": port, "user": user, "password": password,
+                                       "database": database, "proc": proc})
+        finally:
+            stop(proc, timeout=30)
+
+
+@contextlib.contextmanager
+def slapd(suffix: str = "dc=example,dc=org", password: str = "secret"):
+    """OpenLDAP slapd on ldap://127.0.0.1:.port and ldaps://127.0.0.1:.ldaps
+    with the base entry `suffix` and rootdn cn=admin,<suffix>."""
+    with world_dir("ldap") as d:
+        crt, key = make_cert(d, "ldap.example")
+        db = d / "db"
+        db.mkdir()
+        port, ldaps = free_ports(2)
+        conf = d / "slapd.conf"
+        conf.write_text(f"""include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile {d}/slapd.pid
+TLSCertificateFile {crt}
+TLSCertificateKeyFile {key}
+database mdb
+maxsize 10485760
+suffix "{suffix}"
+rootdn "cn=admin,{suffix}"
+rootpw {password}
+directory {db}
+""")
+        proc = popen(["slapd", "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{ldaps}/",
+                      "-d", "0"], d / "slapd.out")
+        try:
+            wait_tcp(port, proc=proc, log=d / "slapd.out")
+            wait_tcp(ldaps, proc=proc, log=d / "slapd.out")
+            dc = suffix.split(",")[0].split("=")[1]
+            ldif = f"dn: {suffix}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: {dc}\n"
+            subprocess.run(["ldapadd", "-x", "-H", f"ldap://127.0.0.1:{port}", "-D", f"cn=admin,{suffix}",
+                            "-w", password], input=ldif, text=True, check=True, capture_output=True, timeout=30)
+            yield type("Slapd", (), {"port": port, "ldaps": ldaps, "suffix": suffix,
+                                     "rootdn": f"cn=admin,{suffix}", "password": password, "proc": proc})
+        finally:
+            stop(proc)

@@ -266,3 +266,36 @@ def test_imap_pop_plain_and_tls(tmp_path):
             up(spec(f"service={svc}\n{cred}", f"127.0.0.1:{port} masq"))
             down(spec(f"service={svc}\n{bad}", f"127.0.0.1:{port} masq"))
         down(spec("service=imap", f"127.0.0.1:{mx.pop3} masq"))  # a POP server is a wrong answer
+
+
+# -- MySQL (MariaDB) ---------------------------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.timeout(240)
+def test_mysql(tmp_path):
+    need("mariadbd")
+    need("mariadb-install-db")
+    with servers.mariadb() as db:
+        base = f'service=mysql\nlogin="{db.user}"\npasswd="{db.password}"\ndatabase="{db.database}"\n'
+        up(spec(base + 'request="SELECT ok FROM health"', f"127.0.0.1:{db.port} masq"))
+        down(spec(base + 'request="SELECT ok FROM health WHERE ok = 2"', f"127.0.0.1:{db.port} masq"))
+        down(spec(base.replace(db.password, "wrong") + 'request="SELECT 1"', f"127.0.0.1:{db.port} masq"))
+
+
+# -- LDAP / LDAPS (slapd) -------------------------------------------------------------
+
+@pytest.mark.root
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ldap_and_ldaps(tmp_path):
+    need("slapd")
+    need("ldapadd")
+    with servers.slapd() as ld:
+        cred = f'login="{ld.rootdn}"\npasswd="{ld.password}"\n'
+        for svc, port in (("ldap", ld.port), ("ldaps", ld.ldaps)):
+            up(spec(f'service={svc}\nrequest="{ld.suffix}"\nreceive="dc=example"', f"127.0.0.1:{port} masq"))
+            up(spec(f'service={svc}\n{cred}request="{ld.suffix}"\nreceive="example"', f"127.0.0.1:{port} masq"))
+            # wrong password, absent base, DN not matching receive: down
+            down(spec(f'service={svc}\nlogin="{ld.rootdn}"\npasswd="nope"\nrequest="{ld.suffix}"',
+                      f"127.0.0.1:{port} masq"))
+            down(spec(f'service={svc}\nrequest="dc=absent,dc=org"', f"127.0.0.1:{port} masq"))
+            down(spec(f'service={svc}\nrequest="{ld.suffix}"\nreceive="dc=other"', f"127.0.0.1:{port} masq"))

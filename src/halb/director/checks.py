@@ -761,18 +761,20 @@ async def check_pgsql(spec: CheckSpec) -> Result:
 
 async def check_ldap(spec: CheckSpec) -> Result:
     def work() -> Result:
+        import math
+
         import ldap3
+        tmo = max(1, math.ceil(spec.negotiatetimeout))  # ldap3 wants whole seconds
         tls = None
         if spec.service == "ldaps":
             tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if spec.sslverify else ssl.CERT_NONE,
                             ca_certs_file=spec.sslcafile)
         server = ldap3.Server(spec.host, port=spec.port, use_ssl=spec.service == "ldaps", tls=tls,
-                              connect_timeout=spec.negotiatetimeout, get_info=ldap3.NONE)
+                              connect_timeout=tmo, get_info=ldap3.NONE)
         if spec.login and spec.passwd:
-            conn = ldap3.Connection(server, user=spec.login, password=spec.passwd,
-                                    receive_timeout=spec.negotiatetimeout)
+            conn = ldap3.Connection(server, user=spec.login, password=spec.passwd, receive_timeout=tmo)
         else:
-            conn = ldap3.Connection(server, receive_timeout=spec.negotiatetimeout)
+            conn = ldap3.Connection(server, receive_timeout=tmo)
         try:
             if not conn.bind():
                 return Result(False, f"Bind failed: {conn.result.get('description')}")
