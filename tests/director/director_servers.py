@@ -480,3 +480,79 @@ directory {db}
                                      "rootdn": f"cn=admin,{suffix}", "password": password, "proc": proc})
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def freeradius(secret: str = "testing123", user: str = "alice", password: str = "wonder"):
+    """FreeRADIUS answering Access-Requests from 127.0.0.1 (client secret
+    `secret`) on UDP 127.0.0.1:.port, one PAP user."""
+    with world_dir("radius") as d:
+        port = free_port(socket.SOCK_DGRAM)
+        (d / "users").write_text(f'{user} Cleartext-Password := "{password}"\n')
+        (d / "radiusd.conf").write_text(f"""prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {d}
+raddbdir = {d}
+radacctdir = {d}
+name = freeradius
+confdir = {d}
+modconfdir = {d}
+run_dir = {d}
+db_dir = {d}
+libdir = /usr/lib/freeradius
+pidfile = {d}/radiusd.pid
+max_request_time = 30
+cleanup_delay = 5
+max_requests = 1024
+hostname_lookups = no
+log {{
+  destination = stderr
+}}
+security {{
+  allow_core_dumps = no
+}}
+client localhost {{
+  ipaddr = 127.0.0.1
+  secret = {secret}
+}}
+modules {{
+  files {{
+    filename = {d}/users
+  }}
+  pap {{
+  }}
+}}
+server default {{
+  listen {{
+    type = auth
+    ipaddr = 127.0.0.1
+    port = {port}
+  }}
+  authorize {{
+    files
+    pap
+  }}
+  authenticate {{
+    Auth-Type PAP {{
+      pap
+    }}
+  }}
+}}
+""")
+        out = d / "radius.out"
+        proc = popen(["freeradius", "-f", "-d", str(d), "-l", "stdout"], out)
+        try:
+            deadline = time.monotonic() + 30
+            while "Ready to process requests" not in (out.read_text(errors="replace") if out.exists() else ""):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"freeradius exited: {out.read_text(errors='replace')[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("freeradius did not become ready in 30 s")
+                time.sleep(0.05)
+            yield type("Radius", (), {"port": port, "secret": secret, "user": user, "password": password,
+                                      "proc": proc})
+        finally:
+            stop(proc)

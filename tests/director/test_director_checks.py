@@ -299,3 +299,21 @@ def test_ldap_and_ldaps(tmp_path):
                       f"127.0.0.1:{port} masq"))
             down(spec(f'service={svc}\nrequest="dc=absent,dc=org"', f"127.0.0.1:{port} masq"))
             down(spec(f'service={svc}\nrequest="{ld.suffix}"\nreceive="dc=other"', f"127.0.0.1:{port} masq"))
+
+
+# -- RADIUS (FreeRADIUS) ------------------------------------------------------------------
+
+@pytest.mark.root
+def test_radius(tmp_path):
+    need("freeradius")
+    with servers.freeradius() as rad:
+        base = f'service=radius\nprotocol=udp\nsecret="{rad.secret}"\nlogin="{rad.user}"\n'
+        r = up(spec(base + f'passwd="{rad.password}"', f"127.0.0.1:{rad.port} masq", vport=1812))
+        assert r.msg == "Access-Accept"
+        # as ldirectord (Authen::Radius check_pwd): a reject is an answer, the server is up
+        assert up(spec(base + 'passwd="bad"', f"127.0.0.1:{rad.port} masq", vport=1812)).msg == "Access-Reject"
+        # a wrong shared secret: the answer does not authenticate
+        down(spec(base.replace(rad.secret, "not-the-secret") + f'passwd="{rad.password}"',
+                  f"127.0.0.1:{rad.port} masq", vport=1812))
+    down(spec(f'service=radius\nprotocol=udp\nsecret="x"\nlogin="a"\npasswd="b"\nnegotiatetimeout=1',
+              f"127.0.0.1:{rad.port} masq", vport=1812))
