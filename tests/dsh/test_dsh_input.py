@@ -229,3 +229,17 @@ def test_dsh_conf_order_matters_like_dsh(tmp_path):
         parse(["--config-dir", str(d), "-a", "x"])
     (d / "dsh.conf").write_text("forklimit=0\n")  # dsh: concurrent, no limit
     assert parse(["--config-dir", str(d), "-a", "x"]).fanout == 3
+
+
+def test_cluster_group_from_minimal_ha_cf_warns(conf, tmp_path):
+    ha = tmp_path / "ha.cf"
+    ha.write_text("node N1 N2\nnode N3\n")  # no link: heartbeat refuses it, dsh only needs the nodes
+    p = plan(conf, "--ha-cf", str(ha), "-g", "cluster", "x")
+    assert p.hosts == ["N1", "N2", "N3"]
+    assert any("heartbeat would refuse this file" in w for w in p.warnings)
+    ha.write_text("keepalive 2\nnode\n")
+    with pytest.raises(ConfigError, match=r"ha.cf:2: 'node' directive without a node name"):
+        plan(conf, "--ha-cf", str(ha), "-g", "cluster", "x")
+    r = dsh("--config-dir", conf, "--ha-cf", tmp_path / "missing.cf", "-g", "cluster", "true")
+    assert r.returncode == 255
+    one_error_line(r, "unknown group 'cluster'", "missing.cf")

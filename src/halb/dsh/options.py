@@ -176,14 +176,22 @@ def _scan_files_options(argv: list[str]) -> tuple[str | None, str | None]:
     return config_dir, ha_cf
 
 
-def ha_cf_nodes(text: str, path) -> list[str]:
-    """Node names of an ha.cf: heartbeat's own parser when it is there (so
-    dsh and heartbeat agree on the file), else dsh's small `node` reader."""
+def ha_cf_nodes(text: str, path, warnings: list[str] | None = None) -> list[str]:
+    """Node names of an ha.cf. heartbeat's own parser is used when it is
+    there, so dsh and heartbeat read `node` lines alike; a file heartbeat
+    would refuse for another reason (no link, bad timing...) still gives
+    dsh its node list, with a warning, from dsh's small `node` reader."""
     try:
         from halb.heartbeat.config import parse_hacf
     except ImportError:
         return parse_ha_cf_nodes(text, path)
-    return list(parse_hacf(text, str(path)).nodes)
+    try:
+        return list(parse_hacf(text, str(path)).nodes)
+    except ConfigError as e:
+        nodes = parse_ha_cf_nodes(text, path)
+        if warnings is not None:
+            warnings.append(f"heartbeat would refuse this file: {e}")
+        return nodes
 
 
 def _int_opt(opt: str, value: str, minimum: int) -> int:
@@ -273,7 +281,7 @@ def parse(argv: list[str], files: Files | None = None) -> Plan | str:
                         f"dsh: unknown group '{v}': no file {files.where('group/' + v)}"
                         f" and no heartbeat config {files.ha_cf}")
                 try:
-                    nodes = ha_cf_nodes(ha, files.ha_cf)
+                    nodes = ha_cf_nodes(ha, files.ha_cf, warnings)
                 except ConfigError as e:
                     raise DshConfigError(e.path, e.line, e.message) from None
                 if not nodes:
