@@ -556,3 +556,59 @@ server default {{
                                       "proc": proc})
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def snntpd(noservice: bool = False):
+    """The `sn` NNTP server (snntpd, run per connection by socat as inetd
+    would) on 127.0.0.1:.port with its own spool; noservice=True puts it in
+    maintenance (it answers 400 and hangs up)."""
+    with world_dir("sn") as d:
+        spool = d / "spool"
+        spool.mkdir()
+        if noservice:
+            (spool / ".noservice").write_text("400 maintenance\n")
+        port = free_port()
+        proc = popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                      "EXEC:/usr/sbin/snntpd.bin"], d / "sn.out", env=dict(os.environ, SNROOT=str(spool)))
+        try:
+            wait_tcp(port, proc=proc, log=d / "sn.out")
+            yield type("Nntp", (), {"port": port, "proc": proc})
+        finally:
+            stop(proc)
+
+
+@contextlib.contextmanager
+def kamailio(options_reply: str = "200 OK"):
+    """Kamailio on UDP and TCP 127.0.0.1:.port answering OPTIONS with
+    `options_reply` (e.g. "503 Service Unavailable" for a wrong answer)."""
+    mods = sorted(Path("/usr/lib").glob("*/kamailio/modules/sl.so"))
+    if not mods:
+        raise RuntimeError("kamailio's sl module not found")
+    code, _, reason = options_reply.partition(" ")
+    with world_dir("sip") as d:
+        port = free_port()
+        (d / "k.cfg").write_text(f"""#!KAMAILIO
+debug=1
+log_stderror=yes
+children=1
+disable_tcp=no
+listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
+mpath="{mods[0].parent}/"
+loadmodule "sl.so"
+request_route {{
+    if (method=="OPTIONS") {{
+        sl_send_reply("{code}", "{reason}");
+        exit;
+    }}
+    sl_send_reply("501", "Not Implemented");
+}}
+""")
+        proc = popen(["kamailio", "-DD", "-E", "-f", str(d / "k.cfg"), "-P", str(d / "k.pid"), "-Y", str(d)],
+                     d / "k.out")
+        try:
+            wait_tcp(port, proc=proc, log=d / "k.out")
+            yield type("Sip", (), {"port": port, "proc": proc})
+        finally:
+            stop(proc)

@@ -3,6 +3,7 @@ with a right answer (up) and a wrong one (down)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -317,3 +318,30 @@ def test_radius(tmp_path):
                   f"127.0.0.1:{rad.port} masq", vport=1812))
     down(spec(f'service=radius\nprotocol=udp\nsecret="x"\nlogin="a"\npasswd="b"\nnegotiatetimeout=1',
               f"127.0.0.1:{rad.port} masq", vport=1812))
+
+
+# -- NNTP (sn) --------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_nntp():
+    if not shutil.which("socat") or not os.path.exists("/usr/sbin/snntpd.bin"):
+        pytest.skip("sn (snntpd) and socat needed")
+    with servers.snntpd() as news:
+        assert up(spec("service=nntp", f"127.0.0.1:{news.port} masq", vport=119)).msg.startswith("201")
+    with servers.snntpd(noservice=True) as news:
+        down(spec("service=nntp", f"127.0.0.1:{news.port} masq", vport=119))
+
+
+# -- SIP (Kamailio) -------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_sip_udp_and_tcp():
+    need("kamailio")
+    with servers.kamailio() as sip:
+        for proto in ("udp", "tcp"):
+            r = up(spec(f"service=sip\nprotocol={proto}", f"127.0.0.1:{sip.port} masq", vport=5060))
+            assert r.msg == "SIP/2.0 200 OK"
+    with servers.kamailio("503 Service Unavailable") as sip:
+        for proto in ("udp", "tcp"):
+            r = down(spec(f"service=sip\nprotocol={proto}", f"127.0.0.1:{sip.port} masq", vport=5060))
+            assert "503" in r.msg
