@@ -240,6 +240,13 @@ def main() -> int:
             res[name]["lo"] = med
             print(f"  {name:<18} at ~{half:.0f} req/s offered ({a.lat_slices} slices of 1 s, medians): "
                   f"{med['rps']:.0f} req/s, p50 {med['p50']:.3f} ms, p99 {med['p99']:.3f} ms", flush=True)
+        # the bare round trip: one connection, one request at a time
+        slices = {n: [] for n in paths}
+        for rnd in range(a.lat_slices):
+            for name, port in paths.items():
+                slices[name].append(wrk(f"http://127.0.0.1:{port}/index.html", 1, 1, 1.0))
+        for name, runs in slices.items():
+            res[name]["rt"] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
     finally:
         st.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,6 +261,8 @@ def main() -> int:
         ("half load req/s", lambda r: r["lo"]["rps"], "{:.0f}"),
         ("half load p50 ms", lambda r: r["lo"]["p50"], "{:.3f}"),
         ("half load p99 ms", lambda r: r["lo"]["p99"], "{:.3f}"),
+        ("1 connection p50 ms", lambda r: r["rt"]["p50"], "{:.3f}"),
+        ("1 connection p99 ms", lambda r: r["rt"]["p99"], "{:.3f}"),
     ]
     print()
     print(f"best of {a.rounds} interleaved rounds; wrk -t{a.threads} -c{a.conns} -d{a.duration:g}s; bulk = curl {a.bulk_n} x {a.bulk_mib} MiB; "
@@ -272,6 +281,9 @@ def main() -> int:
           f"p99 {added:.3f} ms (HAProxy adds p50 {C['lo']['p50'] - A['lo']['p50']:.3f} ms, "
           f"p99 {C['lo']['p99'] - A['lo']['p99']:.3f} ms) "
           f"(halb at {load:.0%} of its keep-alive maximum, {lconns} connections x 1 request / {delay_ms} ms)")
+    print(f"round trip added with 1 connection: halb p50 {B['rt']['p50'] - A['rt']['p50']:.3f} ms, "
+          f"p99 {B['rt']['p99'] - A['rt']['p99']:.3f} ms; HAProxy p50 {C['rt']['p50'] - A['rt']['p50']:.3f} ms, "
+          f"p99 {C['rt']['p99'] - A['rt']['p99']:.3f} ms")
     targets = [("keep-alive >= 0.5 x HAProxy", B["ka"]["rps"] >= 0.5 * C["ka"]["rps"]),
                ("conn-per-request >= 0.3 x HAProxy", B["cl"]["rps"] >= 0.3 * C["cl"]["rps"]),
                ("bulk >= 0.5 x HAProxy", B["mb"] >= 0.5 * C["mb"]),

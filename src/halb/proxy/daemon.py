@@ -393,14 +393,13 @@ class TcpConn:
         _conn_inactive(self.drt)
         fam = socket.AF_INET6 if ":" in self.daddr else socket.AF_INET
         try:
-            b = socket.socket(fam, socket.SOCK_STREAM)
+            b = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             px.log_limited("socket", f"cannot create a socket to {self.daddr}: {e.strerror}")
             self.abort()
             return
         self.bsock = b
         self.bfd = b.fileno()
-        b.setblocking(False)
         b.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = b.connect_ex((self.daddr, self.dport))
         if err not in (0, errno.EINPROGRESS):
