@@ -55,8 +55,8 @@ def apply_inner(n_services: int, n_servers: int, vip: str, rip_base: str, run_di
         for s in range(n):
             key = ServiceKey("tcp", vip, 10000 + s)
             ops.append(Op("add-service", service=Service(key, scheduler="wrr")))
-            for r in rips:
-                ops.append(Op("add-dest", key=key, dest=Dest(r, 80, "gate", 1)))
+            for r in rips:  # Direct Return: the real port is the virtual port (as ipvsadm -g sets it)
+                ops.append(Op("add-dest", key=key, dest=Dest(r, key.port, "gate", 1)))
         return ops
 
     def timed(fn):
@@ -73,9 +73,9 @@ def apply_inner(n_services: int, n_servers: int, vip: str, rip_base: str, run_di
         for i in range(5):
             key = ServiceKey("tcp", vip, 10000 + (n // 2 + i) % n)
             edits.append(timed(lambda: eng.execute([Op("edit-dest", key=key,
-                                                       dest=Dest(rips[i], 80, "gate", 2 + i))])))
+                                                       dest=Dest(rips[i], key.port, "gate", 2 + i))])))
             removals.append(timed(lambda: eng.execute([Op("del-dest", key=key,
-                                                          dest=Dest(rips[i + 5], 80))])))
+                                                          dest=Dest(rips[i + 5], key.port))])))
         out[f"{label}_edit_ms"] = statistics.median(edits) * 1000
         out[f"{label}_remove_ms"] = statistics.median(removals) * 1000
         out[f"{label}_services"] = len(eng.services()) if label == "small" else n
@@ -83,7 +83,7 @@ def apply_inner(n_services: int, n_servers: int, vip: str, rip_base: str, run_di
     env = dict(os.environ, HALB_RUN_DIR=run_dir, HALB_NODE="bench")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "halb", "--engine", "nft", "ipvsadm", "-e", "-t",
-                        f"{vip}:{10000 + n_services - 1}", "-r", f"{rips[0]}:80", "-g", "-w", "7"],
+                        f"{vip}:{10000 + n_services - 1}", "-r", f"{rips[0]}", "-g", "-w", "7"],
                        capture_output=True, text=True, env=env)
     out["big_cli_edit_ms"] = (time.perf_counter() - t0) * 1000
     if r.returncode != 0:
@@ -103,7 +103,7 @@ def _seconds(text: str) -> float:
 
 
 def wrk(lab, url: str, duration: float, conns: int, threads: int, close: bool) -> tuple[float, float]:
-    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "2s"]
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, int(duration))}s", "--latency", "--timeout", "2s"]
     if close:
         argv += ["-H", "Connection: close"]
     r = lab.run("client0", argv + [url], timeout=duration + 30)

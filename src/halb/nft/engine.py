@@ -79,6 +79,7 @@ class State:
         self.zero: dict[str, list[int]] = {}
         self.kernel = False
         self.sched_state: dict[str, str] = {}
+        self.gc_at: dict[str, float] = {}  # service -> when to look for its retired servers' flows
         self._cache: dict[str, Service] = {}
 
     def __getstate__(self):
@@ -276,11 +277,14 @@ class NftEngine(Engine):
             self._save(st)
 
     def refresh(self) -> int:
-        """Recompute the count-based schedulers' sequences from live counts
-        (the controller's tick). Returns the number of services refreshed."""
+        """Recompute the count-based schedulers' sequences from live counts and
+        drop removed servers no flow uses any more (the controller's tick).
+        Returns the number of services refreshed."""
         with self._locked():
             st = self._load()
+            now = time.time()
             changed = {r[0] for r in st.recs if r[2][0] in COUNT_BASED or any(d[4] for d in r[3])}
+            changed |= {k for k, t in st.gc_at.items() if t <= now}
             if not changed:
                 return 0
             n = self._sync(st, list(st.recs), st.timeouts, changed, refresh_only=True)
@@ -316,11 +320,14 @@ class NftEngine(Engine):
         cmds: list[str] = []
         if full:
             cmds += [f"add table {rs.T}", f"delete table {rs.T}"] + rs.globals_create()
+            cmds += rs.shared_create() + rs.shared_rules(timeouts, fresh=True)
             old_keys = set()
             changed = None
             st.dtuples = {}
             st.snat = []
             st.zero = {}
+        elif timeouts_changed:
+            cmds += rs.shared_rules(timeouts, fresh=False)
         # services removed
         new_keys = {_kstr(s) for s in new_services}
         for k in sorted(old_keys if changed is None else old_keys & changed):
@@ -333,12 +340,16 @@ class NftEngine(Engine):
                 st.dtuples.pop(k, None)
                 st.sids.pop(k, None)
                 st.sched_state.pop(k, None)
+                st.gc_at.pop(k, None)
         todo = [s if not isinstance(s, tuple) else st.service(s[0]) for s in new_services
                 if changed is None or _kstr(s) in changed]
         counts_needed = [s for s in todo
                          if s.scheduler in COUNT_BASED or any(d.u_threshold for d in s.dests)]
         kern = _Kernel.read_flows(st, counts_needed) if (counts_needed and not full) else None
-        in_use = _Kernel.read_marks_in_use(st, old_keys, todo) if not full else set()
+        now = time.time()
+        gc = {k for k in (_skey(s) for s in todo) if any(not t[5] for t in st.dtuples.get(k, ()))
+              and now >= st.gc_at.get(k, 0)}
+        in_use = _Kernel.read_marks_in_use() if gc and not full else set()
         refreshed = 0
         for svc in todo:
             k = _skey(svc)
@@ -359,7 +370,7 @@ class NftEngine(Engine):
                 st.set_dplans(k, plan.dests)
                 continue
             if (not refresh_only and not timeouts_changed and _same(old, svc)
-                    and not _trash_to_drop(st, k, in_use)):
+                    and not (k in gc and _trash_to_drop(st, k, in_use))):
                 continue
             old_plan = st.plan(old)
             was_notrack = rs.in_notrack(old_plan)
@@ -380,16 +391,24 @@ class NftEngine(Engine):
                     cmds += rs.dest_forward_del(dp)
                     cmds += rs.dest_forward_add(want)
                 dests.append(want)
-            # real servers no longer in the table: retire, keep while flows use them
+            # real servers no longer in the table: retire them now (no new
+            # connections), keep their forwarding while flows may use them; the
+            # flow maps are read later (GC_DELAY), not in the edit itself
             for dp in existing.values():
                 if dp.live:
                     cmds += rs.dest_retire(old_plan, dp)
                     _drop_zero(st, dp.mid)
                     dp.live = False
-                if dp.mid in in_use:
+                    dests.append(dp)
+                    st.gc_at[k] = now + GC_DELAY
+                elif k not in gc or dp.mid in in_use:
                     dests.append(dp)
                 else:
                     cmds += rs.dest_forward_del(dp)
+            if k in gc and any(not d.live for d in dests):
+                st.gc_at[k] = now + GC_DELAY
+            elif not any(not d.live for d in dests):
+                st.gc_at.pop(k, None)
             plan = rs.ServicePlan(old_plan.sid, svc, dests)
             counts = kern.counts_for(plan) if kern else None
             _fill_sequence(plan, counts, st)
@@ -497,6 +516,7 @@ class NftEngine(Engine):
         st.snat = []
         st.zero = {}
         st.sched_state = {}
+        st.gc_at = {}
         st.kernel = False
         try:
             self.samples_path.unlink()
@@ -563,6 +583,9 @@ def _sig(s: Service) -> tuple:
 
 def _same(a: Service, b: Service) -> bool:
     return _sig(a) == _sig(b)
+
+
+GC_DELAY = 30.0
 
 
 def _trash_to_drop(st: State, k: str, in_use: set) -> bool:
@@ -656,20 +679,8 @@ class _Kernel:
         return cls(objs)
 
     @classmethod
-    def read_marks_in_use(cls, st: State, old_keys: set, todo: list[Service]) -> set[int]:
-        """Dest mark ids still used by flows, when some service in todo loses
-        a real server now or still keeps a retired one (else: no kernel read)."""
-        need = False
-        for svc in todo:
-            k = _skey(svc)
-            if k not in old_keys:
-                continue
-            keep = {(d.addr, d.port or svc.key.port) for d in svc.dests}
-            if any(not t[5] or (t[1], t[2]) not in keep for t in st.dtuples.get(k, ())):
-                need = True
-                break
-        if not need:
-            return set()
+    def read_marks_in_use(cls) -> set[int]:
+        """Dest mark ids that live flows still use."""
         marks = set()
         for o in (nftcli.list_json("map", rs.FAMILY, rs.TABLE, "flows")
                   + nftcli.list_json("map", rs.FAMILY, rs.TABLE, "uflows")):

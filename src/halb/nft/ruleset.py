@@ -180,7 +180,6 @@ def service_create(plan: ServicePlan) -> list[str]:
         f"add map {T} q{n} {{ typeof numgen inc mod 2 : meta mark; }}",
         f"add chain {T} s{n}",
         f"add chain {T} t{n}",
-        f"add chain {T} o{n}",
     ]
     if plan.svc.persistent:
         cmds.append(persist_create(plan))
@@ -216,8 +215,8 @@ def in_notrack(plan: ServicePlan) -> bool:
 def service_delete(plan: ServicePlan) -> list[str]:
     """Every object of a service (dispatch entries must be gone first)."""
     n = plan.sid
-    cmds = [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush chain {T} o{n}",
-            f"delete chain {T} s{n}", f"delete chain {T} t{n}", f"delete chain {T} o{n}"]
+    cmds = [f"flush chain {T} s{n}", f"flush chain {T} t{n}",
+            f"delete chain {T} s{n}", f"delete chain {T} t{n}"]
     cmds.append(f"delete map {T} q{n}")
     if plan.svc.persistent:
         cmds.append(f"delete map {T} p{n}")
@@ -226,54 +225,91 @@ def service_delete(plan: ServicePlan) -> list[str]:
     return cmds
 
 
+def o_kind(plan: ServicePlan) -> str:
+    """Which shared per-packet chain a service's flows go through."""
+    k = plan.svc.key
+    base = "fwm" if k.proto == "fwm" else k.proto
+    if plan.svc.ops and base == "udp":
+        base = "udpops"
+    return base + ("m" if plan.has_masq else "")
+
+
+def shared_create() -> list[str]:
+    cmds = []
+    for kind in SHARED_KINDS:
+        cmds += [f"add chain {T} o_{kind}", f"add chain {T} t_{kind}"]
+    return cmds
+
+
+SHARED_KINDS = ("tcp", "tcpm", "udp", "udpm", "udpops", "udpopsm", "fwm", "fwmm")
+
+
+def shared_rules(t: Timeouts, fresh: bool) -> list[str]:
+    """The per-packet chains shared by all services of a kind: o_<kind> (every
+    packet of a flow: counter, flow entry, forwarding) and t_<kind> (a new
+    connection: conns counter, then o_<kind>). Timeouts are written in them."""
+    key = FLOW_KEY
+    cmds = []
+    for kind in SHARED_KINDS:
+        o, tc = f"o_{kind}", f"t_{kind}"
+        masq = kind.endswith("m")
+        if not fresh:
+            cmds += [f"flush chain {T} {o}", f"flush chain {T} {tc}"]
+        cmds.append(f"add rule {T} {tc} update @nstats {{ meta mark }}")
+        cmds.append(f"add rule {T} {tc} goto {o}")
+        if kind.startswith("fwm"):
+            m = "m" if masq else ""
+            cmds.append(f"add rule {T} {o} meta l4proto udp goto o_udp{m}")
+            cmds.append(f"add rule {T} {o} goto o_tcp{m}")
+            continue
+        cmds.append(f"add rule {T} {o} update @dstats {{ meta mark }}")
+        if kind.startswith("tcp"):
+            cmds.append(f"add rule {T} {o} tcp flags & (fin|rst) != 0 "
+                        f"update @closing {{ {key} timeout {t.tcpfin}s : meta mark }} "
+                        f"update @closed {{ {key} timeout {t.tcp}s }}")
+            cmds.append(f"add rule {T} {o} {key} != @closed update @flows {{ {key} timeout {t.tcp}s : meta mark }}")
+        elif not kind.startswith("udpops"):
+            cmds.append(f"add rule {T} {o} update @uflows {{ {key} timeout {t.udp}s : meta mark }}")
+        if masq:
+            cmds.append(f"add rule {T} {o} ct mark set meta mark")
+        cmds.append(f"add rule {T} {o} meta mark set meta mark map @rtm accept")
+        cmds.append(f"add rule {T} {o} accept")
+    return cmds
+
+
 def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
-    """(Re)write the three chains of a service and its scheduler map."""
+    """(Re)write a service's entry chain (and t chain) and its scheduler map."""
     n = plan.sid
     svc = plan.svc
-    key = key_expr(plan)
+    key = FLOW_KEY
     src = masked_src(plan)
-    ft = flow_timeout(plan, t)
-    fm = flow_map(plan)
-    tcp = svc.key.proto != "udp"
+    kind = o_kind(plan)
+    o = f"o_{kind}"
+    tnext = f"t{n}" if svc.persistent else f"t_{kind}"
     cmds = []
     if not fresh:
-        cmds += [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush chain {T} o{n}",
-                 f"flush map {T} q{n}"]
+        cmds += [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush map {T} q{n}"]
     if plan.sequence:
         elems = ", ".join(f"{i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
         cmds.append(f"add element {T} q{n} {{ {elems} }}")
-    # s: entry
+    refresh = f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}" if svc.persistent else ""
     if not svc.ops:
-        if tcp:
+        if svc.key.proto != "udp":
             # a new SYN on a closed flow's key starts a new connection
             cmds.append(f"add rule {T} s{n} tcp flags & (syn|ack) == syn {key} @closed "
                         f"delete @closed {{ {key} }}")
-        cmds.append(f"add rule {T} s{n} meta mark set {key} map @{fm} goto o{n}")
+        if svc.key.proto == "fwm":
+            cmds.append(f"add rule {T} s{n} meta l4proto tcp meta mark set {key} map @flows{refresh} goto {o}")
+            cmds.append(f"add rule {T} s{n} meta l4proto udp meta mark set {key} map @uflows{refresh} goto {o}")
+        else:
+            cmds.append(f"add rule {T} s{n} meta mark set {key} map @{flow_map(plan)}{refresh} goto {o}")
     if svc.persistent:
         cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} meta mark @live goto t{n}")
-    cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q{n} goto t{n}")
+    cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q{n} goto {tnext}")
     cmds.append(f"add rule {T} s{n} reject")
-    # t: new connection
-    cmds.append(f"add rule {T} t{n} update @nstats {{ meta mark }}")
     if svc.persistent:
         cmds.append(f"add rule {T} t{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
-    cmds.append(f"add rule {T} t{n} goto o{n}")
-    # o: every packet of a flow
-    cmds.append(f"add rule {T} o{n} update @dstats {{ meta mark }}")
-    if not svc.ops:
-        if tcp:
-            cmds.append(f"add rule {T} o{n} tcp flags & (fin|rst) != 0 "
-                        f"update @closing {{ {key} timeout {t.tcpfin}s : meta mark }} "
-                        f"update @closed {{ {key} timeout {ft}s }}")
-            cmds.append(f"add rule {T} o{n} {key} != @closed update @{fm} {{ {key} timeout {ft}s : meta mark }}")
-        else:
-            cmds.append(f"add rule {T} o{n} update @{fm} {{ {key} timeout {ft}s : meta mark }}")
-    if svc.persistent:
-        cmds.append(f"add rule {T} o{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
-    if plan.has_masq:
-        cmds.append(f"add rule {T} o{n} ct mark set meta mark")
-    cmds.append(f"add rule {T} o{n} meta mark set meta mark map @rtm accept")
-    cmds.append(f"add rule {T} o{n} accept")
+        cmds.append(f"add rule {T} t{n} goto t_{kind}")
     return cmds
 
 
@@ -321,7 +357,7 @@ def dest_delete(plan: ServicePlan, d: DestPlan, in_service_maps: bool = True) ->
     return cmds
 
 
-_MERGE_RE = re.compile(r"^add element inet halb (live|dstats|nstats|ostats|rtm|dnat4) \{ (.*) \}$")
+_MERGED = {"live", "dstats", "nstats", "ostats", "rtm", "dnat4"}
 
 
 def merge_elements(cmds: list[str], chunk: int = 4096) -> list[str]:
@@ -329,12 +365,15 @@ def merge_elements(cmds: list[str], chunk: int = 4096) -> list[str]:
     the batch (deletions stay where they are, so delete-then-add keeps its
     order); one command per element costs nft a lot on big tables."""
     out, merged = [], {}
+    prefix = f"add element {T} "
+    n = len(prefix)
     for c in cmds:
-        m = _MERGE_RE.match(c)
-        if m:
-            merged.setdefault(m.group(1), []).append(m.group(2))
-        else:
-            out.append(c)
+        if c.startswith(prefix):
+            name = c[n:c.index(" ", n)]
+            if name in _MERGED:
+                merged.setdefault(name, []).append(c[c.index("{ ") + 2:-2])
+                continue
+        out.append(c)
     for name, items in merged.items():
         for i in range(0, len(items), chunk):
             out.append(f"add element {T} {name} {{ {', '.join(items[i:i + chunk])} }}")
