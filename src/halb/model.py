@@ -8,6 +8,7 @@ them in the same dataclasses. Nothing here does I/O.
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Iterable
@@ -25,6 +26,7 @@ DEFAULT_PERSISTENCE = 300
 MAX_WEIGHT = 2147483647
 
 
+@functools.lru_cache(maxsize=65536)  # tables of 10,000s of real servers re-parse the same few addresses
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
