@@ -586,3 +586,17 @@ def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
             proc.wait()
         log.close()
     assert "Traceback" not in p.log()
+
+
+def test_client_closing_at_once_ends_cleanly(proxy, web, vip):
+    """Connections opened and closed with no data (port scanners, health
+    checks) leave no relay behind and end as TIME_WAIT entries."""
+    eng = proxy.engine
+    k = setup_http(eng, vip, web, "rr")
+    for _ in range(5):
+        socket.create_connection(vip, timeout=15).close()
+    wait_for(lambda: eng.status()["tcp_relays"] == 0 and
+             sum(d.activeconns for d in svc_of(eng, k).dests) == 0, what="relays to end")
+    conns = [c for c in eng.connections() if not c.template]
+    assert len(conns) == 5 and {c.state for c in conns} == {"TIME_WAIT"}
+    assert svc_of(eng, k).stats.conns == 5

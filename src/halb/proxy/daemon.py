@@ -360,10 +360,23 @@ class Half:
         c = self.conn
         try:
             (c.bsock if self.dst == c.bfd else c.csock).shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        except OSError as e:
+            if e.errno == errno.ENOTCONN and self.dst == c.bfd:
+                # the client closed before the real server's handshake completed:
+                # pass the FIN on once it has
+                self.loop.add_writer(self.dst, self._late_shutdown)
         self.done = True
         c.half_closed()
+
+    def _late_shutdown(self):
+        c = self.conn
+        if c.closed:
+            return
+        self.loop.remove_writer(self.dst)
+        try:
+            c.bsock.shutdown(socket.SHUT_WR)
+        except OSError:
+            c.abort()
 
 
 class TcpConn:
@@ -427,6 +440,9 @@ class TcpConn:
             self.state = "FIN_WAIT"
             self.since = self.px.loop.time()
             _active_to_inactive(self.drt)
+        elif self.state is SYN_RECV:  # closed before any data: inactive either way
+            self.state = "FIN_WAIT"
+            self.since = self.px.loop.time()
 
     def abort(self):
         """A reset, an error or a refused connect: reset both sides."""
