@@ -14,8 +14,9 @@ class Director:
         self.lab = lab
         self.node = node
 
-    def halb(self, *args, check=True, timeout=60):
-        r = self.lab.run(self.node, [sys.executable, "-m", "halb", "--engine", "nft", *args], timeout=timeout)
+    def halb(self, *args, check=True, timeout=60, env=None):
+        r = self.lab.run(self.node, [sys.executable, "-m", "halb", "--engine", "nft", *args], timeout=timeout,
+                         env=env)
         if check and r.returncode != 0:
             raise AssertionError(f"halb {' '.join(args)} -> {r.returncode}: {r.stderr.strip()}")
         return r

@@ -39,7 +39,10 @@ def local_addrs() -> set[str]:
 def route_to(addr: str) -> tuple[int, str, str | None]:
     """(ifindex, ifname, gateway or None) of the route to addr."""
     with IPRoute() as ip:
-        r = ip.route("get", dst=addr)[0]
+        try:
+            r = ip.route("get", dst=addr)[0]
+        except NetlinkError as e:
+            raise OSError(f"no route to real server {addr} ({e.args[-1] if e.args else e})") from None
         oif = r.get_attr("RTA_OIF")
         gw = r.get_attr("RTA_GATEWAY")
         name = ip.get_links(oif)[0].get_attr("IFLA_IFNAME")
