@@ -141,14 +141,17 @@ def test_counters_and_connection_table_match_the_client(proxy, web, vip):
     hc.close()
     wait_for(lambda: sum(d.activeconns for d in svc_of(eng, k).dests) == 0, what="active count to drop")
 
-    # rates, estimated every 2 s like the kernel
+    # rates, estimated every 2 s like the kernel (enough connections that any
+    # 2 s window holds several: the smoothed rate rounds to >= 1/s)
+    for _ in range(20):
+        fetch(*vip)
     r = wait_for(lambda: svc_of(eng, k).rates.cps > 0 and svc_of(eng, k).rates, timeout=10, what="rates")
     assert r.inbps > 0 and r.outbps > 0
 
     # edit-service keeps the counters, zero clears them
     eng.edit_service(Service(k, scheduler="wlc"))
     s = svc_of(eng, k)
-    assert s.scheduler == "wlc" and s.stats.conns == 6
+    assert s.scheduler == "wlc" and s.stats.conns == 26
     eng.zero(k)
     s = svc_of(eng, k)
     assert s.stats.conns == 0 and all(d.stats.conns == 0 for d in s.dests)
@@ -562,7 +565,7 @@ def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
     try:
         eng = wait_for(lambda: (p.ctx.run_dir / "proxy.sock").exists() and connect(p.ctx), what="daemon")
         setup_http(eng, vip, web, "rr")
-        for _ in range(12):  # each relay takes 2 sockets + 2 pipes (4 fds): far past the limit
+        for _ in range(24):  # each relay takes 2 sockets (and 2 pipes when splicing): past the limit
             try:
                 c = http.client.HTTPConnection(*vip, timeout=5)
                 c.request("GET", "/")
@@ -570,7 +573,7 @@ def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
                 held.append(c)
             except (OSError, http.client.HTTPException):
                 pass
-        assert 3 <= len(held) < 12
+        assert 3 <= len(held) < 24
         for c in held:
             c.close()
         wait_for(lambda: sum(d.activeconns for d in svc_of(eng, ServiceKey("tcp", *vip)).dests) == 0,
