@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import json
 import os
 import signal
@@ -358,6 +359,7 @@ class Daemon:
                         "holders": holders[g.index]} for g in self.groups],
             "counters": dict(self.counters),
             "fencing": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
+            "threads": {t.name: t.native_id for t in threading.enumerate()},
         }
 
     def settled_active(self):
@@ -435,8 +437,20 @@ class Daemon:
             return
         try:
             prio = min(50, os.sched_get_priority_max(os.SCHED_FIFO))
-            os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000),
-                                  os.sched_param(prio))
+            # no SCHED_RESET_ON_FORK: the kernel applies it to new threads too, and every
+            # thread of ours takes the interpreter lock: one preempted by an ordinary
+            # process while holding it would stall the beat loop (priority inversion).
+            # So all our threads run real-time; child processes are started at normal
+            # priority explicitly (normal_priority()).
+            policy = os.SCHED_FIFO
+            os.sched_setscheduler(0, policy, os.sched_param(prio))
+            import threading
+            for t in threading.enumerate():
+                if t.native_id and t.native_id != threading.get_native_id():
+                    try:
+                        os.sched_setscheduler(t.native_id, policy, os.sched_param(prio))
+                    except OSError:
+                        pass
             self.realtime = True
             self.log("info", f"beat loop runs at real-time priority (SCHED_FIFO {prio})")
             _lock_memory(self.log)
@@ -453,7 +467,7 @@ class Daemon:
                         self.log("warn", f"respawn: {' '.join(argv)} exited {p.returncode}; restarting")
                     try:
                         kw = {"user": user} if os.geteuid() == 0 else {}
-                        self.respawned[i] = subprocess.Popen(argv, **kw)
+                        self.respawned[i] = subprocess.Popen(normal_priority(argv), **kw)
                     except (OSError, KeyError, ValueError) as e:
                         self.log("error", f"respawn: cannot start {' '.join(argv)} as {user}: {e}")
                         self.respawned[i] = None
@@ -498,6 +512,7 @@ class Daemon:
             self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
                              "run, both take the resources: split brain possible")
         self.channels = open_links(cfg.links)
+        self.set_realtime()
         rt_prio = 0
         if cfg.realtime:
             try:
@@ -538,7 +553,6 @@ class Daemon:
         self._sleeper = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        self.set_realtime()
         # a full garbage collection over the start-up heap (pyroute2 & co) can stall the
         # loop for tens of ms: freeze what exists now so collections only scan new objects
         gc.collect()
@@ -619,6 +633,15 @@ class Daemon:
         self.log("info", "heartbeat shutdown complete.")
         if isinstance(self.log, Logger):
             self.log.close()
+
+
+def normal_priority(argv: list) -> list:
+    """Run a child at normal priority even though we are real-time."""
+    import shutil
+
+    if os.sched_getscheduler(0) != os.SCHED_OTHER and shutil.which("chrt"):
+        return ["chrt", "--other", "0", "--", *argv]
+    return list(argv)
 
 
 def _lock_memory(log):

@@ -124,13 +124,14 @@ class Membership:
             shift = gap - self.tick_interval
             self.stalls += 1
             ev.append(Event("loop_late", value=shift))
+            # the silence during the stall does not count; what was heard since is kept as is
             for n in self.last_seen:
-                self.last_seen[n] += shift
+                self.last_seen[n] = min(self.last_seen[n] + shift, max(self.last_seen[n], now))
             for k in self.links:
-                self.links[k] += shift
+                self.links[k] = min(self.links[k] + shift, max(self.links[k], now))
             for t in self.ping_seen:
-                self.ping_seen[t] += shift
-            self.start += shift
+                self.ping_seen[t] = min(self.ping_seen[t] + shift, max(self.ping_seen[t], now))
+            self.start = min(self.start + shift, now)
         for n in self.peers:
             st = self.state[n]
             if st == "init":

@@ -33,7 +33,9 @@ def devices_for(cfg, me: str) -> list:
 def reset(device, node: str, timeout: float = 30.0) -> tuple[bool, str]:
     """Power-cycle `node` with `device`: (confirmed off, message)."""
     if device.kind == "external":
-        argv = [*device.args, "reset", node]
+        from halb.heartbeat.daemon import normal_priority
+
+        argv = normal_priority([*device.args, "reset", node])
         try:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -15,11 +15,16 @@ import threading
 
 
 def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
-    if rt_prio:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_prio))
-        except (OSError, AttributeError):
-            pass
+    try:
+        if rt_prio:
+            # real-time so a takeover is not queued behind ordinary work; what the
+            # agents start (scripts, the director) must not inherit it
+            os.sched_setscheduler(0, os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0x40000000),
+                                  os.sched_param(rt_prio))
+        else:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
     from halb.resources import make_agent
 
     logs: list = []
