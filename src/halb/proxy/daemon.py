@@ -49,6 +49,7 @@ import logging
 import os
 import signal
 import socket
+import _socket  # the C socket type: no Python-level wrapper on the per-connection path
 import struct
 import time
 
@@ -406,7 +407,7 @@ class TcpConn:
         _conn_inactive(self.drt)
         fam = socket.AF_INET6 if ":" in self.daddr else socket.AF_INET
         try:
-            b = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            b = _socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as e:
             px.log_limited("socket", f"cannot create a socket to {self.daddr}: {e.strerror}")
             self.abort()
@@ -607,6 +608,7 @@ class TcpListener:
         self.svc = svc
         self.sock = sock
         self.fd = sock.fileno()
+        self.family = int(sock.family)
 
     def start(self):
         self.px.loop.add_reader(self.fd, self.on_accept)
@@ -615,7 +617,7 @@ class TcpListener:
         px = self.px
         for _ in range(64):
             try:
-                csock, caddr = self.sock.accept()
+                fd, caddr = self.sock._accept()
             except BlockingIOError:
                 return
             except OSError as e:
@@ -625,6 +627,7 @@ class TcpListener:
                     px.loop.remove_reader(self.fd)
                     px.loop.call_later(0.1, self._resume)
                 return
+            csock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
             csock.setblocking(False)
             px.new_tcp(self.svc, csock, caddr)
 
