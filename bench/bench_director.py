@@ -282,6 +282,9 @@ def capacity_halb(tmp: Path, n: int, seconds: float, wildcard_port: int) -> dict
                 "lateness_p50_ms": round(1000 * st["lateness_p50"], 2),
                 "lateness_p99_ms": round(1000 * st["lateness_p99"], 2),
                 "lateness_max_ms": round(1000 * st["lateness_max"], 2),
+                "check_time_p50_ms": round(1000 * st["check_time_p50"], 2),
+                "check_time_p99_ms": round(1000 * st["check_time_p99"], 2),
+                "loadavg_1min": round(os.getloadavg()[0], 2),
                 "reals_up": sum(1 for v in st["virtuals"] for r in v["reals"] if r["up"])}
     finally:
         halb(ctx, "proxy", "stop", check=False)
@@ -401,8 +404,10 @@ def main() -> int:
             print(f"\n== capacity: {a.reals} real servers, HTTP check every 1 s, one core ==")
             print(f"  halb director: {h['cpu_pct_of_one_core']}% of a core, {h['checks_per_s']} checks/s, "
                   f"lateness p50 {h['lateness_p50_ms']} ms p99 {h['lateness_p99_ms']} ms max "
-                  f"{h['lateness_max_ms']} ms; all {h['reals']} up after {h['all_up_after_s']} s "
+                  f"{h['lateness_max_ms']} ms; check time p50 {h['check_time_p50_ms']} ms p99 "
+                  f"{h['check_time_p99_ms']} ms; all {h['reals']} up after {h['all_up_after_s']} s "
                   f"({h['reals_up']} up at the end)")
+            print(f"  machine load average during the run: {h['loadavg_1min']} (2 cores shared with other work)")
             print(f"  haproxy (baseline): {hp['cpu_pct_of_one_core']}% of a core  -> halb/haproxy CPU ratio "
                   f"{h['cpu_pct_of_one_core'] / max(0.1, hp['cpu_pct_of_one_core']):.2f}")
             print(f"  targets: < 50 % of a core: {'met' if h['cpu_pct_of_one_core'] < 50 else 'NOT met'}; "
