@@ -4,6 +4,7 @@ reload (good and bad file), maintenance, e-mail alerts through exim, clean stop.
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -228,3 +229,41 @@ def test_autoreload_fallback_and_fallbackcommand(proxy, tmp_path):
         log = (ctx.run_dir / "director.auto.cf.log").read_text()
         assert f"Configuration file '{cfg}' has changed on disk" in log
         halb(ctx, "director", str(cfg), "stop")
+
+
+def test_engine_restart_and_sighup_reload(proxy, tmp_path):
+    """The engine restarts with an empty table: the director puts its virtual
+    service back (healthy servers included) by itself. SIGHUP reloads."""
+    ctx = proxy
+    vport = servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        cfg = write_cfg(tmp_path / "eng.cf", vport, n1.port, n2.port)
+        halb(ctx, "director", str(cfg), "start")
+        both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
+        wait_for(lambda: dests(ctx, vport) == both, what="both up")
+        halb(ctx, "proxy", "stop")
+        halb(ctx, "proxy", "start")
+        assert dests(ctx, vport) is None
+        wait_for(lambda: dests(ctx, vport) == both, timeout=20, what="service re-created after the engine restart")
+        assert get(vport).split()[-1] in ("N1", "N2")
+        pid = int((ctx.run_dir / "director.eng.cf.pid").read_text())
+        cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{n2.port} masq 1", f"127.0.0.1:{n2.port} masq 7"))
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 7},
+                 timeout=15, what="SIGHUP reload")
+        halb(ctx, "director", str(cfg), "stop")
+
+
+def test_execute_starts_and_stops_other_instances(proxy, tmp_path):
+    ctx = proxy
+    vport, vport2 = servers.free_port(), servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        child = write_cfg(tmp_path / "child.cf", vport2, n1.port, n2.port)
+        parent = write_cfg(tmp_path / "parent.cf", vport, n1.port, n2.port, extra_global="execute=child.cf")
+        halb(ctx, "director", str(parent), "start")
+        both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
+        wait_for(lambda: dests(ctx, vport2) == both, timeout=30, what="the child instance's table")
+        assert halb(ctx, "director", str(child), "status", check=False).returncode == 0
+        halb(ctx, "director", str(parent), "stop")
+        assert halb(ctx, "director", str(child), "status", check=False).returncode == 3
+        assert dests(ctx, vport2) is None and dests(ctx, vport) is None

@@ -197,3 +197,16 @@ def test_results_for_unknown_servers_are_ignored():
     h = Harness()
     assert h.core.result("tcp:1.2.3.4:80", R1, True, 1.0) == []
     assert h.core.result(VID, ("9.9.9.9", 80), True, 1.0) == []
+
+
+def test_reconcile_recreates_a_flushed_service():
+    h = Harness(globals_='fallback=127.0.0.1:8080 masq\nquiescent=yes')
+    h.res(R1, True)
+    assert h.dests() == {R1: 3, R2: 0}
+    from halb.model import Op
+    h.table = h.table.apply([Op("clear")])  # the engine lost its table
+    h.feed(h.core.reconcile(h.table.config_services(), h.t))
+    assert h.dests() == {R1: 3, R2: 0}
+    assert h.table.services[KEY].scheduler == "rr"
+    # nothing to do when the service is there (hand edits inside it are left alone)
+    assert h.core.reconcile(h.table.config_services(), h.t) == []

@@ -79,11 +79,15 @@ def control(ctx: Context, cfg: Path, cmd: str, timeout: float = 60) -> dict:
     return json.loads(data)
 
 
-def setup_logging(debug: bool, logfile: str | None, cfgname: str) -> None:
+def setup_logging(debug: bool, logfile: str | None, cfgname: str, supervised: bool = False) -> None:
     root = logging.getLogger("halb.director")
     root.handlers.clear()
     root.propagate = False
-    if debug or logfile is None:
+    if supervised and not debug:
+        # as ldirectord under daemontools: "[date] message" on stdout
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%a %b %d %H:%M:%S %Y"))
+    elif debug or logfile is None:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(message)s"))
     elif logfile.startswith("/"):
@@ -106,7 +110,7 @@ def run_foreground(ctx: Context, cfg_path: Path, debug: bool) -> int:
     logfile = cfg.logfile
     if not debug and not cfg.supervised and logfile is None:
         logfile = str(dmod.log_path(ctx, cfg_path))
-    setup_logging(debug, None if (debug or cfg.supervised) else logfile, cfg_path.name)
+    setup_logging(debug, None if (debug or cfg.supervised) else logfile, cfg_path.name, cfg.supervised)
     d = dmod.Director(ctx, cfg_path, debug=debug)
     try:
         import uvloop

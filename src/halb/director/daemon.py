@@ -28,6 +28,7 @@ from halb.director.state import Alert, Command, DirectorCore, Edit, Log, Monitor
 from halb.errors import ConfigError, EngineUnavailable, HalbError, IpvsError
 
 log = logging.getLogger("halb.director")
+RECONCILE_EVERY = 5  # seconds between checks that our virtual services are still in the table
 
 
 def cfg_name(config_path: str | Path) -> str:
@@ -360,9 +361,44 @@ class Director:
                 self._spawn(self._run_command(f"{cb} {self.config_path}"))
 
     async def ticker(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(1.0)
             self.submit(self.core.tick(time.time()))
+            n += 1
+            if n % RECONCILE_EVERY == 0:
+                try:
+                    live = await self.engine_call("services")
+                except HalbError as e:
+                    log.error(f"cannot read the table: {e}")
+                    continue
+                self.submit(self.core.reconcile(live, time.time()))
+
+    # -- execute= : other director instances ------------------------------------
+    def _child_path(self, name: str) -> str:
+        if os.path.isabs(name):
+            return name
+        beside = os.path.join(os.path.dirname(self.config_path), name)
+        return beside if os.path.exists(beside) else name
+
+    async def children(self, cmd: str, names) -> None:
+        """ldirectord's ld_cmd_children: run `halb director CHILD cmd`."""
+        import sys
+        for name in names:
+            child = self._child_path(name)
+            cmds = ["reload", "start"] if cmd == "reload_or_start" else [cmd]
+            for c in cmds:
+                argv = [sys.executable, "-m", "halb", "--node", self.ctx.node, "--run-dir", str(self.ctx.run_dir),
+                        "--engine", self.ctx.engine, "director", child, c]
+                self.info(f"Running system(halb director {child} {c})")
+                p = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                         stdout=asyncio.subprocess.DEVNULL,
+                                                         stderr=asyncio.subprocess.PIPE)
+                _, err = await p.communicate()
+                if p.returncode == 0:
+                    break
+                msg = err.decode(errors="replace").strip().splitlines()
+                log.error(f"system(halb director {child} {c}) failed: {msg[-1] if msg else p.returncode}")
 
     # -- reload / status / stop ---------------------------------------------------
     async def reload(self) -> tuple[bool, str]:
@@ -383,13 +419,21 @@ class Director:
             msg = f"Reload failed, cannot read the table: {e}"
             log.error(msg)
             return False, msg
+        old_children = set(self.cfg.execute)
         self.cfg = new
         self.cfg_mtime, self.cfg_digest = mtime, digest
+        new_children = set(new.execute)
+        self._spawn(self._reload_children(old_children, new_children))
         self.last_reload_error = None
         self.submit(self.core.reload(new, live, time.time()))
         self._sync_checkers()
         await self.queue.join()
         return True, f"configuration {self.config_path} reloaded"
+
+    async def _reload_children(self, old: set, new: set) -> None:
+        await self.children("stop", sorted(old - new))
+        await self.children("reload_or_start", sorted(old & new))
+        await self.children("start", sorted(new - old))
 
     def _warn(self, cfg: Config) -> None:
         for w in cfg.warnings:
@@ -475,6 +519,8 @@ class Director:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stopping.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+            if self.cfg.execute:
+                self._spawn(self.children("start", self.cfg.execute))
             tmp = pidf.with_suffix(".tmp")
             tmp.write_text(f"{os.getpid()}\n")
             tmp.replace(pidf)
@@ -491,6 +537,11 @@ class Director:
                 if stuck:
                     log.error(f"{len(stuck)} checks did not stop within 10 s")
             self.tasks.clear()
+            if self.cfg.execute:
+                try:
+                    await asyncio.wait_for(self.children("stop", self.cfg.execute), 120)
+                except asyncio.TimeoutError:
+                    log.error("the execute= instances did not stop within 120 s")
             if self.core is not None:
                 try:
                     self.submit(self.core.stop(time.time()))

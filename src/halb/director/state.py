@@ -476,6 +476,36 @@ class DirectorCore:
             svc = live.get(vs.key)
             self.view[vs.key] = {(d.addr, d.port): d.weight for d in svc.dests} if svc else {}
 
+    def reconcile(self, live_services: list[Service], now: float) -> list[Action]:
+        """Re-create any of our virtual services missing from the table (the
+        engine restarted, or its table was flushed) with what should be in it:
+        the servers that are up, quiescent ones at weight 0, the fallback.
+        Real servers edited by hand inside a present service are left alone."""
+        out: list[Action] = []
+        live = {s.key for s in live_services}
+        for vs in self.vs.values():
+            if vs.key in live:
+                continue
+            out.append(Edit([Op("add-service", service=service_of(vs.v))],
+                            f"Virtual server {vs.v.ident} missing from the table: re-created"))
+            view = self.view[vs.key] = {}
+            for rs in vs.reals.values():
+                if vs.v.checktype == "off":
+                    continue
+                w = rs.real.weight if rs.up else (0 if vs.v.quiescent else None)
+                if w is None:
+                    continue
+                d = self._dest(vs, rs, w)
+                out.append(Edit([Op("add-dest", key=vs.key, dest=d)],
+                                f"Re-added real server: {fmt_hp(*rs.key)} ({vs.v.ident}) (Weight set to {w})"))
+                view[rs.key] = w
+            fb = self._fallback_dest(vs)
+            if fb is not None and vs.fallback_up and fb.ident not in view:
+                out.append(Edit([Op("add-dest", key=vs.key, dest=fb)],
+                                f"Re-added fallback server: {fmt_hp(*fb.ident)} ({vs.v.ident}) (Weight set to 1)"))
+                view[fb.ident] = 1
+        return out
+
     # -- state for `status` ---------------------------------------------------
     def snapshot(self) -> dict:
         return {
