@@ -482,8 +482,8 @@ class Director:
                     reply = {"ok": False, "error": "unknown command (status, reload or stop)"}
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # a client gone, or a line longer than the stream limit
         finally:
             writer.close()
 
