@@ -14,8 +14,8 @@ answers) are copied with one read and one write, cheaper than two splices
 for a few hundred bytes; once a read brings 16 KiB or more the direction
 switches to splice(2), socket -> pipe -> socket with
 SPLICE_F_MOVE|SPLICE_F_NONBLOCK, and the bytes of a large transfer never enter
-Python (its pipe grows to 1 MiB). It returns to copying when reads get small
-again. --no-splice copies everything (to measure the difference); a socket
+Python (its pipe grows to 1 MiB). It returns to copying when reads stay small
+(8 in a row under 4 KiB). --no-splice copies everything (to measure the difference); a socket
 where splice fails (EINVAL) is copied too.
 
 Counters: bytes are the payload bytes relayed (exact, from splice's return
@@ -73,7 +73,8 @@ SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK"
 CHUNK = 1 << 16
 COPY_READ = 1 << 16        # copy mode read size
 SPLICE_MIN = 16384         # a read this large switches a direction to splice
-COPY_BACK = 4096           # a splice smaller than this switches it back to copy
+COPY_BACK = 4096           # splices smaller than this, COPY_BACK_AFTER times in a row,
+COPY_BACK_AFTER = 8        # switch it back to copy
 BULK_PIPE = int(os.environ.get("HALB_PROXY_BULK_PIPE", str(1 << 20)))
 MAX_GROWN = 32
 TIME_WAIT_TIMEOUT = 120.0  # the kernel's IP_VS_TCP_S_TIME_WAIT
@@ -204,7 +205,7 @@ class Half:
     is copied."""
 
     __slots__ = ("conn", "src", "dst", "rp", "wp", "pending", "nbytes", "done", "buf", "loop", "cap",
-                 "can_splice", "splicing", "spliced")
+                 "can_splice", "splicing", "spliced", "rd", "wr", "small")
 
     def __init__(self, conn: "TcpConn", src: int, dst: int, can_splice: bool):
         self.conn = conn
@@ -220,12 +221,31 @@ class Half:
         self.can_splice = can_splice
         self.splicing = False
         self.spliced = 0  # of nbytes, how many went through the pipe
+        self.rd = self.wr = False
+        self.small = 0  # consecutive small splices
+
+    # registrations are tracked so that ending a connection only undoes what is set
+    def _read(self, cb):
+        self.loop.add_reader(self.src, cb)
+        self.rd = True
+
+    def _unread(self):
+        self.loop.remove_reader(self.src)
+        self.rd = False
+
+    def _write(self, cb):
+        self.loop.add_writer(self.dst, cb)
+        self.wr = True
+
+    def _unwrite(self):
+        self.loop.remove_writer(self.dst)
+        self.wr = False
 
     def start(self):
-        self.loop.add_reader(self.src, self.on_read_copy)
+        self._read(self.on_read_copy)
 
     def _resume(self):
-        self.loop.add_reader(self.src, self.on_read_splice if self.splicing else self.on_read_copy)
+        self._read(self.on_read_splice if self.splicing else self.on_read_copy)
 
     # -- copy mode -----------------------------------------------------------
     def on_read_copy(self):
@@ -240,7 +260,7 @@ class Half:
             return
         n = len(data)
         if not n:
-            self.loop.remove_reader(self.src)
+            self._unread()
             self._eof()
             return
         try:
@@ -257,10 +277,10 @@ class Half:
             self._to_splice()
         if m < n:
             self.buf = data[m:]
-            self.loop.remove_reader(self.src)
-            self.loop.add_writer(self.dst, self.on_write_copy)
+            self._unread()
+            self._write(self.on_write_copy)
         elif self.splicing and n >= SPLICE_MIN:
-            self.loop.add_reader(self.src, self.on_read_splice)
+            self._read(self.on_read_splice)
 
     def on_write_copy(self):
         if self.conn.closed:
@@ -278,7 +298,7 @@ class Half:
         self.buf = self.buf[m:]
         if not self.buf:
             self.buf = None
-            self.loop.remove_writer(self.dst)
+            self._unwrite()
             self._resume()
 
     def _to_splice(self):
@@ -302,12 +322,12 @@ class Half:
             if e.errno in (errno.EINVAL, errno.ENOSYS):  # splice can't work here: copy
                 log.info("splice not possible on this connection: buffered copy")
                 self.can_splice = self.splicing = False
-                self.loop.add_reader(self.src, self.on_read_copy)
+                self._read(self.on_read_copy)
                 return
             self.conn.abort()
             return
         if n == 0:
-            self.loop.remove_reader(self.src)
+            self._unread()
             self._eof()
             return
         try:
@@ -321,13 +341,20 @@ class Half:
         self.spliced += m
         if m < n:
             self.pending = n - m
-            self.loop.remove_reader(self.src)
-            self.loop.add_writer(self.dst, self.on_write_splice)
+            self._unread()
+            self._write(self.on_write_splice)
         elif n < COPY_BACK:
-            self.splicing = False
-            self.loop.add_reader(self.src, self.on_read_copy)
-        elif n == self.cap == CHUNK:
-            self._grow()
+            # a bulk sender momentarily behind also gives small reads: go back
+            # to copying only after several in a row
+            self.small += 1
+            if self.small >= COPY_BACK_AFTER:
+                self.small = 0
+                self.splicing = False
+                self._read(self.on_read_copy)
+        else:
+            self.small = 0
+            if n == self.cap == CHUNK:
+                self._grow()
 
     def _grow(self):
         px = self.conn.px
@@ -353,7 +380,7 @@ class Half:
             self.pending -= m
             self.nbytes += m
             self.spliced += m
-        self.loop.remove_writer(self.dst)
+        self._unwrite()
         self._resume()
 
     # ----------------------------------------------------------------------
@@ -365,7 +392,7 @@ class Half:
             if e.errno == errno.ENOTCONN and self.dst == c.bfd:
                 # the client closed before the real server's handshake completed:
                 # pass the FIN on once it has
-                self.loop.add_writer(self.dst, self._late_shutdown)
+                self._write(self._late_shutdown)
         self.done = True
         c.half_closed()
 
@@ -373,7 +400,7 @@ class Half:
         c = self.conn
         if c.closed:
             return
-        self.loop.remove_writer(self.dst)
+        self._unwrite()
         try:
             c.bsock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -498,10 +525,12 @@ class TcpConn:
         px = self.px
         loop = px.loop
         self.account()
-        for fd in (self.cfd, self.bfd):
-            if fd >= 0:
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
+        for h in (self.up, self.down):
+            if h is not None:
+                if h.rd:
+                    loop.remove_reader(h.src)
+                if h.wr:
+                    loop.remove_writer(h.dst)
         self.csock.close()
         if self.bsock is not None:
             self.bsock.close()
