@@ -4,6 +4,7 @@
 One run, bounded (~2-3 min), needs root:
   (1) data path, wrk in client0 -> nginx on N2 (1 worker):
         direct      client -> N2:8080
+        naive-dr    client -> VIP:8080 on N1 (one hand-written mark rule + policy route) -> N2
         gate        client -> VIP:8080 on N1 (nft engine, Direct Return) -> N2
         masq        client -> VIP:8080 on N1 (nft engine, NAT + masquerade) -> N2
       keep-alive and one connection per request (Connection: close), -t2 -c50;
@@ -131,6 +132,7 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--servers", type=int, default=10)
     ap.add_argument("--skip-wrk", action="store_true")
+    ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--apply-inner", nargs=3, metavar=("VIP", "RIP_BASE", "RUN_DIR"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.apply_inner:
@@ -149,6 +151,8 @@ def main() -> int:
         try:
             if not a.skip_wrk:
                 data_path(lab, a)
+            if a.skip_apply:
+                return 0
             print("\n== table apply (inside N1, engine API) ==")
             r = lab.run("N1", [sys.executable, str(Path(__file__).resolve()), "--services", str(a.services),
                                "--servers", str(a.servers), "--apply-inner", lab.vip, lab.addr(20),
@@ -172,11 +176,32 @@ def main() -> int:
     return 0
 
 
+def naive(lab, up: bool) -> None:
+    """The smallest Direct-Return path by hand (one mark rule, one ip rule, one
+    route, no scheduling, no flow state): the floor halb's gate is compared to."""
+    n1, n2, vip = lab.node("N1"), lab.node("N2"), lab.vip
+    if up:
+        cmd = (f"nft add table ip naive && nft add chain ip naive pre '{{ type filter hook prerouting priority mangle; }}'"
+               f" && nft add rule ip naive pre ip daddr {vip} tcp dport {PORT} meta mark set 0x77"
+               f" && ip rule add fwmark 0x77 lookup 4242777 pref 90 && ip route add default via {n2.ip} dev {n1.iface} table 4242777"
+               f" && ip rule add lookup local pref 150 && ip rule del pref 0"
+               f" && sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.{n1.iface}.send_redirects=0")
+    else:
+        cmd = ("nft delete table ip naive; ip rule del pref 90; ip route flush table 4242777;"
+               " ip rule add lookup local pref 0; ip rule del pref 150;"
+               " sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.send_redirects=1 "
+               f"net.ipv4.conf.{n1.iface}.send_redirects=1")
+    r = lab.run("N1", ["sh", "-c", cmd])
+    if up and r.returncode != 0:
+        raise RuntimeError(f"naive DR set-up failed: {r.stderr}")
+
+
 def data_path(lab, a) -> None:
     n2 = lab.node("N2")
     vip = lab.vip
     paths = {
         "direct": (f"http://{n2.ip}:{PORT}/testcluster.html", None),
+        "naive-dr": (f"http://{vip}:{PORT}/testcluster.html", "NAIVE"),
         "gate": (f"http://{vip}:{PORT}/testcluster.html",
                  f"-A -t {vip}:{PORT} -s rr\n-a -t {vip}:{PORT} -r {n2.ip}:{PORT} -g\n"),
         "masq": (f"http://{vip}:{PORT}/testcluster.html",
@@ -187,7 +212,9 @@ def data_path(lab, a) -> None:
     for rnd in range(a.rounds):
         for name, (url, rules) in paths.items():
             halb(lab, "ipvsadm", "-C")
-            if rules:
+            if rules == "NAIVE":
+                naive(lab, True)
+            elif rules:
                 halb(lab, "ipvsadm", "-R", stdin=rules)
             body = lab.run("client0", ["curl", "-s", "-m", "3", url]).stdout.strip()
             if "N2" not in body:
@@ -198,6 +225,8 @@ def data_path(lab, a) -> None:
             res[name]["ka"].append(ka)
             res[name]["close"].append(cl)
             res[name]["p99"].append(p99)
+            if rules == "NAIVE":
+                naive(lab, False)
     halb(lab, "ipvsadm", "-C")
     best = {p: {"ka": max(v["ka"]), "close": max(v["close"]), "p99": min(v["p99"])} for p, v in res.items()}
     d = best["direct"]
@@ -206,6 +235,9 @@ def data_path(lab, a) -> None:
     for p, v in best.items():
         print(f"{p:<8} {v['ka']:>17.0f} {v['ka'] / d['ka']:>6.2f} {v['close']:>15.0f} {v['close'] / d['close']:>6.2f} "
               f"{v['p99'] * 1000:>12.3f} ms {(v['p99'] - d['p99']) * 1000:>+8.3f}")
+    nd, g = best["naive-dr"], best["gate"]
+    print(f"gate vs naive-dr: keep-alive {g['ka'] / nd['ka']:.2f}, conn/req {g['close'] / nd['close']:.2f}, "
+          f"p99 {(g['p99'] - nd['p99']) * 1000:+.3f} ms (what halb's scheduling and flow state cost)")
     print("targets: ratio >= 0.9, p99 added < 0.2 ms (best of rounds; same run, same 2 cores)")
 
 
