@@ -109,6 +109,7 @@ def test_external_timeout_kills_the_command(tmp_path):
 
 # -- ICMP ping --------------------------------------------------------------------
 
+@pytest.mark.root  # ICMP sockets need root unless ping_group_range allows the user
 def test_ping_loopback_up():
     up(spec("checktype=ping", "127.0.0.1 masq"))
 
