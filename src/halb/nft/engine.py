@@ -415,16 +415,16 @@ class NftEngine(Engine):
             counts = kern.counts_for(plan) if kern else None
             _fill_sequence(plan, counts, st)
             if svc.persistent and not old.persistent:
-                cmds.append(rs.persist_create(plan))
+                cmds += rs.persist_create(plan)
             elif svc.persistent and (old.timeout, old.netmask) != (svc.timeout, svc.netmask):
                 cmds.append(f"flush map {rs.T} p{plan.sid}")
             now_notrack = rs.in_notrack(plan)
             if was_notrack != now_notrack:
                 elem = f"{svc.key.addr} . {svc.key.proto} . {svc.key.port}"
                 cmds.append(f"{'add' if now_notrack else 'delete'} element {rs.T} nt4 {{ {elem} }}")
-            cmds += rs.service_rules(plan, timeouts, fresh=False)
+            cmds += rs.service_rules(plan, timeouts, fresh=False, had_t=old.persistent)
             if old.persistent and not svc.persistent:
-                cmds.append(f"delete map {rs.T} p{plan.sid}")
+                cmds += rs.persist_delete(plan.sid)
             st.set_dplans(k, dests)
             refreshed += 1
         # masquerading of clients on the real servers' own networks

@@ -179,16 +179,20 @@ def service_create(plan: ServicePlan) -> list[str]:
     cmds = [
         f"add map {T} q{n} {{ typeof numgen inc mod 2 : meta mark; }}",
         f"add chain {T} s{n}",
-        f"add chain {T} t{n}",
     ]
     if plan.svc.persistent:
-        cmds.append(persist_create(plan))
+        cmds += persist_create(plan)
     return cmds
 
 
-def persist_create(plan: ServicePlan) -> str:
-    return (f"add map {T} p{plan.sid} {{ type ipv4_addr : mark; flags dynamic,timeout; "
-            f"size {PERSIST_SIZE}; }}")
+def persist_create(plan: ServicePlan) -> list[str]:
+    """A persistent service's own objects: its templates and its t chain."""
+    return [f"add map {T} p{plan.sid} {{ type ipv4_addr : mark; flags dynamic,timeout; "
+            f"size {PERSIST_SIZE}; }}", f"add chain {T} t{plan.sid}"]
+
+
+def persist_delete(sid: int) -> list[str]:
+    return [f"flush chain {T} t{sid}", f"delete chain {T} t{sid}", f"delete map {T} p{sid}"]
 
 
 def service_dispatch_add(plan: ServicePlan) -> list[str]:
@@ -215,11 +219,10 @@ def in_notrack(plan: ServicePlan) -> bool:
 def service_delete(plan: ServicePlan) -> list[str]:
     """Every object of a service (dispatch entries must be gone first)."""
     n = plan.sid
-    cmds = [f"flush chain {T} s{n}", f"flush chain {T} t{n}",
-            f"delete chain {T} s{n}", f"delete chain {T} t{n}"]
-    cmds.append(f"delete map {T} q{n}")
+    cmds = [f"flush chain {T} s{n}", f"delete chain {T} s{n}"]
     if plan.svc.persistent:
-        cmds.append(f"delete map {T} p{n}")
+        cmds += persist_delete(n)
+    cmds.append(f"delete map {T} q{n}")
     for d in plan.dests:
         cmds.extend(dest_delete(plan, d, in_service_maps=False))
     return cmds
@@ -277,7 +280,7 @@ def shared_rules(t: Timeouts, fresh: bool) -> list[str]:
     return cmds
 
 
-def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
+def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = False) -> list[str]:
     """(Re)write a service's entry chain (and t chain) and its scheduler map."""
     n = plan.sid
     svc = plan.svc
@@ -288,7 +291,9 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool) -> list[str]:
     tnext = f"t{n}" if svc.persistent else f"t_{kind}"
     cmds = []
     if not fresh:
-        cmds += [f"flush chain {T} s{n}", f"flush chain {T} t{n}", f"flush map {T} q{n}"]
+        cmds += [f"flush chain {T} s{n}", f"flush map {T} q{n}"]
+        if had_t:
+            cmds.append(f"flush chain {T} t{n}")
     if plan.sequence:
         elems = ", ".join(f"{i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
         cmds.append(f"add element {T} q{n} {{ {elems} }}")
