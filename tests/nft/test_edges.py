@@ -100,3 +100,17 @@ def test_controller_keeps_wlc_exact(director_lab):
         lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"])
     assert ctl.returncode == 0, err
     assert "stopped" in out
+
+
+def test_host_namespace_is_protected(director_lab):
+    """In the machine's own namespace the engine refuses to change anything
+    (without HALB_NFT_HOST=1); inside a lab node it works. Only the check is
+    called here in the root namespace: nothing is ever applied there."""
+    from halb.nft.engine import in_initial_netns, check_namespace
+    from halb.errors import EngineUnavailable
+    lab, d = director_lab
+    assert in_initial_netns()
+    with pytest.raises(EngineUnavailable, match="HALB_NFT_HOST=1"):
+        check_namespace()
+    r = lab.run("N1", [sys.executable, "-c", "from halb.nft.engine import in_initial_netns as f; print(f())"])
+    assert r.stdout.strip() == "False", r.stderr

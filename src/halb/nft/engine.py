@@ -25,7 +25,7 @@ from pathlib import Path
 
 from halb.context import Context, has_net_admin
 from halb.engine.base import Engine
-from halb.errors import HalbError, IpvsError
+from halb.errors import EngineUnavailable, HalbError, IpvsError
 from halb.model import Conn, Dest, Op, Rates, Service, ServiceKey, Stats, Table, Timeouts
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -185,6 +185,7 @@ class NftEngine(Engine):
     # -- Engine interface --------------------------------------------------
     def execute(self, ops: list[Op]) -> None:
         ops = list(ops)
+        check_namespace()
         for i, op in enumerate(ops):
             _precheck(op, i)
         with self._locked():
@@ -282,6 +283,7 @@ class NftEngine(Engine):
         """Recompute the count-based schedulers' sequences from live counts and
         drop removed servers no flow uses any more (the controller's tick).
         Returns the number of services refreshed."""
+        check_namespace()
         with self._locked():
             st = self._load()
             now = time.time()
@@ -770,6 +772,37 @@ class _Kernel:
                                 k.addr if k.proto != "fwm" else str(k.fwmark), k.port,
                                 d.addr, d.port, fwd=d.fwd, template=True))
         return out
+
+
+# the initial network namespace's fixed inode number (include/linux/proc_ns.h,
+# PROC_NET_INIT_INO, recent kernels); older kernels: compared with pid 1's
+PROC_NET_INIT_INO = 0xEFFFFFF9
+
+
+def in_initial_netns() -> bool:
+    """True in the machine's (or container's) own network namespace, the one
+    of pid 1; False inside a namespace such as the lab's nodes."""
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+    if mine == PROC_NET_INIT_INO:
+        return True
+    try:
+        return mine == os.stat("/proc/1/ns/net").st_ino
+    except OSError:  # pid 1 hidden (sandboxes): the fixed inode above decides
+        return False
+
+
+def check_namespace() -> None:
+    """Refuse to change this machine's own network set-up unless asked to
+    (HALB_NFT_HOST=1): on a shared machine the kernel engine belongs in a
+    namespace (halb lab); on a real director set the variable."""
+    if in_initial_netns() and os.environ.get("HALB_NFT_HOST") != "1":
+        raise EngineUnavailable(
+            "the nft engine would change this machine's own network namespace (nftables table, "
+            "ip rules, sysctls); run it inside a network namespace (halb lab exec NODE -- ...), "
+            "set HALB_NFT_HOST=1 to allow it on a real director, or use --engine proxy")
 
 
 def connect(ctx: Context) -> Engine:
