@@ -195,7 +195,11 @@ backend be
 
             def status() -> dict:
                 s = socket.socket(socket.AF_UNIX)
-                s.connect(str(sock))
+                try:
+                    s.connect(str(sock))
+                except OSError:  # the stats socket comes up after the frontend
+                    s.close()
+                    return {}
                 s.sendall(b"show stat\n")
                 data = b""
                 while True:
