@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests" / "heartbeat"))
 
-from cluster import Cluster, wait_for  # noqa: E402
+from hb_cluster import Cluster, wait_for  # noqa: E402
 from halb.lab import Lab  # noqa: E402
 
 PROMPT = 0.5   # a request answered slower than this counts as an error

@@ -15,7 +15,7 @@ from halb.heartbeat.config import parse_authkeys
 from halb.heartbeat.packet import Packet, encode
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cluster import Cluster, wait_for  # noqa: E402
+from hb_cluster import Cluster, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.root]
 pytest_plugins = ["halb.lab.testing"]
@@ -198,9 +198,16 @@ def test_ipfail_node_that_loses_its_ping_node_gives_up(cluster_factory):
 
 
 @pytest.mark.timeout(120)
-def test_hostile_packets_are_dropped_and_counted(cluster_factory):
+def test_hostile_packets_are_dropped_and_counted(cluster_factory, tmp_path):
     c = cluster_factory(apache=False)
     lab = c.lab
+    # also: respawn (as ipfail was started) restarts a helper that exits
+    helper = tmp_path / "helper.sh"
+    starts = tmp_path / "starts"
+    helper.write_text(f"#!/bin/sh\necho started >> {starts}\nsleep 0.2\n")
+    helper.chmod(0o755)
+    c.opts["extra"] = f"respawn root {helper}\n"
+    c.write("N1")
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
@@ -244,6 +251,8 @@ def test_hostile_packets_are_dropped_and_counted(cluster_factory):
     time.sleep(0.5)
     assert c.holders() == ["N1"] and c.status("N2")["claim"] == 0
     assert c.status("N2")["nodes"]["N1"]["deaths"] == 0
+    wait_for(lambda: starts.exists() and len(starts.read_text().splitlines()) >= 2, 10, what="the helper respawned")
+    assert "respawn: " in c.log("N1") and "restarting" in c.log("N1")
 
 
 @pytest.mark.timeout(120)

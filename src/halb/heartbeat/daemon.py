@@ -43,22 +43,31 @@ class Logger:
     write can block for hundreds of ms when the disk is busy (dirty-page
     throttling) and a blocked loop is a node its peers declare dead."""
 
-    def __init__(self, logfile=None, debugfile=None, stream=sys.stderr, debug=False):
+    def __init__(self, logfile=None, debugfile=None, stream=sys.stderr, debug=False, facility=None):
         import queue
-        import threading
 
         self.stream = stream
-        self.files = []
+        self.files = []          # (file, takes debug lines)
         self.debug_on = debug
         self.problems = []
-        for f in (logfile, debugfile):
+        for f, dbg in ((logfile, False), (debugfile, True)):
             if not f:
                 continue
             try:
                 Path(f).parent.mkdir(parents=True, exist_ok=True)
-                self.files.append(open(f, "a", buffering=1))
+                self.files.append((open(f, "a", buffering=1), dbg))
             except OSError as e:
                 self.problems.append(f"cannot open log file {f}: {e.strerror}; logging to stderr only")
+        self.syslog = None
+        if facility and facility.lower() != "none":
+            import syslog
+
+            fac = getattr(syslog, "LOG_" + facility.upper(), None)
+            if fac is None:
+                self.problems.append(f"logfacility {facility}: unknown syslog facility; not logging to syslog")
+            else:
+                syslog.openlog("heartbeat", syslog.LOG_PID, fac)
+                self.syslog = syslog
         self.q = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._writer, name="halb-heartbeat-log", daemon=True)
         self.thread.start()
@@ -68,28 +77,38 @@ class Logger:
             return
         t = time.time()
         stamp = time.strftime("%Y/%m/%d_%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
-        self.q.put(f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n")
+        self.q.put((level, msg, f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n"))
+
+    _PRIO = {"debug": 7, "info": 6, "warn": 4, "error": 3}
 
     def _writer(self):
         while True:
-            line = self.q.get()
-            if line is None:
+            item = self.q.get()
+            if item is None:
                 return
+            level, msg, line = item
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
-            for fh in self.files:
+            for fh, dbg in self.files:
+                if level == "debug" and not dbg:
+                    continue      # debug lines go to the debugfile only
                 try:
                     fh.write(line)
+                except OSError:
+                    pass
+            if self.syslog is not None and level != "debug":
+                try:
+                    self.syslog.syslog(self._PRIO.get(level, 6), f"{level}: {msg}")
                 except OSError:
                     pass
 
     def close(self):
         self.q.put(None)
         self.thread.join(10)
-        for fh in self.files:
+        for fh, _ in self.files:
             fh.close()
 
 
@@ -113,7 +132,7 @@ class Daemon:
         self.me = node
         self.run_dir = Path(run_dir)
         self.engine = engine
-        self.log = log or Logger(self.cfg.logfile, self.cfg.debugfile, debug=debug)
+        self.log = log or Logger(self.cfg.logfile, self.cfg.debugfile, debug=debug, facility=self.cfg.logfacility)
         self.nodes = list(self.cfg.nodes)
         self.generation = time.time_ns()
         self.seq = 0
@@ -640,7 +659,7 @@ def normal_priority(argv: list) -> list:
     import shutil
 
     if os.sched_getscheduler(0) != os.SCHED_OTHER and shutil.which("chrt"):
-        return ["chrt", "--other", "0", "--", *argv]
+        return ["chrt", "--other", "0", *argv]
     return list(argv)
 
 

@@ -20,19 +20,30 @@ class LinkError(HalbError):
 
 
 def iface_ipv4(dev: str) -> tuple[str, int, str]:
-    """(address, prefixlen, broadcast) of the interface's first IPv4 address."""
-    from pyroute2 import IPRoute
+    """(address, prefixlen, broadcast) of the interface's primary IPv4 address (ioctl)."""
+    import fcntl
 
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=dev)
-        if not idx:
-            raise LinkError(f"interface {dev} does not exist on this node")
-        for a in ipr.get_addr(family=socket.AF_INET, index=idx[0]):
-            addr, plen = a.get_attr("IFA_ADDRESS"), a["prefixlen"]
-            brd = a.get_attr("IFA_BROADCAST") or str(
-                ipaddress.ip_network(f"{addr}/{plen}", strict=False).broadcast_address)
-            return addr, plen, brd
-    raise LinkError(f"interface {dev} has no IPv4 address")
+    def ioctl(req):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            return fcntl.ioctl(s.fileno(), req, struct.pack("256s", dev.encode()[:15]))
+        finally:
+            s.close()
+    try:
+        addr = socket.inet_ntoa(ioctl(0x8915)[20:24])        # SIOCGIFADDR
+        mask = socket.inet_ntoa(ioctl(0x891B)[20:24])        # SIOCGIFNETMASK
+    except OSError as e:
+        if e.errno == 19:
+            raise LinkError(f"interface {dev} does not exist on this node") from None
+        raise LinkError(f"interface {dev} has no IPv4 address") from None
+    net = ipaddress.ip_network(f"{addr}/{mask}", strict=False)
+    try:
+        brd = socket.inet_ntoa(ioctl(0x8919)[20:24])         # SIOCGIFBRDADDR
+    except OSError:
+        brd = "0.0.0.0"
+    if brd == "0.0.0.0":
+        brd = str(net.broadcast_address)
+    return addr, net.prefixlen, brd
 
 
 class Channel:

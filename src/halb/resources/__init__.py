@@ -14,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from halb.resources.ipaddr import IPaddr, IPaddr2, ResourceError
+from halb.errors import HalbError
+
+
+class ResourceError(HalbError):
+    pass
 
 OCF_ROOT_DEFAULT = "/usr/lib/ocf"
 SCRIPT_TIMEOUT = 60.0
@@ -175,6 +179,7 @@ def make_agent(resource, *, ha_dir, node, run_dir, engine=None, log=None):
     if script.is_file() and os.access(script, os.X_OK):
         return LSBScript(script, args, log)
     if name in ("IPaddr2", "IPaddr"):
+        from halb.resources.ipaddr import IPaddr, IPaddr2   # pyroute2: loaded only where agents run
         cls = IPaddr2 if name == "IPaddr2" else IPaddr
         return cls(args, state_dir=run_dir, log=log, name=name)
     if name in ("ldirectord", "director"):
@@ -199,4 +204,4 @@ def _ocf(provider, type_, args, log, required):
     return None
 
 
-__all__ = ["IPaddr", "IPaddr2", "LSBScript", "OCFAgent", "Director", "ResourceError", "make_agent"]
+__all__ = ["LSBScript", "OCFAgent", "Director", "ResourceError", "make_agent"]

@@ -21,17 +21,24 @@ import threading
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-from halb.errors import HalbError
+class _Lazy:
+    """pyroute2 is heavy: imported by the process that really runs the agent only."""
+
+    def __getattr__(self, name):
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        self.IPRoute, self.NetlinkError = IPRoute, NetlinkError
+        return getattr(self, name)
+
+
+_nl = _Lazy()
+
+from halb.resources import ResourceError
 
 ARP_REPEAT = 5          # announcements after the first one
 ARP_INTERVAL = 0.2      # seconds between them
-
-
-class ResourceError(HalbError):
-    pass
 
 
 def parse_spec(spec: str) -> tuple[str, int | None, str | None]:
@@ -81,7 +88,7 @@ class IPaddr2:
 
     def _ipr(self):
         if self._nl is None:
-            self._nl = IPRoute()
+            self._nl = _nl.IPRoute()
         return self._nl
 
     def _with_ipr(self, fn):
@@ -89,8 +96,8 @@ class IPaddr2:
         with self._lock:
             try:
                 return fn(self._ipr())
-            except (OSError, NetlinkError) as e:
-                if isinstance(e, NetlinkError):
+            except (OSError, _nl.NetlinkError) as e:
+                if isinstance(e, _nl.NetlinkError):
                     raise
                 self.close()
                 return fn(self._ipr())
@@ -191,7 +198,7 @@ class IPaddr2:
             self.log("info", f"{self}: removed {self.ip}/{lo_bits} from the hidden lo (remembered in {self.state_file})")
         try:
             ipr.addr("add", index=idx, address=self.ip, prefixlen=bits)
-        except NetlinkError as e:
+        except _nl.NetlinkError as e:
             if self._loc is not None and e.code == 19:     # the interface changed since prepare
                 self._loc = None
                 return self._start(ipr)

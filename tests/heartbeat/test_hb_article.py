@@ -10,7 +10,7 @@ import time
 import pytest
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cluster import Cluster, wait_for  # noqa: E402
+from hb_cluster import Cluster, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.root]
 pytest_plugins = ["halb.lab.testing"]

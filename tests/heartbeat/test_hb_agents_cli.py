@@ -129,3 +129,24 @@ def test_unknown_interface_is_one_line(tmp_path):
     d = ha_dir(tmp_path, hacf="node N1 N2\nbcast nosuchif0\nkeepalive 1\ndeadtime 5\n", hares="")
     r = halb("--node", "N1", "--run-dir", str(tmp_path / "run"), "heartbeat", "-c", str(d), "run")
     assert r.returncode != 0 and "interface nosuchif0 does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stonith_external_plugin(tmp_path):
+    from halb.heartbeat.config import parse_hacf
+    from halb.heartbeat import stonith
+
+    marker = tmp_path / "resets"
+    cmd = script(tmp_path / "power.sh", f"#!/bin/sh\n# args: OUTLET reset NODE\n"
+                                        f"echo \"$1 $2 $3\" >> {marker}\n[ \"$3\" = N2 ] && echo \"$3 is off\" && exit 0\n"
+                                        "echo \"no outlet for $3\"; exit 1\n")
+    cfg = parse_hacf(f"node N1 N2\nbcast eth0\nstonith_host N1 external {cmd} outlet7\nstonith_host * bogus x\n", "ha.cf")
+    with pytest.raises(Exception, match="ha.cf:4: stonith device type 'bogus' is not supported"):
+        stonith.check_devices(cfg)
+    cfg.stonith.pop()
+    stonith.check_devices(cfg)
+    (dev,) = stonith.devices_for(cfg, "N1")
+    assert stonith.devices_for(cfg, "N2") == []      # this device may only be used from N1
+    assert stonith.reset(dev, "N2") == (True, "N2 is off")
+    ok, msg = stonith.reset(dev, "N3")
+    assert not ok and msg == "no outlet for N3"
+    assert marker.read_text() == "outlet7 reset N2\noutlet7 reset N3\n"
