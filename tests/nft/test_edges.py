@@ -114,3 +114,23 @@ def test_host_namespace_is_protected(director_lab):
         check_namespace()
     r = lab.run("N1", [sys.executable, "-c", "from halb.nft.engine import in_initial_netns as f; print(f())"])
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_concurrent_cli_calls_are_serialised(director_lab):
+    """Parallel `halb ipvsadm` calls share the state file under a lock: every
+    edit lands, in the table and in the kernel."""
+    lab, d = director_lab
+    vip = lab.vip
+    d.ipvsadm("-A", "-t", f"{vip}:80", "-s", "wrr")
+    procs = [lab.popen("N1", [sys.executable, "-m", "halb", "--engine", "nft", "ipvsadm", "-a", "-t",
+                              f"{vip}:80", "-r", lab.addr(20 + i), "-g", "-w", str(i + 1)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(6)]
+    for p in procs:
+        p.wait(timeout=60)
+        assert p.returncode == 0, p.stderr.read()
+    out = d.ipvsadm("-L", "-n").stdout
+    for i in range(6):
+        assert f"{lab.addr(20 + i)}:80" in out, out
+    rtm = d.sh("nft list map inet halb rtm").stdout
+    assert rtm.count("0x4b") == 6, rtm
