@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -105,10 +106,12 @@ class Probe:
 # 1. detection
 
 
-async def trial(kill, is_removed, restore, probe_port) -> tuple[float, int]:
+async def trial(kill, is_removed, restore, probe_port, jitter: float) -> tuple[float, int]:
     probe = Probe(probe_port)
     task = asyncio.ensure_future(probe.run())
-    await asyncio.sleep(0.5)
+    # a random instant within the check period: trials are not phase-locked
+    # to the checks (restore() returns right after a check)
+    await asyncio.sleep(0.5 + random.uniform(0, jitter))
     t0 = time.monotonic()
     kill()
     while not await asyncio.to_thread(is_removed):
@@ -156,7 +159,7 @@ def halb_detect(tmp: Path, interval: float, trials: int) -> list[tuple[float, in
                 time.sleep(0.3)
 
             for _ in range(trials):
-                out.append(asyncio.run(trial(kill, lambda: n2.port not in dests(), restore, vport)))
+                out.append(asyncio.run(trial(kill, lambda: n2.port not in dests(), restore, vport, interval)))
             eng.close()
             halb(ctx, "director", str(cfg), "stop")
     finally:
@@ -229,7 +232,7 @@ backend be
 
             for _ in range(trials):
                 out.append(asyncio.run(trial(kill, lambda: status().get("n2", "").startswith("DOWN"), restore,
-                                             fport)))
+                                             fport, 0.2 if inter else 2.0)))
         finally:
             servers.stop(proc)
     return out
