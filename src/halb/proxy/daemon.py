@@ -908,12 +908,14 @@ class ProxyDaemon:
             return None
         d = drt.dest
         fam = socket.AF_INET6 if ":" in d.addr else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s = None
         try:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             s.setblocking(False)
             s.connect((d.addr, d.port))
         except OSError as e:
-            s.close()
+            if s is not None:
+                s.close()
             self.log_limited("udp", f"{svc.key}: cannot reach {fmt_hostport(d.addr, d.port)}: {e.strerror}")
             if tpl is not None:
                 self.persist.release(tpl, now)
