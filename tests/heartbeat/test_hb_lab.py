@@ -274,3 +274,29 @@ def test_own_stall_is_not_a_peer_death(cluster_factory):
     assert c.holders() == ["N1"]
     assert c.status("N2")["nodes"]["N1"]["deaths"] == 0
     assert "not judging peers on that silence" in c.log("N2")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["bcast", "ucast"])
+def test_bcast_and_ucast_links(make_lab, tmp_path, kind):
+    lab = make_lab(nodes=2, clients=0, apache=False)
+    c = Cluster(lab, tmp_path)
+    try:
+        for n, peer in (("N1", "N2"), ("N2", "N1")):
+            link = (f"bcast {lab.node(n).iface}" if kind == "bcast"
+                    else f"ucast {lab.node(n).iface} {lab.node(peer).ip}")
+            c.write(n)
+            hacf = c.dir(n) / "ha.cf"
+            text = hacf.read_text().replace(f"mcast {lab.node(n).iface} 225.0.0.7 694 1 0", link)
+            hacf.write_text("udpport 6994\n" + text)
+        c.start("N1")
+        c.start("N2")
+        wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+        st = c.status("N2")
+        assert st["links"] == {f"N1:{lab.node('N2').iface}": "up"} and st["counters"]["rx"] > 0
+        down_node(lab, "N1")
+        c.procs.pop("N1")
+        wait_for(lambda: c.vip_on("N2"), 10, what="N2 to take over")   # N1 is dead with its copy, cable out
+        wait_for(lambda: c.status("N2")["links"] == {f"N1:{lab.node('N2').iface}": "dead"}, 5, what="link dead")
+    finally:
+        c.close()

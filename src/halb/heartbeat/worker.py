@@ -9,9 +9,13 @@ over a pipe: (op, group, resource) -> (ok, error message, log lines).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
+import socket
+import subprocess
+import sys
 import threading
+from multiprocessing.connection import Connection
 
 
 def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
@@ -72,13 +76,15 @@ def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
 
 
 class AgentWorker:
+    """The helper process (`python -m halb.heartbeat.worker FD`), talking over a socketpair."""
+
     def __init__(self, specs, *, ha_dir, node, run_dir, engine, rt_prio=0):
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, name="halb-heartbeat-agents", daemon=True,
-                                args=(child, specs, str(ha_dir), node, str(run_dir), engine, rt_prio))
-        self.proc.start()
-        child.close()
+        mine, theirs = socket.socketpair()
+        self.proc = subprocess.Popen([sys.executable, "-m", "halb.heartbeat.worker", str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(mine.detach())
+        self.conn.send((specs, str(ha_dir), node, str(run_dir), engine, rt_prio))
         self.lock = threading.Lock()
 
     def call(self, op, gi, ri, timeout=120.0):
@@ -89,7 +95,7 @@ class AgentWorker:
                 if not self.conn.poll(timeout):
                     return False, f"agent {op} did not answer in {timeout:g}s", []
                 return self.conn.recv()
-            except (EOFError, OSError) as e:
+            except (EOFError, OSError, pickle.UnpicklingError) as e:
                 return False, f"resource agent helper died ({e or type(e).__name__})", []
 
     def close(self):
@@ -98,8 +104,23 @@ class AgentWorker:
                 self.conn.send(None)
         except (OSError, ValueError):
             pass
-        self.proc.join(5)
-        if self.proc.is_alive():
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.join(2)
+            self.proc.wait(2)
         self.conn.close()
+
+
+def main(argv):
+    conn = Connection(int(argv[0]))
+    try:
+        args = conn.recv()
+    except (EOFError, OSError):
+        return 1
+    _serve(conn, *args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
