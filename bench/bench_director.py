@@ -4,9 +4,10 @@
 1. Detection: a back end dies (nginx SIGKILLed); time until it leaves the
    table, and client requests that failed meanwhile (a probe starts one
    request every 10 ms without waiting). halb director (proxy engine) at
-   checkinterval 1 s and 0.2 s against HAProxy's own health checks at its
-   defaults (inter 2s fall 3) and at inter 200ms, in the same run; median of
-   N trials.
+   checkinterval 1 s and 0.2 s (failurecount 1, ldirectord's default, and 3
+   like HAProxy's fall) against HAProxy's own health checks at its defaults
+   (inter 2s fall 3) and at inter 200ms, in the same run; median of N trials,
+   the back end killed at a random instant of the check period.
 2. Capacity: 2,000 real servers (127.1.x.y, one nginx behind all of them)
    checked every second (HTTP negotiate) by one director pinned to one core:
    CPU % of that core and check lateness (actual - scheduled start), against
@@ -128,15 +129,16 @@ async def trial(kill, is_removed, restore, probe_port, jitter: float) -> tuple[f
     return t1 - t0, fails
 
 
-def halb_detect(tmp: Path, interval: float, trials: int) -> list[tuple[float, int]]:
-    ctx = Context(node="benchdir", run_dir=tmp / f"run{interval}", engine="proxy")
+def halb_detect(tmp: Path, interval: float, trials: int, failurecount: int = 1) -> list[tuple[float, int]]:
+    ctx = Context(node="benchdir", run_dir=tmp / f"run{interval}-{failurecount}", engine="proxy")
     halb(ctx, "proxy", "start")
     vport = servers.free_port()
     out = []
     try:
-        with servers.NginxSite(tmp / f"h1-{interval}", "N1") as n1, servers.NginxSite(tmp / f"h2-{interval}", "N2") as n2:
-            cfg = tmp / f"detect{interval}.cf"
-            cfg.write_text(f"checkinterval={interval}\nchecktimeout=1\nnegotiatetimeout=1\n"
+        with servers.NginxSite(tmp / f"h1-{interval}-{failurecount}", "N1") as n1, \
+                servers.NginxSite(tmp / f"h2-{interval}-{failurecount}", "N2") as n2:
+            cfg = tmp / f"detect{interval}-{failurecount}.cf"
+            cfg.write_text(f"checkinterval={interval}\nchecktimeout=1\nnegotiatetimeout=1\nfailurecount={failurecount}\n"
                            f"virtual=127.0.0.1:{vport}\n\tservice=http\n\treceive=\"N\"\n\tscheduler=rr\n"
                            f"\treal=127.0.0.1:{n1.port} masq\n\treal=127.0.0.1:{n2.port} masq\n")
             halb(ctx, "director", str(cfg), "start")
@@ -391,12 +393,14 @@ def main() -> int:
             det = [
                 summarize("halb director checkinterval=1", halb_detect(tmp, 1, a.trials)),
                 summarize("halb director checkinterval=0.2", halb_detect(tmp, 0.2, a.trials)),
+                summarize("halb director checkinterval=0.2 failurecount=3",
+                          halb_detect(tmp, 0.2, a.trials, failurecount=3)),
                 summarize("haproxy check (defaults: inter 2s fall 3)", haproxy_detect(tmp, None, a.trials)),
                 summarize("haproxy check inter 200ms (fall 3)", haproxy_detect(tmp, "200ms", a.trials)),
             ]
             report["detection"] = det
             print("\n== back end killed -> removed from the table (median of %d) ==" % a.trials)
-            base = det[2]["removal_s_median"]
+            base = det[3]["removal_s_median"]
             for r in det:
                 print(f"  {r['system']:<45} {r['removal_s_median']:7.3f} s  (x{r['removal_s_median'] / base:5.2f} "
                       f"of haproxy defaults)  failed requests: {r['failed_requests_median']}  trials={r['removal_s']}")
