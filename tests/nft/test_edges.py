@@ -44,6 +44,20 @@ def test_refusals_rates_and_removed_server_cleanup(director_lab):
     out = d.ipvsadm("-L", "-n", "--rate").stdout
     svc = next(ln.split() for ln in out.splitlines() if ln.startswith("TCP"))
     assert int(svc[2]) > 0 and int(svc[3]) > 0, out  # CPS, InPPS
+    # -Z zeroes the counters the listing shows (the kernel's keep counting)
+    stats = d.ipvsadm("-L", "-n", "--stats").stdout
+    assert int(next(ln.split() for ln in stats.splitlines() if ln.startswith("TCP"))[2]) >= 10, stats
+    d.ipvsadm("-Z")
+    stats = d.ipvsadm("-L", "-n", "--stats").stdout
+    assert next(ln.split() for ln in stats.splitlines() if ln.startswith("TCP"))[2:4] == ["0", "0"], stats
+    assert get(lab, f"http://{vip}/testcluster.html") == "N1"
+    stats = d.ipvsadm("-L", "-n", "--stats").stdout
+    assert next(ln.split() for ln in stats.splitlines() if ln.startswith("TCP"))[2] == "1", stats
+    # --set: new timeouts, written into the kernel's flow updates
+    d.ipvsadm("--set", "100", "50", "60")
+    assert "100" in d.ipvsadm("-L", "--timeout").stdout
+    ruleset = d.sh("nft list table inet halb").stdout
+    assert "timeout 1m40s" in ruleset and "timeout 50s" in ruleset and "timeout 1m" in ruleset, ruleset
     # a removed server keeps its route while flows may use it; the GC drops it
     env = dict(os.environ, HALB_NFT_GC_DELAY="0")
     d.ipvsadm("-a", "-t", f"{vip}:80", "-r", f"{n2.ip}:80", "-g")
