@@ -174,6 +174,63 @@ class KeepalivedSystem:
         self.procs = []
 
 
+DEBIAN_HACF = """mcast {iface} 225.0.0.7 694 1 0
+logfile {log}
+debugfile /dev/null
+use_logd no
+keepalive {keepalive}
+deadtime {deadtime}
+warntime {warntime}
+initdead {initdead}
+node N1
+node N2
+auto_failback off
+crm no
+"""
+
+
+class DebianHeartbeatSystem:
+    """Debian's heartbeat 3 (apt-get install heartbeat) with the article's ha.cf: per node a
+    private mount namespace with its own /etc/ha.d, /var/lib/heartbeat and /run."""
+
+    BIN = "/usr/libexec/heartbeat/heartbeat"
+
+    def __init__(self, lab, base, name, keepalive="2", deadtime="10", warntime="6", initdead="60"):
+        self.lab, self.name = lab, name
+        self.base = Path(base) / name
+        self.timers = dict(keepalive=keepalive, deadtime=deadtime, warntime=warntime, initdead=initdead)
+
+    @classmethod
+    def available(cls):
+        return os.path.exists(cls.BIN) and os.path.isdir("/etc/ha.d/resource.d")
+
+    def start(self):
+        for node in ("N1", "N2"):
+            d = self.base / node
+            if d.exists():
+                shutil.rmtree(d)
+            shutil.copytree("/etc/ha.d", d / "ha.d", symlinks=True)
+            shutil.copytree("/var/lib/heartbeat", d / "lib", symlinks=True)
+            for f in ("hb_uuid", "hostcache", "delhostcache"):
+                try:
+                    (d / "lib" / f).unlink()
+                except FileNotFoundError:
+                    pass
+            iface = self.lab.node(node).iface
+            (d / "ha.d" / "ha.cf").write_text(DEBIAN_HACF.format(iface=iface, log=d / "ha.log", **self.timers))
+            (d / "ha.d" / "authkeys").write_text('auth 1\n1 md5 "secret"\n')
+            (d / "ha.d" / "authkeys").chmod(0o600)
+            (d / "ha.d" / "haresources").write_text(f"N1 IPaddr2::{self.lab.vip}/{self.lab.prefixlen}/{iface}\n")
+            script = (f"set -e; mount --bind {d}/ha.d /etc/ha.d; mount --bind {d}/lib /var/lib/heartbeat; "
+                      "mount -t tmpfs tmpfs /run; mkdir -p /run/heartbeat/ccm /run/heartbeat/dopd "
+                      "/run/heartbeat/rsctmp /run/resource-agents /run/lock; "
+                      f"exec {self.BIN} >{d}/stdout.log 2>&1")
+            self.lab.popen(node, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+
+    def stop(self):
+        self.lab.kill_node("N2")     # heartbeat daemonizes: end every process of the node
+
+
 # ------------------------------------------------------------------ cpu / soak
 
 def cpu_rss(lab, base, seconds):
@@ -254,6 +311,9 @@ def main():
     ap.add_argument("--soak", type=float, default=60)
     ap.add_argument("--cpu-seconds", type=float, default=20)
     ap.add_argument("--skip-slow", action="store_true", help="skip the 1 s / article-timer systems")
+    ap.add_argument("--debian-heartbeat", action="store_true",
+                    help="also Debian's heartbeat package with the article's timers (apt-get install heartbeat)")
+    ap.add_argument("--only", help="comma-separated system names to run (e.g. debian-heartbeat-article)")
     ap.add_argument("--fast", default="5ms,25ms,15ms", help="halb's fastest timers: keepalive,deadtime,warntime")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -266,11 +326,16 @@ def main():
             (HalbSystem(lab, base, "halb-fast", keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"), args.trials, 3),
             (KeepalivedSystem(lab, base, "keepalived-0.01", "0.01"), args.trials, 3),
         ]
+        if not args.skip_slow and args.debian_heartbeat and DebianHeartbeatSystem.available():
+            systems.append((DebianHeartbeatSystem(lab, base, "debian-heartbeat-article"), 1, 15))
         if not args.skip_slow:
             systems += [
                 (HalbSystem(lab, base, "halb-article", keepalive="2", deadtime="10", warntime="6", initdead="60"), 1, 15),
                 (KeepalivedSystem(lab, base, "keepalived-1", "1"), 1, 8),
             ]
+        if args.only:
+            keep = set(args.only.split(","))
+            systems = [x for x in systems if x[0].name in keep]
         for sysm, trials, post in systems:
             runs = []
             for i in range(trials):
@@ -280,12 +345,13 @@ def main():
             gaps = [r["gap"] for r in runs if r["gap"] is not None]
             report[sysm.name] = {"median_gap_s": statistics.median(gaps) if gaps else None,
                                  "gaps": gaps, "errors_after": [r["errors_after"] for r in runs]}
-        base_gap = report["keepalived-0.01"]["median_gap_s"]
-        fast_gap = report["halb-fast"]["median_gap_s"]
+        base_gap = report.get("keepalived-0.01", {}).get("median_gap_s")
+        fast_gap = report.get("halb-fast", {}).get("median_gap_s")
         if base_gap and fast_gap:
             report["ratio_halb_fast_vs_keepalived_0.01"] = round(fast_gap / base_gap, 2)
-        report["cpu_rss_100_beats_per_s"] = cpu_rss(lab, base, args.cpu_seconds)
-        print("cpu/rss:", report["cpu_rss_100_beats_per_s"], flush=True)
+        if args.cpu_seconds > 0:
+            report["cpu_rss_100_beats_per_s"] = cpu_rss(lab, base, args.cpu_seconds)
+            print("cpu/rss:", report["cpu_rss_100_beats_per_s"], flush=True)
         if args.soak > 0:
             report["soak_fast_timers_cores_loaded"] = soak(lab, base, args.soak,
                                                            dict(keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"))

@@ -147,7 +147,7 @@ class Daemon:
         self.realtime = False
         self.keepalive = self.cfg.keepalive
         # one wake-up per beat, more often only when deadtime needs the precision
-        self.tick_interval = max(0.002, min(self.cfg.keepalive, self.cfg.deadtime / 5))
+        self.tick_interval = max(0.002, min(self.cfg.keepalive, self.cfg.deadtime / 5, 0.1))
         stonith.check_devices(self.cfg)
         self.fence_devices = stonith.devices_for(self.cfg, node)
         self.groups = []
