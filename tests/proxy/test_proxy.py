@@ -403,6 +403,8 @@ def test_cli_usage_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "unknown action 'frob'" in r.stderr and "Traceback" not in r.stderr
     r = halb("proxy", "stop", ctx=ctx)
     assert r.returncode == 0 and "not running" in r.stdout
+    r = halb("proxy", "stop", "--wait", "x", ctx=ctx)
+    assert r.returncode == 2 and "--wait" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_live_counts_drive_lc_and_thresholds(proxy, web, vip):
@@ -606,3 +608,24 @@ def test_client_closing_at_once_ends_cleanly(proxy, web, vip):
     conns = [c for c in eng.connections() if not c.template]
     assert len(conns) == 5 and {c.state for c in conns} == {"TIME_WAIT"}
     assert svc_of(eng, k).stats.conns == 5
+
+
+def test_stop_a_daemon_that_does_not_answer(tmp_path):
+    """A frozen daemon is signalled, then killed, and its files removed."""
+    import signal
+
+    from conftest import alive
+
+    p = Proxy(tmp_path / "run").start()
+    try:
+        p.engine.close()
+        p.engine = None
+        os.kill(p.pid, signal.SIGSTOP)
+        r = halb("proxy", "stop", "--wait", "1", ctx=p.ctx)
+        assert r.returncode == 0 and "killed" in r.stdout, r.stderr
+        assert not alive(p.pid)
+        assert not (p.ctx.run_dir / "proxy.sock").exists() and not (p.ctx.run_dir / "proxy.pid").exists()
+    finally:
+        if alive(p.pid):
+            os.kill(p.pid, signal.SIGKILL)
+        p.cleanup()

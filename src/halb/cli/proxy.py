@@ -12,7 +12,7 @@ import time
 from halb.context import Context
 from halb.errors import EngineUnavailable, HalbError, UsageError
 
-USAGE = """usage: halb proxy {run|start|stop|status} [--no-splice]
+USAGE = """usage: halb proxy {run|start|stop|status} [--no-splice] [--wait SECS]
 
   run      run the daemon in the foreground (logs to stderr)
   start    start the daemon in the background (pid file and log in the run dir)
@@ -20,6 +20,8 @@ USAGE = """usage: halb proxy {run|start|stop|status} [--no-splice]
   status   print its state (exit 3 when not running)
 
   --no-splice   relay with buffered copies instead of splice(2) (for measurements)
+  --wait SECS   stop: how long to wait for the daemon to exit before SIGTERM, then
+                SIGKILL (default 5)
 """
 
 
@@ -32,10 +34,13 @@ def _parse(argv):
     p = _Parser(prog="halb proxy", add_help=False, usage=USAGE)
     p.add_argument("action", nargs="?")
     p.add_argument("--no-splice", action="store_true")
+    p.add_argument("--wait", type=float, default=STOP_WAIT)
     p.add_argument("-h", "--help", action="store_true")
     a = p.parse_args(argv)
     if a.help or a.action is None:
         return None
+    if a.wait <= 0:
+        raise UsageError("proxy: --wait needs a positive number of seconds")
     if a.action not in ("run", "start", "stop", "status"):
         raise UsageError(f"proxy: unknown action '{a.action}' (run, start, stop or status)")
     return a
@@ -47,6 +52,10 @@ def main(ctx: Context, argv: list[str]) -> int:
         sys.stdout.write(USAGE)
         return 0 if argv else 2
     return {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_status}[a.action](ctx, a)
+
+
+STOP_ANSWER_TIMEOUT = 3.0  # s for the daemon to answer "stop"
+STOP_WAIT = 5.0            # s for it to exit, then after SIGTERM, then after SIGKILL
 
 
 def _pid_path(ctx):
@@ -136,27 +145,68 @@ def _read_pid(ctx) -> int | None:
         return None
 
 
+def _locked_pid(ctx) -> int | None:
+    """The pid of the daemon holding the node's pid file locked, or None."""
+    import fcntl
+
+    try:
+        fd = os.open(_pid_path(ctx), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.read(fd, 32).decode().strip())
+            except ValueError:
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
 def cmd_stop(ctx: Context, a) -> int:
+    pid = _locked_pid(ctx)
     eng = _running(ctx)
-    if eng is None:
+    if eng is None and pid is None:
         print(f"halb proxy for node {ctx.node} is not running")
         return 0
-    try:
-        pid = eng.status()["pid"]
-        eng.stop()
-    finally:
-        eng.close()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
+    if eng is not None:
+        eng.sock.settimeout(STOP_ANSWER_TIMEOUT)
+        try:
+            pid = pid or eng.status()["pid"]
+            eng.stop()
+        except HalbError:
+            pass  # not answering: signals below
+        finally:
+            eng.close()
+    if pid is None:
+        raise HalbError(f"halb proxy for node {ctx.node} did not stop (no pid known)")
+    how = "stopped"
+    if not _wait_gone(pid, a.wait):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-    if _alive(pid):
-        raise HalbError(f"halb proxy for node {ctx.node} (pid {pid}) did not stop")
-    print(f"halb proxy for node {ctx.node} stopped")
+        if not _wait_gone(pid, a.wait):
+            os.kill(pid, signal.SIGKILL)
+            how = "killed (it did not stop when asked)"
+            if not _wait_gone(pid, a.wait):
+                raise HalbError(f"halb proxy for node {ctx.node} (pid {pid}) did not stop")
+    for leftover in (ctx.run_dir / "proxy.sock", _pid_path(ctx)):  # after a kill
+        try:
+            leftover.unlink()
+        except FileNotFoundError:
+            pass
+    print(f"halb proxy for node {ctx.node} {how}")
     return 0
 
 
