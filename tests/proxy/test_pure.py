@@ -41,3 +41,47 @@ def test_templates_expire_after_timeout_unless_they_control_connections():
     pt.create("gone", "x", "D", 0.0)
     assert [x.key for x in pt.expire(1.0, lambda k: None)] == ["gone"]  # its service was deleted
     assert t2 is not None
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@given(rate=st.integers(min_value=0, max_value=10**9), interval=st.floats(min_value=1.5, max_value=2.5))
+def test_estimator_settles_on_any_constant_rate(rate, interval):
+    s = Stats()
+    est = Estimator(s, 0.0)
+    t = 0.0
+    for _ in range(80):  # (3/4)^80: the start-up transient is gone
+        t += interval
+        s.inbytes += round(rate * interval)
+        r = est.sample(s, t)
+    assert abs(r.inbps - rate) <= max(1, rate * 1e-6)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["use", "release", "tick"]), st.floats(min_value=0, max_value=50)),
+                max_size=60))
+def test_a_template_never_expires_while_it_controls_connections(steps):
+    pt = PersistTable()
+    now = 0.0
+    t = pt.create("svc", "net", "D", now)
+    open_conns = 0
+    for what, dt in steps:
+        now += dt
+        live = pt.lookup("svc", "net", now, 30)
+        if what == "use":
+            if live is None:
+                t = pt.create("svc", "net", "D", now)
+                open_conns = 0
+            pt.use(t, now)
+            open_conns += 1
+        elif what == "release" and open_conns and live is not None:
+            pt.release(t, now)
+            open_conns -= 1
+        else:
+            gone = pt.expire(now, lambda k: 30)
+            if open_conns:
+                assert gone == [] and len(pt) == 1
+            elif gone:
+                assert now - gone[0].last_use >= 30
