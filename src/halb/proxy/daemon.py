@@ -8,15 +8,18 @@ the real server of every new connection with the service's scheduler
 a connection table with IPVS's TCP states and countdowns, per-service and
 per-server counters and rates, active/inactive connection counts.
 
-Data path (TCP): each direction of a relayed connection is driven by
-loop.add_reader/add_writer on raw descriptors. Small reads (requests, short
-answers) are copied with one read and one write, cheaper than two splices
-for a few hundred bytes; once a read brings 16 KiB or more the direction
-switches to splice(2), socket -> pipe -> socket with
-SPLICE_F_MOVE|SPLICE_F_NONBLOCK, and the bytes of a large transfer never enter
-Python (its pipe grows to 1 MiB). It returns to copying when reads stay small
-(8 in a row under 4 KiB). --no-splice copies everything (to measure the difference); a socket
-where splice fails (EINVAL) is copied too.
+Data path (TCP): the relayed sockets live in the daemon's own epoll set
+(Poller), watched by the uvloop loop as one descriptor, so a connection costs
+one epoll_ctl per registration rather than a libuv handle. Small reads
+(requests, short answers) are copied with one read and one write, cheaper
+than two splices for a few hundred bytes; once a read brings 16 KiB or more
+the direction switches to splice(2), socket -> pipe -> socket with
+SPLICE_F_MOVE|SPLICE_F_NONBLOCK, and the bytes of a large transfer never
+enter Python (its pipe grows to 1 MiB). It returns to copying when reads stay
+small (8 in a row under 4 KiB). --no-splice copies everything (to measure the
+difference); a socket where splice fails (EINVAL) is copied too. The real
+server is connected without waiting for its handshake: early client bytes
+wait in the copy path until the socket is writable.
 
 Counters: bytes are the payload bytes relayed (exact, from splice's return
 values; IPVS counts IP packet lengths, headers included); packets are the
@@ -55,7 +58,7 @@ import struct
 import time
 
 from halb.errors import HalbError, IpvsError
-from halb.model import (Conn, Dest, Op, Stats, Table, Timeouts, fmt_hostport, op_from_dict,
+from halb.model import (Conn, Dest, Op, Stats, Table, fmt_hostport, op_from_dict,
                         to_dict)
 from halb.proxy.estimator import INTERVAL, Estimator
 from halb.proxy.persist import PersistTable, client_network
