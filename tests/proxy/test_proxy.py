@@ -629,3 +629,20 @@ def test_stop_a_daemon_that_does_not_answer(tmp_path):
         if alive(p.pid):
             os.kill(p.pid, signal.SIGKILL)
         p.cleanup()
+
+
+def test_binds_a_vip_that_is_not_configured_yet(proxy):
+    """IP_FREEBIND: the service is set up before its VIP is on any interface
+    (heartbeat adds the VIP later); nothing is sent anywhere."""
+    addr = "198.51.100.77"  # TEST-NET-2: not on this machine
+    probe = socket.socket()
+    try:  # a plain bind fails (unless net.ipv4.ip_nonlocal_bind is set)
+        probe.bind((addr, 0))
+    except OSError as e:
+        assert e.errno == 99  # EADDRNOTAVAIL
+    finally:
+        probe.close()
+    k = ServiceKey("tcp", addr, free_port())
+    proxy.engine.add_service(Service(k, scheduler="rr"))
+    proxy.engine.add_service(Service(ServiceKey("udp", addr, k.port), scheduler="rr"))
+    assert [s.key for s in proxy.engine.services()] == [k, ServiceKey("udp", addr, k.port)]
