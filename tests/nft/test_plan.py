@@ -77,8 +77,8 @@ def test_rules_text():
                                    rs.DestPlan(2, "10.0.0.2", 80, "gate", ridx=3)])
     plan.sequence, plan.slots = [(0, 2), (1, 1)], 2
     text = "\n".join(rs.service_rules(plan, Timeouts(), fresh=True))
-    assert "numgen inc mod 2 map @q7 goto t_tcp" in text and "@p7" not in text
-    assert "0 : 0x4a000002, 1 : 0x4a000001" in text
+    assert "numgen inc mod 2 offset 28672 map @q goto t_tcp" in text and "@p7" not in text
+    assert "add element inet halb q { 28672 : 0x4a000002, 28673 : 0x4a000001 }" in text
     svc.persistent, svc.timeout, svc.netmask = True, 60, "255.255.255.0"
     text = "\n".join(rs.service_rules(plan, Timeouts(), fresh=True))
     assert "ip saddr & 255.255.255.0 map @p7 meta mark @live goto t7" in text

@@ -81,7 +81,8 @@ class State:
         self.zero: dict[str, list[int]] = {}
         self.kernel = False
         self.sched_state: dict[str, str] = {}
-        self.gc_at: dict[str, float] = {}  # service -> when to look for its retired servers' flows
+        self.gc_at: dict[str, float] = {}
+        self.slots: dict[str, tuple] = {}  # service -> its slot numbers in the global q map  # service -> when to look for its retired servers' flows
         self._cache: dict[str, Service] = {}
 
     def __getstate__(self):
@@ -328,6 +329,7 @@ class NftEngine(Engine):
             old_keys = set()
             changed = None
             st.dtuples = {}
+            st.slots = {}
             st.snat = []
             st.zero = {}
         elif timeouts_changed:
@@ -338,7 +340,7 @@ class NftEngine(Engine):
             if k not in new_keys:
                 plan = st.plan(st.service(k))
                 cmds += rs.service_dispatch_del(plan, rs.in_notrack(plan))
-                cmds += rs.service_delete(plan)
+                cmds += rs.service_delete(plan, st.slots.pop(k, ()))
                 for d in plan.dests:
                     _drop_zero(st, d.mid)
                 st.dtuples.pop(k, None)
@@ -355,14 +357,15 @@ class NftEngine(Engine):
               and now >= st.gc_at.get(k, 0)}
         in_use = _Kernel.read_marks_in_use() if gc and not full else set()
         refreshed = 0
+        used_sids = None
         for svc in todo:
             k = _skey(svc)
             old = st.service(k) if k in old_keys else None
             if old is None:
-                if k not in st.sids or full:
-                    st.sids.setdefault(k, st.next_sid)
-                    if st.sids[k] == st.next_sid:
-                        st.next_sid += 1
+                if k not in st.sids:
+                    if used_sids is None:
+                        used_sids = set(st.sids.values())
+                    st.sids[k] = _new_sid(st, used_sids)
                 plan = rs.ServicePlan(st.sids[k], svc, [])
                 plan.dests = [self._new_dest(st, svc, d, locals_) for d in svc.dests]
                 _fill_sequence(plan, None, st)
@@ -370,6 +373,7 @@ class NftEngine(Engine):
                 for d in plan.dests:
                     cmds += rs.dest_create(plan, d)
                 cmds += rs.service_rules(plan, timeouts, fresh=True)
+                st.slots[k] = tuple(i for i, _ in plan.sequence)
                 cmds += rs.service_dispatch_add(plan)
                 st.set_dplans(k, plan.dests)
                 continue
@@ -424,7 +428,9 @@ class NftEngine(Engine):
             if was_notrack != now_notrack:
                 elem = f"{svc.key.addr} . {svc.key.proto} . {svc.key.port}"
                 cmds.append(f"{'add' if now_notrack else 'delete'} element {rs.T} nt4 {{ {elem} }}")
-            cmds += rs.service_rules(plan, timeouts, fresh=False, had_t=old.persistent)
+            cmds += rs.service_rules(plan, timeouts, fresh=False, had_t=old.persistent,
+                                     old_slots=st.slots.get(k, ()))
+            st.slots[k] = tuple(i for i, _ in plan.sequence)
             if old.persistent and not svc.persistent:
                 cmds += rs.persist_delete(plan.sid)
             st.set_dplans(k, dests)
@@ -523,6 +529,7 @@ class NftEngine(Engine):
         st.zero = {}
         st.sched_state = {}
         st.gc_at = {}
+        st.slots = {}
         st.kernel = False
         try:
             self.samples_path.unlink()
@@ -589,6 +596,16 @@ def _sig(s: Service) -> tuple:
 
 def _same(a: Service, b: Service) -> bool:
     return _sig(a) == _sig(b)
+
+
+def _new_sid(st: State, used: set[int]) -> int:
+    """A service id not in use (ids are reused: each owns a slot range)."""
+    sid = st.next_sid
+    while sid in used or sid > rs.MAX_SID:
+        sid = 1 if sid > rs.MAX_SID else sid + 1
+    st.next_sid = sid + 1
+    used.add(sid)
+    return sid
 
 
 GC_DELAY = float(os.environ.get("HALB_NFT_GC_DELAY", "30"))

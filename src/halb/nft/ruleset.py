@@ -118,10 +118,27 @@ def masked_src(plan: ServicePlan) -> str:
     return f"ip saddr & {mask}"
 
 
+SLOT_STRIDE = 4096  # slots per service in the global q map (mh: 4093, wrr: <= 1024)
+MAX_SID = (1 << 32) // SLOT_STRIDE - 1
+
+
+def slot_base(sid: int) -> int:
+    return sid * SLOT_STRIDE
+
+
 def sched_expr(plan: ServicePlan) -> str:
+    base = slot_base(plan.sid)
     if plan.hash_expr:
-        return f"jhash {plan.hash_expr} mod {plan.slots} seed 0x{0x5eed0000 | (plan.sid & 0xFFFF):x}"
-    return f"numgen inc mod {plan.slots}"
+        return (f"jhash {plan.hash_expr} mod {plan.slots} seed 0x{0x5eed0000 | (plan.sid & 0xFFFF):x} "
+                f"offset {base}")
+    return f"numgen inc mod {plan.slots} offset {base}"
+
+
+def slots_delete(sid: int, slots) -> list[str]:
+    if not slots:
+        return []
+    base = slot_base(sid)
+    return [f"delete element {T} q {{ {', '.join(str(base + i) for i in slots)} }}"]
 
 
 def flow_timeout(plan: ServicePlan, t: Timeouts) -> int:
@@ -141,6 +158,7 @@ def globals_create() -> list[str]:
         f"add map {T} dnat4 {{ type mark : ipv4_addr . inet_service; }}",
         f"add set {T} snat4 {{ type ipv4_addr; flags interval; }}",
         f"add set {T} live {{ type mark; }}",
+        f"add map {T} q {{ typeof numgen inc mod 2 : meta mark; }}",
         f"add set {T} dstats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
         f"add set {T} nstats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
         f"add set {T} ostats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
@@ -176,10 +194,7 @@ def _dispatch_elem(plan: ServicePlan) -> tuple[str, str]:
 def service_create(plan: ServicePlan) -> list[str]:
     """Objects of a new service (its rules come from service_rules)."""
     n = plan.sid
-    cmds = [
-        f"add map {T} q{n} {{ typeof numgen inc mod 2 : meta mark; }}",
-        f"add chain {T} s{n}",
-    ]
+    cmds = [f"add chain {T} s{n}"]
     if plan.svc.persistent:
         cmds += persist_create(plan)
     return cmds
@@ -216,13 +231,13 @@ def in_notrack(plan: ServicePlan) -> bool:
     return not plan.has_masq and plan.svc.key.proto != "fwm" and plan.svc.key.port != 0
 
 
-def service_delete(plan: ServicePlan) -> list[str]:
+def service_delete(plan: ServicePlan, old_slots=()) -> list[str]:
     """Every object of a service (dispatch entries must be gone first)."""
     n = plan.sid
     cmds = [f"flush chain {T} s{n}", f"delete chain {T} s{n}"]
     if plan.svc.persistent:
         cmds += persist_delete(n)
-    cmds.append(f"delete map {T} q{n}")
+    cmds += slots_delete(n, old_slots)
     for d in plan.dests:
         cmds.extend(dest_delete(plan, d, in_service_maps=False))
     return cmds
@@ -280,7 +295,8 @@ def shared_rules(t: Timeouts, fresh: bool) -> list[str]:
     return cmds
 
 
-def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = False) -> list[str]:
+def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = False,
+                  old_slots=()) -> list[str]:
     """(Re)write a service's entry chain (and t chain) and its scheduler map."""
     n = plan.sid
     svc = plan.svc
@@ -291,12 +307,13 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = Fal
     tnext = f"t{n}" if svc.persistent else f"t_{kind}"
     cmds = []
     if not fresh:
-        cmds += [f"flush chain {T} s{n}", f"flush map {T} q{n}"]
+        cmds += [f"flush chain {T} s{n}"] + slots_delete(n, old_slots)
         if had_t:
             cmds.append(f"flush chain {T} t{n}")
     if plan.sequence:
-        elems = ", ".join(f"{i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
-        cmds.append(f"add element {T} q{n} {{ {elems} }}")
+        base = slot_base(n)
+        elems = ", ".join(f"{base + i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
+        cmds.append(f"add element {T} q {{ {elems} }}")
     refresh = f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}" if svc.persistent else ""
     if not svc.ops:
         if svc.key.proto != "udp":
@@ -310,7 +327,7 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = Fal
             cmds.append(f"add rule {T} s{n} meta mark set {key} map @{flow_map(plan)}{refresh} goto {o}")
     if svc.persistent:
         cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} meta mark @live goto t{n}")
-    cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q{n} goto {tnext}")
+    cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q goto {tnext}")
     cmds.append(f"add rule {T} s{n} reject")
     if svc.persistent:
         cmds.append(f"add rule {T} t{n} update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}")
@@ -362,7 +379,7 @@ def dest_delete(plan: ServicePlan, d: DestPlan, in_service_maps: bool = True) ->
     return cmds
 
 
-_MERGED = {"live", "dstats", "nstats", "ostats", "rtm", "dnat4"}
+_MERGED = {"live", "dstats", "nstats", "ostats", "rtm", "dnat4", "q"}
 
 
 def merge_elements(cmds: list[str], chunk: int = 4096) -> list[str]:
