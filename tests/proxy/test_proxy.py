@@ -646,3 +646,35 @@ def test_binds_a_vip_that_is_not_configured_yet(proxy):
     proxy.engine.add_service(Service(k, scheduler="rr"))
     proxy.engine.add_service(Service(ServiceKey("udp", addr, k.port), scheduler="rr"))
     assert [s.key for s in proxy.engine.services()] == [k, ServiceKey("udp", addr, k.port)]
+
+
+def test_start_with_a_rules_file(tmp_path, web, vip):
+    """--config: ipvsadm -S lines applied before the control socket opens; a
+    bad line or a refused rule is reported with file and line, nothing runs."""
+    from halb.context import Context
+
+    ctx = Context(node="cfg", run_dir=tmp_path / "run", engine="proxy")
+    good = tmp_path / "rules"
+    good.write_text(f"# the article's service, weighted\n-A -t {vip[0]}:{vip[1]} -s wrr\n"
+                    f"-a -t {vip[0]}:{vip[1]} -r {web['N1'][0]}:{web['N1'][1]} -m\n"
+                    f"ipvsadm -a -t {vip[0]}:{vip[1]} -r {web['N2'][0]}:{web['N2'][1]} -m -w 2\n")
+    bad_syntax = tmp_path / "bad1"
+    bad_syntax.write_text(f"-A -t {vip[0]}:{vip[1]} -s rr\n\n-a -t {vip[0]}:{vip[1]} -r 127.0.0.1:80 -w lots\n")
+    refused = tmp_path / "bad2"
+    refused.write_text(f"-A -t {vip[0]}:{vip[1]} -s rr\n-a -t {vip[0]}:{vip[1]} -r 127.0.0.1:80 -g\n")
+    for path, line, words in ((bad_syntax, 3, "weight"), (refused, 2, "nft")):
+        r = halb("proxy", "start", "--config", str(path), ctx=ctx)
+        assert r.returncode != 0 and f"{path}:{line}: " in r.stderr and words in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not (ctx.run_dir / "proxy.sock").exists() and not (ctx.run_dir / "proxy.pid").exists()
+    s = socket.socket()  # the first, valid line of the refused file left nothing bound
+    s.bind(vip)
+    s.close()
+    r = halb("proxy", "start", "--config", str(good), ctx=ctx)
+    assert r.returncode == 0, r.stderr
+    try:
+        got = names(fetch(*vip)[0] for _ in range(3))
+        assert sorted(got) == ["N1", "N2", "N2"]
+        assert "applied 3 rules from" in (ctx.run_dir / "proxy.log").read_text()
+    finally:
+        assert halb("proxy", "stop", ctx=ctx).returncode == 0

@@ -4,21 +4,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 from halb.context import Context
-from halb.errors import EngineUnavailable, HalbError, UsageError
+from halb.errors import ConfigError, EngineUnavailable, HalbError, UsageError
 
-USAGE = """usage: halb proxy {run|start|stop|status} [--no-splice] [--wait SECS]
+USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splice] [--wait SECS]
 
   run      run the daemon in the foreground (logs to stderr)
   start    start the daemon in the background (pid file and log in the run dir)
   stop     stop it cleanly (listeners closed, relays ended, socket and pid file removed)
   status   print its state (exit 3 when not running)
 
+  --config FILE run/start: apply these rules (ipvsadm -S lines) before serving;
+                a bad line or a refused rule stops the start, nothing applied
   --no-splice   relay with buffered copies instead of splice(2) (for measurements)
   --wait SECS   stop: how long to wait for the daemon to exit before SIGTERM, then
                 SIGKILL (default 5)
@@ -34,6 +37,7 @@ def _parse(argv):
     p = _Parser(prog="halb proxy", add_help=False, usage=USAGE)
     p.add_argument("action", nargs="?")
     p.add_argument("--no-splice", action="store_true")
+    p.add_argument("--config")
     p.add_argument("--wait", type=float, default=STOP_WAIT)
     p.add_argument("-h", "--help", action="store_true")
     a = p.parse_args(argv)
@@ -66,13 +70,34 @@ def _log_path(ctx):
     return ctx.run_dir / "proxy.log"
 
 
+def load_rules(path: str):
+    """(path, ops, line_of) from a file of ipvsadm rule lines (`ipvsadm -S`
+    output); ConfigError naming file and line on a bad one."""
+    from halb.ipvsadm.parse import parse_restore
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror}") from None
+    try:
+        plan = parse_restore(text)
+    except HalbError as e:
+        m = re.match(r"line (\d+): (.*)", str(e), re.S)
+        if m:
+            raise ConfigError(path, int(m.group(1)), m.group(2)) from None
+        raise ConfigError(path, None, str(e)) from None
+    return path, plan.ops, plan.line_of
+
+
 def cmd_run(ctx: Context, a) -> int:
     from halb.proxy.daemon import run_daemon
 
+    initial = load_rules(a.config) if a.config else None
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s halb-proxy[%(process)d]: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
-    return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice)
+    return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice, initial=initial)
 
 
 def _running(ctx):
@@ -95,8 +120,11 @@ def cmd_start(ctx: Context, a) -> int:
     except OSError as e:
         raise HalbError(f"cannot use run dir {ctx.run_dir}: {e.strerror}") from None
     logf = _log_path(ctx)
+    if a.config:
+        load_rules(a.config)  # a bad line is reported here, before anything starts
     cmd = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
-           "--engine", "proxy", "proxy", "run"] + (["--no-splice"] if a.no_splice else [])
+           "--engine", "proxy", "proxy", "run"] + (["--no-splice"] if a.no_splice else []) + \
+        (["--config", os.path.abspath(a.config)] if a.config else [])
     with open(logf, "ab") as out, open(os.devnull, "rb") as devnull:
         start_at = out.tell()
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out, start_new_session=True,

@@ -57,7 +57,7 @@ import _socket  # the C socket type: no Python-level wrapper on the per-connecti
 import struct
 import time
 
-from halb.errors import HalbError, IpvsError
+from halb.errors import ConfigError, HalbError, IpvsError
 from halb.model import (Conn, Dest, Op, Stats, Table, fmt_hostport, op_from_dict,
                         to_dict)
 from halb.proxy.estimator import INTERVAL, Estimator
@@ -1219,10 +1219,20 @@ class ProxyDaemon:
             writer.close()
 
     # -- life cycle --------------------------------------------------------------
-    async def serve(self, sock_path) -> None:
+    async def serve(self, sock_path, initial=None) -> None:
+        """Serve until stopped. initial: (path, ops, line_of) rules applied, all
+        or nothing, before the control socket opens (ConfigError if refused)."""
         self.loop = asyncio.get_running_loop()
         self.poller = Poller(self.loop)
         self.stopping = asyncio.Event()
+        if initial is not None:
+            path, ops, line_of = initial
+            try:
+                self.execute(ops)
+            except IpvsError as e:
+                self.shutdown()
+                raise ConfigError(path, line_of(getattr(e, "index", None)), str(e)) from None
+            log.info("applied %d rules from %s", len(ops), path)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         try:
@@ -1319,7 +1329,7 @@ class PidLock:
             self.fd = -1
 
 
-def run_daemon(node: str, run_dir, splice: bool = True) -> int:
+def run_daemon(node: str, run_dir, splice: bool = True, initial=None) -> int:
     from pathlib import Path
 
     run_dir = Path(run_dir)
@@ -1345,7 +1355,7 @@ def run_daemon(node: str, run_dir, splice: bool = True) -> int:
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
         try:
-            loop.run_until_complete(daemon.serve(sock_path))
+            loop.run_until_complete(daemon.serve(sock_path, initial))
         except OSError as e:
             raise HalbError(f"cannot serve the control socket {sock_path}: {e.strerror}") from None
         finally:
