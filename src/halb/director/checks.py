@@ -25,6 +25,7 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from halb.director.config import Real, Virtual
@@ -32,8 +33,7 @@ from halb.director.config import Real, Virtual
 MAX_BODY = 1 << 20
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     ok: bool
     msg: str = ""
 
@@ -291,19 +291,25 @@ async def check_external(spec: CheckSpec) -> Result:
 # HTTP family
 
 
+_STATUS_RE = re.compile(r"^HTTP/\d(?:\.\d)?\s+(\d{3})\s*(.*)$")
+
+
 def _parse_http(data: bytes) -> tuple[int, str, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    m = re.match(r"^HTTP/\d(?:\.\d)?\s+(\d{3})\s*(.*)$", lines[0])
+    first, _, rest = head.partition(b"\r\n")
+    m = _STATUS_RE.match(first.decode("latin-1"))
     if not m:
-        raise ValueError(f"not an HTTP response: {lines[0][:60]!r}")
+        raise ValueError(f"not an HTTP response: {first[:60]!r}")
+    status = int(m.group(1))
     headers = {}
-    for h in lines[1:]:
-        k, _, val = h.partition(":")
-        headers[k.strip().lower()] = val.strip()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _dechunk(body)
-    return int(m.group(1)), f"{m.group(1)} {m.group(2)}".strip(), headers, body
+    # headers matter only for redirects and chunked bodies (rare for checks)
+    if 300 <= status < 400 or b"chunked" in rest.lower():
+        for h in rest.decode("latin-1").split("\r\n"):
+            k, _, val = h.partition(":")
+            headers[k.strip().lower()] = val.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = _dechunk(body)
+    return status, f"{m.group(1)} {m.group(2)}".strip(), headers, body
 
 
 def _dechunk(body: bytes) -> bytes:
