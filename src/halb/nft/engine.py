@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import marshal
 import pickle
 import os
 import time
@@ -33,7 +34,8 @@ from halb.nft import nftcli, routing
 from halb.nft import ruleset as rs
 from halb.nft.plan import COUNT_BASED, slot_table
 
-STATE_FILE = "nft-state.pickle"
+STATE_FILE = "nft-state.bin"
+STATE_FORMAT = 1
 LOCK_FILE = "nft.lock"
 SAMPLES_FILE = "nft-samples.json"
 
@@ -163,24 +165,30 @@ class NftEngine(Engine):
             os.close(fd)
 
     def _load(self) -> State:
-        # pickle: the engine's private file in the root-only run dir; loading
-        # 10,000 real servers must cost milliseconds, not a second
+        # marshal of plain values: the engine's private file in the root-only
+        # run dir; loading 10,000 real servers must cost milliseconds
         try:
             with open(self.state_path, "rb") as fh:
-                st = pickle.load(fh)
+                d = marshal.loads(fh.read())
         except FileNotFoundError:
             return State()
         except Exception as e:  # noqa: BLE001 - any unreadable file
             raise HalbError(f"{self.state_path}: corrupt nft engine state ({type(e).__name__}); "
                             f"run 'halb nft flush' to start again") from None
-        if not isinstance(st, State):
+        if not isinstance(d, dict) or d.get("format") != STATE_FORMAT:
             raise HalbError(f"{self.state_path}: not an nft engine state; run 'halb nft flush'")
+        st = State()
+        st.__setstate__(d)
+        st.timeouts = Timeouts(*d["timeouts"])
         return st
 
     def _save(self, st: State) -> None:
+        d = st.__getstate__()
+        d["timeouts"] = (st.timeouts.tcp, st.timeouts.tcpfin, st.timeouts.udp)
+        d["format"] = STATE_FORMAT
         tmp = self.state_path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
-            pickle.dump(st, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.write(marshal.dumps(d))
         os.replace(tmp, self.state_path)
 
     # -- Engine interface --------------------------------------------------
@@ -317,7 +325,7 @@ class NftEngine(Engine):
         # trust the state (a `nft list` costs as much as the edit); when the
         # table vanished behind halb's back the batch fails and is redone in full
         full = force_full or not st.kernel
-        locals_ = routing.local_addrs()
+        locals_ = _LocalAddrs()
         old_keys = set(st.keys())
         timeouts_changed = asdict(timeouts) != asdict(st.timeouts)
         if timeouts_changed:
@@ -391,7 +399,10 @@ class NftEngine(Engine):
                     dests.append(nd)
                     cmds += rs.dest_create(old_plan, nd)
                     continue
-                want = self._dest_plan(st, svc, d, locals_, dp.mid)
+                if dp.live and (dp.fwd == "local" or d.fwd == dp.fwd):
+                    want = rs.DestPlan(dp.mid, dp.addr, dp.port, dp.fwd, dp.ridx)  # unchanged
+                else:
+                    want = self._dest_plan(st, svc, d, locals_, dp.mid)
                 if not dp.live:  # re-added while its old flows lived on
                     cmds += rs.dest_create(old_plan, rs.DestPlan(**{**asdict(want), "fwd": "none"}))
                 if (dp.fwd, dp.ridx, dp.addr, dp.port) != (want.fwd, want.ridx, want.addr, want.port) \
@@ -666,6 +677,18 @@ def _precheck(op: Op, i: int) -> None:
         fail("IPv6 virtual services are not supported by the nft engine yet (use --engine proxy)")
     if op.dest is not None and ":" in op.dest.addr:
         fail("IPv6 real servers are not supported by the nft engine yet (use --engine proxy)")
+
+
+class _LocalAddrs:
+    """This node's addresses, read once and only when a decision needs them."""
+
+    def __init__(self):
+        self._addrs = None
+
+    def __contains__(self, addr) -> bool:
+        if self._addrs is None:
+            self._addrs = routing.local_addrs()
+        return addr in self._addrs
 
 
 class _Kernel:
