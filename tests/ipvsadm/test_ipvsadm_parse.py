@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from halb.errors import IpvsError, UsageError
+from halb.ipvsadm.fmt import ListFormat
 from halb.ipvsadm.parse import NumericResolver, Resolver, parse_argv, parse_restore
 from halb.model import Timeouts
 
@@ -33,8 +34,17 @@ def test_short_clusters_long_forms_and_equals():
     b = parse_argv(["--add-service", "--tcp-service=10.0.0.1:80", "--scheduler", "rr"], NUM)
     assert a.service == b.service
     c = p("-Ln")
-    assert c.cmd == "list" and c.numeric
-    assert parse_argv(["--list", "--numeric", "--stats", "--exact"], NUM).stats
+    assert c.cmd == "list" and c.fmt.numeric
+    assert parse_argv(["--list", "--numeric", "--stats", "--exact"], NUM).fmt.stats
+
+
+def test_listing_options_reach_the_format():
+    assert p("-L -n --rate --exact --nosort").fmt == ListFormat(numeric=True, rate=True, exact=True,
+                                                                 nosort=True)
+    assert p("-L --thresholds --tun-info").fmt == ListFormat(thresholds=True, tun_info=True)
+    assert p("-L -c --persistent-conn").fmt == ListFormat(persistent_conn=True)
+    assert p("-S -n").fmt == ListFormat(numeric=True)
+    assert p("-L").fmt == ListFormat()
 
 
 def test_persistent_optional_timeout():

@@ -13,7 +13,7 @@ from dataclasses import replace
 from halb import __version__
 from halb.engine import open_engine
 from halb.errors import IpvsError, UsageError
-from halb.ipvsadm.fmt import ListFormat, Names, format_conns, format_list, format_save, format_timeout
+from halb.ipvsadm.fmt import Names, format_conns, format_list, format_save, format_timeout
 from halb.ipvsadm.parse import parse_argv, parse_restore
 from halb.model import FWD_METHODS, Op, Table
 
@@ -51,12 +51,6 @@ Options:
   --persistent-conn       --timeout             --exact  --nosort  --sort
 The engine is chosen with `halb --engine proxy|nft` or HALB_ENGINE.
 """
-
-
-def _fmt(cmd) -> ListFormat:
-    return ListFormat(numeric=cmd.numeric, stats=cmd.stats, rate=cmd.rate,
-                      thresholds=cmd.thresholds, persistent_conn=cmd.persistent_conn,
-                      nosort=cmd.nosort, exact=cmd.exact, tun_info=cmd.tun_info)
 
 
 def _engine_defaults(ops, engine) -> list:
@@ -115,15 +109,16 @@ def main(ctx, argv: list[str]) -> int:
                     line = plan.line_of(getattr(e, "index", None))
                     raise IpvsError(f"line {line}: {e} (nothing applied)" if line else str(e)) from None
             return 0
+        fmt = cmd.fmt
         if cmd.cmd == "save":
-            sys.stdout.write(format_save(engine.services(), Names(cmd.numeric), engine.default_fwd,
-                                         nosort=cmd.nosort))
+            sys.stdout.write(format_save(engine.services(), Names(fmt.numeric), engine.default_fwd,
+                                         nosort=fmt.nosort))
             return 0
         if cmd.cmd == "list":
             kind = cmd.list_kind
-            names = Names(cmd.numeric)
+            names = Names(fmt.numeric)
             if kind == "conn":
-                sys.stdout.write(format_conns(engine.connections(), names, cmd.persistent_conn))
+                sys.stdout.write(format_conns(engine.connections(), names, fmt.persistent_conn))
             elif kind == "timeout":
                 sys.stdout.write(format_timeout(engine.timeouts()))
             elif kind == "daemon":
@@ -132,9 +127,9 @@ def main(ctx, argv: list[str]) -> int:
                 svc = engine.get_service(cmd.key)
                 if svc is None:
                     raise IpvsError("No such service")
-                sys.stdout.write(format_list([svc], _fmt(cmd), names, engine.default_fwd, header=False))
+                sys.stdout.write(format_list([svc], fmt, names, engine.default_fwd, header=False))
             else:
-                sys.stdout.write(format_list(engine.services(), _fmt(cmd), names, engine.default_fwd))
+                sys.stdout.write(format_list(engine.services(), fmt, names, engine.default_fwd))
             return 0
         engine.execute(_engine_defaults(cmd.ops(), engine))
         return 0

@@ -11,7 +11,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from halb.model import Conn, Dest, Service, Timeouts
 
@@ -92,6 +92,9 @@ class Names:
 
 @dataclass
 class ListFormat:
+    """The listing options; each field is the ipvsadm option of the same
+    name (-n is numeric, --persistent-conn persistent_conn...)."""
+
     numeric: bool = False
     stats: bool = False
     rate: bool = False
@@ -100,6 +103,11 @@ class ListFormat:
     nosort: bool = False
     exact: bool = False
     tun_info: bool = False
+
+    @classmethod
+    def from_options(cls, options) -> "ListFormat":
+        """From the set of ipvsadm option names given (parse.OPTNAMES)."""
+        return cls(*(f.name.replace("_", "-") in options for f in fields(cls)))
 
 
 # ---------------------------------------------------------------------------

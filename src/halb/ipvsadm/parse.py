@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass, field
 
 from halb.errors import HalbError, IpvsError, UsageError
+from halb.ipvsadm.fmt import ListFormat
 from halb.model import (DEFAULT_PERSISTENCE, DEFAULT_SCHEDULER, MAX_WEIGHT, Dest, Op, Service,
                         ServiceKey, Timeouts)
 
@@ -277,6 +278,19 @@ def parse_sched_flags(sched: str, arg: str) -> tuple[str, ...]:
 # tokenising (popt-like)
 
 
+def _next_word(argv: list[str], i: int, kind: str, spelling: str) -> tuple[str | None, int]:
+    """The argument of an option with none attached, and the index after it:
+    argv[i] when required ("req"); when optional, argv[i] unless it is an
+    option (then None)."""
+    if kind == "req":
+        if i >= len(argv):
+            raise UsageError(f"{spelling}: missing argument")
+        return argv[i], i + 1
+    if i < len(argv) and not argv[i].startswith("-"):
+        return argv[i], i + 1
+    return None, i
+
+
 def _tokens(argv: list[str]):
     """Yield (tag, value, spelling) for options and ("arg", value, value)
     for positional arguments."""
@@ -301,17 +315,9 @@ def _tokens(argv: list[str]):
                 yield (tag, None, spelling)
             elif eq:
                 yield (tag, val, spelling)
-            elif kind == "req":
-                if i >= n:
-                    raise UsageError(f"{spelling}: missing argument")
-                yield (tag, argv[i], spelling)
-                i += 1
-            else:  # optional argument: taken when the next word is not an option
-                if i < n and not argv[i].startswith("-"):
-                    yield (tag, argv[i], spelling)
-                    i += 1
-                else:
-                    yield (tag, None, spelling)
+            else:
+                val, i = _next_word(argv, i, kind, spelling)
+                yield (tag, val, spelling)
         elif a.startswith("-") and len(a) > 1:
             j = 1
             while j < len(a):
@@ -327,16 +333,9 @@ def _tokens(argv: list[str]):
                 rest = a[j + 1:]
                 if rest:
                     yield (tag, rest, spelling)
-                elif kind == "req":
-                    if i >= n:
-                        raise UsageError(f"{spelling}: missing argument")
-                    yield (tag, argv[i], spelling)
-                    i += 1
-                elif i < n and not argv[i].startswith("-"):
-                    yield (tag, argv[i], spelling)
-                    i += 1
                 else:
-                    yield (tag, None, spelling)
+                    val, i = _next_word(argv, i, kind, spelling)
+                    yield (tag, val, spelling)
                 break
         else:
             yield ("arg", a, a)
@@ -354,14 +353,11 @@ class Command:
     service: Service | None = None  # add/edit-service
     dest: Dest | None = None  # add/edit/delete-server
     timeouts: Timeouts | None = None  # set
-    numeric: bool = False
-    stats: bool = False
-    rate: bool = False
-    thresholds: bool = False
-    persistent_conn: bool = False
-    nosort: bool = False
-    exact: bool = False
-    tun_info: bool = False
+
+    @property
+    def fmt(self) -> ListFormat:
+        """The listing options given (-n, --stats, --rate, --nosort...)."""
+        return ListFormat.from_options(self.options)
 
     @property
     def list_kind(self) -> str:
@@ -542,10 +538,7 @@ def parse_argv(argv: list[str], resolver: Resolver | None = None) -> Command:
 
     _generic_opt_check(cmd, given)
 
-    out = Command(cmd, options={OPTNAMES[j] for j in given}, key=key, timeouts=timeouts,
-                  numeric=0 in given, stats=14 in given, rate=15 in given,
-                  thresholds=16 in given, persistent_conn=17 in given, nosort=18 in given,
-                  exact=20 in given, tun_info=28 in given)
+    out = Command(cmd, options={OPTNAMES[j] for j in given}, key=key, timeouts=timeouts)
 
     if cmd in ("add-service", "edit-service"):
         persistent = "p" in vals
