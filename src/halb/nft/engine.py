@@ -28,8 +28,6 @@ from halb.context import Context, has_net_admin
 from halb.engine.base import Engine
 from halb.errors import EngineUnavailable, HalbError, IpvsError
 from halb.model import Conn, Dest, Op, Rates, Service, ServiceKey, Stats, Table, Timeouts
-from pyroute2.netlink.exceptions import NetlinkError
-
 from halb.nft import nftcli, routing
 from halb.nft import ruleset as rs
 from halb.nft.plan import COUNT_BASED, slot_table
@@ -476,7 +474,7 @@ class NftEngine(Engine):
                 retry = True
             else:
                 retry = False
-        except (OSError, HalbError, NetlinkError) as e:
+        except (OSError, HalbError) as e:
             # undo what this call changed outside nft (nft itself changed nothing)
             for ridx in added:
                 if ridx not in routes_before:
@@ -486,8 +484,6 @@ class NftEngine(Engine):
             routing.restore_sysctls({k: v for k, v in st.sysctls.items() if k not in sysctls_before})
             if isinstance(e, HalbError):
                 raise IpvsError(str(e)) from None
-            if isinstance(e, NetlinkError):
-                e = e.args[-1] if e.args else e
             raise IpvsError(f"cannot set up Direct Return routing: {e}") from None
         if retry:  # halb's table was removed by someone else: rebuild it all
             st.kernel = False

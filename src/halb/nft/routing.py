@@ -16,8 +16,29 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+import functools
+
+
+def IPRoute():  # noqa: N802 - pyroute2 is imported only when routing is needed (CLI start-up)
+    from pyroute2 import IPRoute as _IPRoute
+    return _IPRoute()
+
+
+def NetlinkError():  # noqa: N802 - the class, for `except NetlinkError():`
+    from pyroute2.netlink.exceptions import NetlinkError as _E
+    return _E
+
+
+def _os_errors(fn):
+    """Netlink failures surface as OSError with the kernel's message."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except NetlinkError() as e:
+            msg = e.args[-1] if e.args else str(e)
+            raise OSError(f"{fn.__name__.replace('_', ' ')}: {msg}") from None
+    return wrapper
 
 RULE_PREF = 100
 LOCAL_PREF = 150
@@ -30,18 +51,20 @@ def table_for(ridx: int) -> int:
     return TABLE_BASE + ridx
 
 
+@_os_errors
 def local_addrs() -> set[str]:
     with IPRoute() as ip:
         return {a.get_attr("IFA_ADDRESS") for a in ip.get_addr(family=socket.AF_INET)} | \
                {a.get_attr("IFA_LOCAL") for a in ip.get_addr(family=socket.AF_INET) if a.get_attr("IFA_LOCAL")}
 
 
+@_os_errors
 def route_to(addr: str) -> tuple[int, str, str | None]:
     """(ifindex, ifname, gateway or None) of the route to addr."""
     with IPRoute() as ip:
         try:
             r = ip.route("get", dst=addr)[0]
-        except NetlinkError as e:
+        except NetlinkError() as e:
             raise OSError(f"no route to real server {addr} ({e.args[-1] if e.args else e})") from None
         oif = r.get_attr("RTA_OIF")
         gw = r.get_attr("RTA_GATEWAY")
@@ -49,6 +72,7 @@ def route_to(addr: str) -> tuple[int, str, str | None]:
     return oif, name, gw
 
 
+@_os_errors
 def connected_net(addr: str) -> str | None:
     """The prefix of a local interface address that contains addr."""
     target = ipaddress.ip_address(addr)
@@ -60,6 +84,7 @@ def connected_net(addr: str) -> str | None:
     return None
 
 
+@_os_errors
 def connected_nets(addrs) -> list[str]:
     """The connected prefixes containing any of addrs (one netlink dump)."""
     targets = [ipaddress.ip_address(a) for a in addrs]
@@ -72,7 +97,7 @@ def connected_nets(addrs) -> list[str]:
     return sorted(out)
 
 
-def _rules(ip: IPRoute) -> list:
+def _rules(ip) -> list:
     return list(ip.get_rules(family=socket.AF_INET))
 
 
@@ -80,11 +105,12 @@ def _rule_table(r) -> int:
     return r.get_attr("FRA_TABLE") or r["table"]
 
 
-def local_rule_at_zero(ip: IPRoute) -> bool:
+def local_rule_at_zero(ip) -> bool:
     return any((r.get_attr("FRA_PRIORITY") or 0) == 0 and _rule_table(r) == RT_TABLE_LOCAL
                and not r.get_attr("FRA_FWMARK") for r in _rules(ip))
 
 
+@_os_errors
 def move_local_rule() -> bool:
     """Move `0: lookup local` to LOCAL_PREF; True when it was moved now."""
     with IPRoute() as ip:
@@ -95,6 +121,7 @@ def move_local_rule() -> bool:
         return True
 
 
+@_os_errors
 def restore_local_rule(only_if_moved: bool = False) -> None:
     """Put `lookup local` back at pref 0 (only_if_moved: only when halb's
     LOCAL_PREF copy is there, e.g. after a lost state file)."""
@@ -106,10 +133,11 @@ def restore_local_rule(only_if_moved: bool = False) -> None:
             ip.rule("add", table=RT_TABLE_LOCAL, priority=0)
         try:
             ip.rule("del", table=RT_TABLE_LOCAL, priority=LOCAL_PREF)
-        except NetlinkError:
+        except NetlinkError():
             pass
 
 
+@_os_errors
 def add_route(ridx: int, mark: int, rip: str) -> None:
     """Rule + table sending packets with `mark` to rip's MAC."""
     oif, _, gw = route_to(rip)
@@ -125,6 +153,7 @@ def add_route(ridx: int, mark: int, rip: str) -> None:
         ip.rule("add", table=table, priority=RULE_PREF, fwmark=mark, fwmask=0xFFFFFFFF)
 
 
+@_os_errors
 def del_route(ridx: int, mark: int) -> None:
     table = table_for(ridx)
     with IPRoute() as ip:
@@ -133,14 +162,15 @@ def del_route(ridx: int, mark: int) -> None:
                 try:
                     ip.rule("del", table=table, priority=r.get_attr("FRA_PRIORITY") or 0,
                             fwmark=mark, fwmask=0xFFFFFFFF)
-                except NetlinkError:
+                except NetlinkError():
                     pass
         try:
             ip.flush_routes(table=table)
-        except NetlinkError:
+        except NetlinkError():
             pass
 
 
+@_os_errors
 def halb_rules() -> list[tuple[int, int, int]]:
     """(pref, fwmark, table) of every rule pointing at a halb table."""
     out = []
@@ -152,6 +182,7 @@ def halb_rules() -> list[tuple[int, int, int]]:
     return out
 
 
+@_os_errors
 def remove_all(route_marks: dict[int, int]) -> None:
     """Every halb rule and table (those in route_marks and any stray one)."""
     for ridx, mark in route_marks.items():
@@ -160,11 +191,11 @@ def remove_all(route_marks: dict[int, int]) -> None:
         for pref, mark, table in halb_rules():
             try:
                 ip.rule("del", table=table, priority=pref, fwmark=mark, fwmask=0xFFFFFFFF)
-            except NetlinkError:
+            except NetlinkError():
                 pass
             try:
                 ip.flush_routes(table=table)
-            except NetlinkError:
+            except NetlinkError():
                 pass
 
 
