@@ -28,6 +28,7 @@ fo/lc/wlc keep the newest of equal candidates).
 from __future__ import annotations
 
 import time
+from math import gcd
 from dataclasses import dataclass
 
 from halb.errors import IpvsError
@@ -152,6 +153,26 @@ def make_scheduler(service: Service) -> Scheduler:
 
 def now_default(now: float | None) -> float:
     return time.monotonic() if now is None else now
+
+
+def need_packet(pkt: Packet | None, name: str) -> Packet:
+    """The packet, which the hashing and locality schedulers cannot do without."""
+    if pkt is None:
+        raise ValueError(f"the {name} scheduler needs the packet's addresses")
+    return pkt
+
+
+def gcd_max(weights) -> tuple[int, int]:
+    """(gcd of the positive weights or 0 when none, largest weight), as
+    ip_vs_wrr_gcd_weight / ip_vs_mh_gcd_weight and the max-weight walks."""
+    g = 0
+    mx = 0
+    for w in weights:
+        if w > 0:
+            g = gcd(w, g) if g > 0 else w
+        if w > mx:
+            mx = w
+    return g, mx
 
 
 # the scheduler modules register themselves (they import the names above)

@@ -8,10 +8,9 @@ indexes into the `dests` list last given to `update()`.
 from __future__ import annotations
 
 from functools import lru_cache
-from math import gcd
 
 from halb.model import Dest
-from halb.sched import Packet, Scheduler, register
+from halb.sched import Packet, Scheduler, gcd_max, need_packet, register
 from halb.sched.hashing import GOLDEN_RATIO_PRIME_32, addr_fold, hsiphash_u32
 
 DH_TAB_BITS = 8  # CONFIG_IP_VS_DH_TAB_BITS default
@@ -32,12 +31,6 @@ def _mh_hash(v: int, key: tuple[int, int]) -> int:
 
 def _unavailable(d: Dest) -> bool:
     return d.weight <= 0 or d.overloaded
-
-
-def _need(pkt: Packet | None, name: str) -> Packet:
-    if pkt is None:
-        raise ValueError(f"the {name} scheduler needs the packet's addresses")
-    return pkt
 
 
 # --------------------------------------------------------------------------
@@ -64,7 +57,7 @@ class DestinationHashing(Scheduler):
         self.table = [n - 1 - (i % n) for i in range(self.size)]
 
     def schedule(self, dests, pkt=None, now=None):
-        pkt = _need(pkt, self.name)
+        pkt = need_packet(pkt, self.name)
         if not self.table:
             return None
         h = (addr_fold(pkt.dst) * GOLDEN_RATIO_PRIME_32) & (self.size - 1)
@@ -118,7 +111,7 @@ class SourceHashing(Scheduler):
         return (port + addr_fold(pkt.src)) & 0xFFFFFFFF
 
     def schedule(self, dests, pkt=None, now=None):
-        pkt = _need(pkt, self.name)
+        pkt = need_packet(pkt, self.name)
         table = self.table
         if not table:
             return None
@@ -191,14 +184,7 @@ class MaglevHashing(Scheduler):
         if n > self.size:  # the kernel refuses (-EINVAL); keep the old table
             return
         korder = list(range(n - 1, -1, -1))  # kernel order -> table index
-        g = 0
-        mx = 0
-        for idx in korder:
-            w = lw[dests[idx].ident]
-            if w > 0:
-                g = gcd(w, g) if g > 0 else w
-            if w > mx:
-                mx = w
+        g, mx = gcd_max(lw.values())
         if g < 1:
             self.table = None
             return
@@ -235,7 +221,7 @@ class MaglevHashing(Scheduler):
         self.table = table
 
     def schedule(self, dests, pkt=None, now=None):
-        pkt = _need(pkt, self.name)
+        pkt = need_packet(pkt, self.name)
         table = self.table
         if table is None:
             return None

@@ -13,8 +13,9 @@ if the same address:port is added back.
 from __future__ import annotations
 
 from halb.model import Dest
-from halb.sched import Scheduler, now_default, register
+from halb.sched import Scheduler, need_packet, now_default, register
 from halb.sched.hashing import addr_fold, hash_32
+from halb.sched.simple import conn_overhead, wlc_pick
 
 TAB_BITS = 10  # CONFIG_IP_VS_LBLC_TAB_BITS / CONFIG_IP_VS_LBLCR_TAB_BITS default
 CHECK_EXPIRE_INTERVAL = 60.0
@@ -22,28 +23,6 @@ ENTRY_TIMEOUT = 6 * 60.0
 DEFAULT_EXPIRATION = 24 * 60 * 60.0  # net.ipv4.vs.lblc_expiration / lblcr_expiration
 COUNT_FOR_FULL_EXPIRATION = 30
 MAX_CATCHUP_TICKS = 10000
-
-
-def conn_overhead(d: Dest) -> int:
-    return (d.activeconns << 8) + d.inactconns
-
-
-def wlc_pick(dests: list[Dest]) -> Dest | None:
-    """__ip_vs_lblc(r)_schedule: weighted least-connection over the service,
-    in kernel order, skipping overloaded servers and weight 0."""
-    least = None
-    loh = lw = 0
-    for d in reversed(dests):
-        if d.overloaded:
-            continue
-        if least is None:
-            if d.weight > 0:
-                least, loh, lw = d, conn_overhead(d), d.weight
-            continue
-        doh = conn_overhead(d)
-        if loh * d.weight > doh * lw:
-            least, loh, lw = d, doh, d.weight
-    return least
 
 
 def locality_overloaded(dest: Dest, dests: list[Dest]) -> bool:
@@ -163,11 +142,9 @@ class LocalityLeastConnection(_LocalityBase):
         return [en.dest.ident]
 
     def schedule(self, dests, pkt=None, now=None):
-        if pkt is None:
-            raise ValueError("the lblc scheduler needs the packet's addresses")
+        daddr = need_packet(pkt, self.name).dst
         now = now_default(now)
         self._timers(now)
-        daddr = pkt.dst
         en = self.entries.get(daddr)
         if en is not None:
             en.lastuse = now
@@ -251,11 +228,9 @@ class LocalityLeastConnectionReplicated(_LocalityBase):
         return most
 
     def schedule(self, dests, pkt=None, now=None):
-        if pkt is None:
-            raise ValueError("the lblcr scheduler needs the packet's addresses")
+        daddr = need_packet(pkt, self.name).dst
         now = now_default(now)
         self._timers(now)
-        daddr = pkt.dst
         s = self.entries.get(daddr)
         if s is not None:
             s.lastuse = now

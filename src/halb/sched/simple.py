@@ -6,10 +6,8 @@ docstring): index k of the kernel list is dests[n-1-k].
 """
 from __future__ import annotations
 
-from math import gcd
-
 from halb.model import Dest
-from halb.sched import NO_DEST, Scheduler, register
+from halb.sched import NO_DEST, Scheduler, gcd_max, register
 
 
 OVERLOADED = NO_DEST + ": all destinations are overloaded"
@@ -23,6 +21,26 @@ def _ident_list(dests: list[Dest]) -> list[tuple[str, int]]:
 def conn_overhead(d: Dest) -> int:
     """ip_vs_dest_conn_overhead(): activeconns*256 + inactconns."""
     return (d.activeconns << 8) + d.inactconns
+
+
+def wlc_pick(dests: list[Dest]) -> Dest | None:
+    """Weighted least-connection over the list in kernel order: least
+    overhead/weight, compared as loh*w_d > doh*w_least so the earlier server
+    keeps ties; overloaded and weight 0 servers are never chosen
+    (ip_vs_wlc_schedule; lblc and lblcr fall back to the same walk)."""
+    least = None
+    loh = lw = 0
+    for d in reversed(dests):
+        if d.overloaded:
+            continue
+        if least is None:
+            if d.weight > 0:
+                least, loh, lw = d, (d.activeconns << 8) + d.inactconns, d.weight
+            continue
+        doh = (d.activeconns << 8) + d.inactconns
+        if loh * d.weight > doh * lw:
+            least, loh, lw = d, doh, d.weight
+    return least
 
 
 # --------------------------------------------------------------------------
@@ -93,14 +111,7 @@ class WeightedRoundRobin(Scheduler):
         self._started = False
 
     def update(self, dests: list[Dest]) -> None:
-        g = 0
-        mx = 0
-        for d in dests:
-            w = d.weight
-            if w > 0:
-                g = gcd(w, g) if g > 0 else w
-            if w > mx:
-                mx = w
+        g, mx = gcd_max(d.weight for d in dests)
         di = g or 1
         self.cl = -1
         self.di = di
@@ -183,19 +194,7 @@ class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
     def schedule(self, dests, pkt=None, now=None):
-        least = None
-        loh = lw = 0
-        for d in reversed(dests):
-            if d.overloaded:
-                continue
-            if least is None:
-                if d.weight > 0:
-                    least, loh, lw = d, (d.activeconns << 8) + d.inactconns, d.weight
-                continue
-            doh = (d.activeconns << 8) + d.inactconns
-            if loh * d.weight > doh * lw:
-                least, loh, lw = d, doh, d.weight
-        return least
+        return wlc_pick(dests)
 
 
 @register
