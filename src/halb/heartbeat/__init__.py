@@ -1,0 +1,32 @@
+"""halb heartbeat: membership, authenticated beats and failover (the article's §4-§5).
+
+    halb [--node N1] heartbeat -c HA_DIR run      # foreground daemon (HA_DIR: ha.cf, authkeys, haresources)
+    halb [--node N1] heartbeat status | nodes | standby | takeover
+
+Layers (pure cores, thin shell):
+- config.py      ha.cf (read in order, as heartbeat), authkeys (mode 0600, crc refused on UDP
+                 unless `halb_allow_crc on`), haresources (groups, `R::a::b`, bare IP = IPaddr,
+                 `IPAddr2` spelling, `\\` continuation). ConfigError(file, line, msg) everywhere.
+- packet.py      signed beat packets (HMAC-MD5/SHA1/SHA256 or CRC32), per-start generation +
+                 sequence; ReplayGuard drops replayed / out-of-order / old-generation packets.
+- membership.py  up / late (warntime) / dead (deadtime) per node and per link, initdead grace,
+                 ping nodes (deadping), and "our own loop ran late" (no peer judged on our stall).
+- ownership.py   who should hold each group: ipfail ping score, takeover/standby claims,
+                 auto_failback on|off|legacy (legacy behaves as on), preferred node; fencing targets.
+- transport.py   bcast / mcast / ucast UDP sockets bound to their interface; ICMP for ping nodes.
+- daemon.py      the asyncio shell: beats, ticks, decisions, STONITH, control socket
+                 (RUN_DIR/heartbeat.sock), logs in heartbeat's words, clean shutdown (resources
+                 released in reverse order, shutdown notice so peers take over at once).
+- worker.py      resource agents run in a helper process, never in the beat loop's interpreter.
+- stonith.py     `stonith_host HOST|* external CMD ARGS` (CMD ARGS reset NODE; 0 = off) and
+                 `stonith_host * labpower LABNAME [LABROOT]` (the lab's power switch).
+
+Differences from heartbeat 3 worth knowing:
+- halb's own packet format (not interoperable with heartbeat nodes); node identity by name.
+- serial links, CRM/pacemaker, autojoin are not supported (serial/baud: warning; crm: error).
+- `realtime on` runs every thread of the daemon SCHED_FIFO and locks its memory; children
+  (scripts, the director, respawned programs) start at normal priority.
+- A node starting while its resources still run (a crash left the VIP on its interface)
+  stops them before joining.
+- `halb_allow_crc on` is halb's addition (crc keys are otherwise refused on UDP links).
+"""

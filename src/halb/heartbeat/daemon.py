@@ -198,7 +198,7 @@ class Daemon:
         v = {self.me: NodeView(True, self.held(), self.claim, self.mem.ping_score(), True)}
         for n in self.mem.peers:
             p = self.payloads.get(n)
-            v[n] = NodeView(self.mem.alive(n), frozenset(p.get("held", ())) if p else frozenset(),
+            v[n] = NodeView(self.mem.alive(n), frozenset(self.last_held.get(n, ())),
                             int(p.get("claim", 0)) if p else 0, int(p.get("ping", 0)) if p else 0, p is not None)
         return v
 
