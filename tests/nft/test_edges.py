@@ -148,3 +148,20 @@ def test_concurrent_cli_calls_are_serialised(director_lab):
         assert f"{lab.addr(20 + i)}:80" in out, out
     rtm = d.sh("nft list map inet halb rtm").stdout
     assert rtm.count("0x4b") == 6, rtm
+
+
+def test_table_removed_behind_halbs_back_is_rebuilt(director_lab):
+    lab, d = director_lab
+    vip = lab.vip
+    lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", vip], check=True)
+    try:
+        d.ipvsadm("-A", "-t", f"{vip}:80", "-s", "rr")
+        d.ipvsadm("-a", "-t", f"{vip}:80", "-r", f"{lab.node('N1').ip}:80", "-g")
+        d.ipvsadm("-a", "-t", f"{vip}:80", "-r", f"{lab.node('N2').ip}:80", "-g")
+        d.sh("nft delete table inet halb")
+        # the next change notices and rebuilds the whole table
+        d.ipvsadm("-e", "-t", f"{vip}:80", "-r", f"{lab.node('N2').ip}:80", "-g", "-w", "2")
+        got = [get(lab, f"http://{vip}/testcluster.html") for _ in range(4)]
+        assert set(got) == {"N1", "N2"}, got
+    finally:
+        lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"])

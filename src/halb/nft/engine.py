@@ -485,8 +485,10 @@ class NftEngine(Engine):
             if isinstance(e, HalbError):
                 raise IpvsError(str(e)) from None
             raise IpvsError(f"cannot set up Direct Return routing: {e}") from None
-        if retry:  # halb's table was removed by someone else: rebuild it all
+        if retry:  # halb's table was removed by someone else (or the namespace is
+            # new): rebuild it all, routing included
             st.kernel = False
+            st.local_moved = False
             return self._sync(st, new_services, timeouts, None, refresh_only, force_full=True)
         st.kernel = True
         for ridx in list(rip_of):
