@@ -158,6 +158,13 @@ def test_two_labs_coexist_and_down_removes_everything(make_lab):
     assert sleeper.poll() is not None
     # b is untouched
     assert b.http_get("client0", f"http://{b.node('N1').ip}/testcluster.html")[1] == "N1\n"
+    nginx = b.nginx_pid("N1")
+    assert nginx in b.pids("N1")
+    b.nginx_stop("N1")
+    assert b.nginx_pid("N1") is None and nginx not in b.pids("N1")
+    with pytest.raises(LabError, match="refused"):
+        b.http_get("client0", f"http://{b.node('N1').ip}:{b.nginx_port}/testcluster.html")
+    assert b.http_get("client0", f"http://{b.node('N1').ip}/testcluster.html")[1] == "N1\n"
     b.down()
     assert _leftovers(b.name, b.dir) == []
 

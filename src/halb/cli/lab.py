@@ -87,15 +87,7 @@ def main(ctx, argv: list[str]) -> int:
         lab = Lab(nodes=args.nodes, clients=args.clients, apache=not args.no_apache,
                   nginx=args.nginx, name=args.name, subnet=args.subnet,
                   gateway=args.gateway, persistent=True)
-        try:
-            lab.up()
-        except BaseException:
-            lab.down()
-            raise
-        if args.json:
-            print(json.dumps(lab.describe(), indent=2))
-        else:
-            _print_status(lab)
+        _print_status(lab.build(), args.json)
         return 0
     if args.cmd == "down":
         if args.all:
@@ -116,11 +108,7 @@ def main(ctx, argv: list[str]) -> int:
             print(f"lab {st.name}: removed " + (", ".join(removed) or "nothing"))
         return 0
     if args.cmd == "status":
-        lab = _attach(args.name)
-        if args.json:
-            print(json.dumps(lab.describe(), indent=2))
-        else:
-            _print_status(lab)
+        _print_status(_attach(args.name), args.json)
         return 0
     if args.cmd == "exec":
         lab = _attach(args.name)
@@ -153,8 +141,11 @@ def main(ctx, argv: list[str]) -> int:
     raise UsageError("lab: missing sub-command (up|down|status|exec|apache|link)")
 
 
-def _print_status(lab: Lab) -> None:
+def _print_status(lab: Lab, as_json: bool = False) -> None:
     d = lab.describe()
+    if as_json:
+        print(json.dumps(d, indent=2))
+        return
     print(f"lab {d['name']}: subnet {d['subnet']}  VIP {d['vip']}  switch {d['switch']} ({d['bridge']})  dir {d['dir']}")
     if d.get("gateway"):
         print(f"  NAT variant: clients and VIP on public LAN {d['public_subnet']} ({d['public_bridge']}), "

@@ -52,6 +52,7 @@ API (stable; used by the tests and benches of nft, director, heartbeat, dsh)::
         lab.freeze("N1"); lab.thaw("N1"); lab.kill_node("N1")  # SIGSTOP/SIGCONT/SIGKILL all
         lab.http_get("client0", "http://VIP/testcluster.html", timeout=5) -> (200, "N1\\n")
         lab.curl("client0", "http://VIP/testcluster.html")     # the real curl
+    Lab(...).build()  # up() that removes what it built when it fails (as `with` does)
     Lab.attach(name)  # an existing lab (from `halb lab up`)
     Lab(..., persistent=True)  # a lab meant to outlive its creating process
                                # (as `halb lab up` does); others count as stale

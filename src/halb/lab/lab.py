@@ -303,6 +303,11 @@ class Lab:
 
     # ---- life cycle ------------------------------------------------------
     def __enter__(self) -> "Lab":
+        return self.build()
+
+    def build(self) -> "Lab":
+        """up(); if that fails, down() before the error goes on: nothing
+        half-built is left behind."""
         try:
             self.up()
         except BaseException:
@@ -505,7 +510,7 @@ class Lab:
 
     # ---- web servers -----------------------------------------------------
     def _web_root(self, n: Node) -> Path:
-        root = Path(n.dir) / "www"
+        root = self._www(n)
         for d in (root, root / "htdocs", root / "logs", root / "run"):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o755)
@@ -513,19 +518,36 @@ class Lab:
         (root / "htdocs" / "index.html").write_text(index_html(n.name))
         return root
 
-    def apache_conf_path(self, node) -> Path:
-        return Path(self.node(self._name(node)).dir) / "www" / "httpd.conf"
+    def _www(self, node) -> Path:
+        """The node's web root (configs, htdocs, logs, pid files)."""
+        return Path(self.node(self._name(node)).dir) / "www"
 
-    def apache_log(self, node, which: str = "access_log") -> Path:
-        return Path(self.node(self._name(node)).dir) / "www" / "logs" / which
-
-    def apache_pid(self, node) -> int | None:
-        f = Path(self.node(self._name(node)).dir) / "www" / "run" / "httpd.pid"
+    def _server_pid(self, node, pid_file: str) -> int | None:
+        """The live process named by the node's www/run/<pid_file>, or None."""
         try:
-            pid = int(f.read_text().strip())
+            pid = int((self._www(node) / "run" / pid_file).read_text().strip())
         except (OSError, ValueError):
             return None
         return pid if nsu._alive(pid) else None
+
+    def _server_stop(self, node, pid: int | None, timeout: float) -> None:
+        """SIGTERM a web server's main process and wait for it and its
+        children to be gone (SIGKILL after `timeout`)."""
+        if pid is None:
+            return
+        kids = [p for p in self.pids(node) if _ppid(p) == pid]
+        os.kill(pid, signal.SIGTERM)
+        if not nsu.wait_gone([pid] + kids, timeout):
+            nsu.kill_pids([pid] + kids, grace=0)
+
+    def apache_conf_path(self, node) -> Path:
+        return self._www(node) / "httpd.conf"
+
+    def apache_log(self, node, which: str = "access_log") -> Path:
+        return self._www(node) / "logs" / which
+
+    def apache_pid(self, node) -> int | None:
+        return self._server_pid(node, "httpd.pid")
 
     def apache_running(self, node) -> bool:
         return self.apache_pid(node) is not None
@@ -560,13 +582,7 @@ class Lab:
     def apache_stop(self, node, timeout: float = 10) -> None:
         """Stop Apache on the node and wait until it is gone."""
         n = self.node(self._name(node))
-        pid = self.apache_pid(n.name)
-        if pid is None:
-            return
-        kids = [p for p in self.pids(n) if _ppid(p) == pid]
-        os.kill(pid, signal.SIGTERM)
-        if not nsu.wait_gone([pid] + kids, timeout):
-            nsu.kill_pids([pid] + kids, grace=0)
+        self._server_stop(n, self.apache_pid(n), timeout)
 
     def nginx_start(self, node, wait: bool = True) -> None:
         n = self.node(self._name(node))
@@ -586,22 +602,11 @@ class Lab:
                 time.sleep(0.02)
 
     def nginx_pid(self, node) -> int | None:
-        f = Path(self.node(self._name(node)).dir) / "www" / "run" / "nginx.pid"
-        try:
-            pid = int(f.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if nsu._alive(pid) else None
+        return self._server_pid(node, "nginx.pid")
 
     def nginx_stop(self, node, timeout: float = 10) -> None:
         n = self.node(self._name(node))
-        pid = self.nginx_pid(n.name)
-        if pid is None:
-            return
-        kids = [p for p in self.pids(n) if _ppid(p) == pid]
-        os.kill(pid, signal.SIGTERM)
-        if not nsu.wait_gone([pid] + kids, timeout):
-            nsu.kill_pids([pid] + kids, grace=0)
+        self._server_stop(n, self.nginx_pid(n), timeout)
 
     def _wait_port(self, n: Node, port: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

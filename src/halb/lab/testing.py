@@ -23,12 +23,7 @@ def make_lab():
     def factory(**kw):
         lab = Lab(**kw)
         labs.append(lab)
-        try:
-            lab.up()
-        except BaseException:
-            lab.down()
-            raise
-        return lab
+        return lab.build()
 
     try:
         yield factory
