@@ -267,3 +267,32 @@ def test_execute_starts_and_stops_other_instances(proxy, tmp_path):
         halb(ctx, "director", str(parent), "stop")
         assert halb(ctx, "director", str(child), "status", check=False).returncode == 3
         assert dests(ctx, vport2) is None and dests(ctx, vport) is None
+
+
+def test_debug_mode_logs_checks_and_table_edits_then_stale_pid(proxy, tmp_path):
+    ctx = proxy
+    vport = servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        cfg = write_cfg(tmp_path / "dbg.cf", vport, n1.port, n2.port)
+        p = subprocess.Popen([sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
+                              "--engine", "proxy", "director", "-d", str(cfg), "start"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: dests(ctx, vport) and len(dests(ctx, vport)) == 2, what="both up")
+            time.sleep(1.5)  # a few more checks
+        finally:
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        assert f"DEBUG2: Checking negotiate: real server=127.0.0.1:{n2.port} (virtual=tcp:127.0.0.1:{vport})" in err
+        assert f"DEBUG2: engine proxy: ipvsadm -a -t 127.0.0.1:{vport} -r 127.0.0.1:{n1.port} -m -w 1" in err
+        assert f"Added real server: 127.0.0.1:{n1.port} (127.0.0.1:{vport}) (Weight set to 1)" in err
+        assert f"Purged virtual server (stop): 127.0.0.1:{vport}" in err
+        assert dests(ctx, vport) is None
+        # a pid file left by a killed director: status says stale (exit 1), start works
+        (ctx.run_dir / "director.dbg.cf.pid").write_text("999999\n")
+        r = halb(ctx, "director", str(cfg), "status", check=False)
+        assert r.returncode == 1 and "stale pid file" in r.stderr
+        halb(ctx, "director", str(cfg), "start")
+        wait_for(lambda: dests(ctx, vport) and len(dests(ctx, vport)) == 2, what="both up again")
+        halb(ctx, "director", str(cfg), "stop")
