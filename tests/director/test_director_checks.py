@@ -346,3 +346,22 @@ def test_sip_udp_and_tcp():
         for proto in ("udp", "tcp"):
             r = down(spec(f"service=sip\nprotocol={proto}", f"127.0.0.1:{sip.port} masq", vport=5060))
             assert "503" in r.msg
+
+
+def test_ipv6_connect_and_http(tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with socket.socket(socket.AF_INET6) as ls:
+        try:
+            ls.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1")
+        ls.listen()
+        port = ls.getsockname()[1]
+        cfg = parse_text(f"checktimeout=5\nvirtual6=[::1]:80\n\treal6=[::1]:{port} masq\n\tchecktype=connect\n",
+                         "t.cf")
+        v = cfg.virtuals[0]
+        s = checks.CheckSpec.build(v, v.reals[0])
+        assert (s.host, s.port) == ("::1", port)
+        up(s)
+    down(s)

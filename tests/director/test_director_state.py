@@ -210,3 +210,33 @@ def test_reconcile_recreates_a_flushed_service():
     assert h.table.services[KEY].scheduler == "rr"
     # nothing to do when the service is there (hand edits inside it are left alone)
     assert h.core.reconcile(h.table.config_services(), h.t) == []
+
+
+# -- property: whatever the sequence of results, the table is what it should be
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(quiescent=st.booleans(), fallback=st.booleans(), failurecount=st.integers(1, 3),
+       events=st.lists(st.tuples(st.sampled_from([R1, R2]), st.booleans(), st.booleans()), max_size=40))
+def test_table_always_matches_the_states(quiescent, fallback, failurecount, events):
+    g = f"failurecount={failurecount}\n" + ("quiescent=yes\n" if quiescent else "") + \
+        ("fallback=127.0.0.1:8080 masq\n" if fallback else "")
+    h = Harness(globals_=g)  # every edit goes through Table.apply: a refused op fails the test
+    weights = {R1: 3, R2: 2}
+    for rkey, ok, maint in events:
+        h.res(rkey, ok and not maint, force=maint)
+        vs = h.core.vs[VID]
+        want = {}
+        for k, rs in vs.reals.items():
+            if rs.up:
+                want[k] = weights[k]
+            elif quiescent:
+                want[k] = 0
+        if fallback and not any(rs.up for rs in vs.reals.values()):
+            want[("127.0.0.1", 8080)] = 1
+        assert h.dests() == want
+        for rs in vs.reals.values():
+            assert rs.failcount < failurecount or not rs.up
