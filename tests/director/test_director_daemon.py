@@ -296,3 +296,14 @@ def test_debug_mode_logs_checks_and_table_edits_then_stale_pid(proxy, tmp_path):
         halb(ctx, "director", str(cfg), "start")
         wait_for(lambda: dests(ctx, vport) and len(dests(ctx, vport)) == 2, what="both up again")
         halb(ctx, "director", str(cfg), "stop")
+
+
+def test_forwarding_method_the_engine_cannot_do_is_refused_with_its_line(proxy, tmp_path):
+    ctx = proxy
+    cfg = tmp_path / "gate.cf"
+    cfg.write_text("checkinterval=1\nvirtual=127.0.0.1:9\n\treal=127.0.0.1:10 masq\n\treal=127.0.0.1:11 gate\n")
+    r = halb(ctx, "director", str(cfg), "start", check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"halb: {cfg}:4: forwarding method 'gate' is not supported by the proxy engine "
+                                "(Direct Return needs the kernel engine: --engine nft)")
+    assert dests(ctx, 9) is None  # nothing half-applied

@@ -415,6 +415,12 @@ class Director:
         self._warn(new)
         try:
             live = await self.engine_call("services")
+            self._check_engine(new)
+        except ConfigError as e:
+            msg = f"Reload failed, keeping the running configuration: {e}"
+            log.error(msg)
+            self.last_reload_error = str(e)
+            return False, msg
         except HalbError as e:
             msg = f"Reload failed, cannot read the table: {e}"
             log.error(msg)
@@ -434,6 +440,22 @@ class Director:
         await self.children("stop", sorted(old - new))
         await self.children("reload_or_start", sorted(old & new))
         await self.children("start", sorted(new - old))
+
+    def _check_engine(self, cfg: Config) -> None:
+        """Refuse forwarding methods the engine cannot do, naming the line
+        (rather than edits refused one by one at run time)."""
+        methods = getattr(self.engine, "fwd_methods", ()) or ()
+        if not methods:
+            return
+        for v in cfg.virtuals:
+            items = [(r.fwd, r.line) for r in v.reals]
+            if v.fallback is not None:
+                items.append((v.fallback.fwd, v.line))
+            for fwd, line in items:
+                if fwd not in methods:
+                    hint = " (Direct Return needs the kernel engine: --engine nft)" if fwd == "gate" else ""
+                    raise ConfigError(cfg.path, line, f"forwarding method '{fwd}' is not supported by the "
+                                                      f"{self.ctx.engine} engine{hint}")
 
     def _warn(self, cfg: Config) -> None:
         for w in cfg.warnings:
@@ -497,6 +519,7 @@ class Director:
         pidf, sockf = pid_path(self.ctx, self.config_path), sock_path(self.ctx, self.config_path)
         self.info(f"Starting halb director (Linux Director compatible) with pid: {os.getpid()}")
         live = await self.engine_call("services")
+        self._check_engine(self.cfg)
         self.core = DirectorCore(self.cfg)
         self.core.verbose = self.debug
         try:
