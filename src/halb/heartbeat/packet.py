@@ -53,10 +53,20 @@ class Packet:
     key: int = 0
 
 
+_TEMPLATES: dict = {}
+
+
 def _mac(method: str, secret: bytes, data: bytes) -> bytes:
     if method == "crc":
         return struct.pack("!I", zlib.crc32(data) & 0xFFFFFFFF)
-    return hmac.digest(secret, data, method)
+    # keyed HMAC state made once per key and copied per packet: looking the digest up by
+    # name on every packet costs more than the HMAC itself with OpenSSL 3
+    t = _TEMPLATES.get((method, secret))
+    if t is None:
+        t = _TEMPLATES[(method, secret)] = hmac.new(secret, digestmod=method)
+    h = t.copy()
+    h.update(data)
+    return h.digest()
 
 
 def encode_body(payload: dict) -> bytes:
