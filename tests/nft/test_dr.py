@@ -75,7 +75,11 @@ def test_cleanup_leaves_other_tables_and_rules(director_lab):
     d.ipvsadm("-e", "-t", f"{lab.vip}:80", "-r", f"{lab.node('N2').ip}:80", "-g", "-w", "3")
     mid = d.snapshot()
     assert mid != before and "table inet halb" in mid["ruleset"] and "table inet mine" in mid["ruleset"]
+    st = d.halb("nft", "status").stdout
+    assert "services: 1" in st and "present" in st and "local rule moved: yes" in st, st
     d.halb("nft", "flush")
+    st = d.halb("nft", "status").stdout
+    assert "services: 0" in st and "absent" in st and "ip rule" not in st, st
     assert d.snapshot() == before
     # the engine forgot the table too
     assert d.ipvsadm("-L", "-n").stdout.count("->") <= 1
