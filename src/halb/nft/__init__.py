@@ -40,6 +40,6 @@ What the kernel does (one table `inet halb`, see ruleset.py):
 
 Not done / differences from IPVS: IPv6; locally generated traffic to a VIP is
 not balanced (only packets arriving on an interface); SYN_RECV / TIME_WAIT
-states are not distinguished; a Local real server with a port different from
-the virtual port is served on the virtual port.
+states are not distinguished. As in IPVS, a Local real server is served on
+the virtual port whatever port it was given.
 """
