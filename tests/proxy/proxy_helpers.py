@@ -2,6 +2,7 @@
 and real back ends (tests/proxy/backend.py processes) on loopback."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -67,6 +68,26 @@ class Proxy:
 
         self.engine = connect(self.ctx)
         return self
+
+    @contextlib.contextmanager
+    def foreground(self, prefix=()):
+        """`halb proxy run` started under `prefix` (a capability drop, a
+        descriptor limit...), its output in proxy.log; yields (process, engine)
+        once the control socket answers, kills the process if still running."""
+        from halb.proxy.client import connect
+
+        self.ctx.run_dir.mkdir(parents=True)
+        with open(self.ctx.run_dir / "proxy.log", "wb") as log:
+            proc = subprocess.Popen([*prefix, sys.executable, "-m", "halb", "--node", self.ctx.node,
+                                     "--run-dir", str(self.ctx.run_dir), "proxy", "run"],
+                                    stdout=log, stderr=log)
+            try:
+                yield proc, wait_for(lambda: (self.ctx.run_dir / "proxy.sock").exists() and connect(self.ctx),
+                                     what="daemon")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
     def log(self) -> str:
         try:

@@ -442,23 +442,13 @@ def test_runs_without_any_privilege(tmp_path, web, vip):
     """No capability at all (as a plain user): loopback VIPs on high ports work,
     a privileged port is refused with the reason."""
     import shutil
-    import subprocess
-    import sys
-
-    from halb.proxy.client import connect
 
     pre = []
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("needs setpriv to drop root's capabilities")
         pre = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
-    p = Proxy(tmp_path / "run")
-    p.ctx.run_dir.mkdir(parents=True)
-    log = open(p.ctx.run_dir / "proxy.log", "wb")
-    proc = subprocess.Popen(pre + [sys.executable, "-m", "halb", "--node", p.ctx.node, "--run-dir",
-                                   str(p.ctx.run_dir), "proxy", "run"], stdout=log, stderr=log)
-    try:
-        eng = wait_for(lambda: (p.ctx.run_dir / "proxy.sock").exists() and connect(p.ctx), what="daemon")
+    with Proxy(tmp_path / "run").foreground(pre) as (proc, eng):
         with open(f"/proc/{proc.pid}/status") as f:
             assert "CapEff:\t0000000000000000" in f.read()
         setup_http(eng, vip, web, "rr")
@@ -475,11 +465,6 @@ def test_runs_without_any_privilege(tmp_path, web, vip):
         eng.stop()
         eng.close()
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_half_close_is_relayed(proxy, web, vip):
@@ -553,19 +538,9 @@ def test_ipv6_service(proxy, tmp_path):
 def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
     """With a tiny descriptor limit the daemon refuses or copies, never dies:
     once connections end it serves normally again."""
-    import subprocess
-    import sys
-
-    from halb.proxy.client import connect
-
     p = Proxy(tmp_path / "run")
-    p.ctx.run_dir.mkdir(parents=True)
-    log = open(p.ctx.run_dir / "proxy.log", "wb")
-    proc = subprocess.Popen(["prlimit", "--nofile=40", sys.executable, "-m", "halb", "--node", p.ctx.node,
-                             "--run-dir", str(p.ctx.run_dir), "proxy", "run"], stdout=log, stderr=log)
     held = []
-    try:
-        eng = wait_for(lambda: (p.ctx.run_dir / "proxy.sock").exists() and connect(p.ctx), what="daemon")
+    with p.foreground(["prlimit", "--nofile=40"]) as (proc, eng):
         setup_http(eng, vip, web, "rr")
         hung = 0
         for _ in range(24):  # each relay takes 2 sockets (and 2 pipes when splicing): past the limit
@@ -588,11 +563,6 @@ def test_out_of_descriptors_degrades_without_breaking(tmp_path, web, vip):
         eng.stop()
         eng.close()
         assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     assert "Traceback" not in p.log()
 
 
@@ -614,7 +584,7 @@ def test_stop_a_daemon_that_does_not_answer(tmp_path):
     """A frozen daemon is signalled, then killed, and its files removed."""
     import signal
 
-    from conftest import alive
+    from proxy_helpers import alive
 
     p = Proxy(tmp_path / "run").start()
     try:

@@ -166,13 +166,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _read_pid(ctx) -> int | None:
-    try:
-        return int(_pid_path(ctx).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _locked_pid(ctx) -> int | None:
     """The pid of the daemon holding the node's pid file locked, or None."""
     import fcntl

@@ -21,10 +21,6 @@ from dataclasses import dataclass, field
 from halb.dsh.errors import DshUsageError
 from halb.errors import ConfigError
 
-CONF_KEYS = ("remoteshell", "remoteshellopt", "forklimit", "waitshell",
-             "showmachinenames", "verbose", "timeout")
-
-
 @dataclass
 class DshConf:
     """Values read from dsh.conf files; None means 'not set'."""

@@ -94,6 +94,14 @@ _SO_LINGER_RST = struct.pack("ii", 1, 0)
 SYN_RECV = "SYN_RECV"
 
 
+def _set_rst(sock) -> None:
+    """Make close() reset the connection (SO_LINGER 0) rather than end it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _SO_LINGER_RST)
+    except OSError:
+        pass
+
+
 def _supported_check(ops: list[Op]) -> None:
     """Refuse what only the kernel engine can do, naming it."""
     for i, op in enumerate(ops):
@@ -156,12 +164,6 @@ class SvcRT:
         return self.dests[(d.addr, d.port)]
 
 
-def _conn_active(drt: DestRT) -> None:
-    d = drt.dest
-    d.activeconns += 1
-    update_overload(d)
-
-
 def _conn_inactive(drt: DestRT) -> None:
     d = drt.dest
     d.inactconns += 1
@@ -185,12 +187,6 @@ def _inactive_to_active(drt: DestRT) -> None:
 def _inactive_gone(drt: DestRT) -> None:
     d = drt.dest
     d.inactconns -= 1
-    update_overload(d)
-
-
-def _active_gone(drt: DestRT) -> None:
-    d = drt.dest
-    d.activeconns -= 1
     update_overload(d)
 
 
@@ -567,10 +563,7 @@ class TcpConn:
             return
         for s in (self.csock, self.bsock):
             if s is not None:
-                try:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _SO_LINGER_RST)
-                except OSError:
-                    pass
+                _set_rst(s)
         self.finish("CLOSE")
 
     def account(self):
@@ -659,13 +652,21 @@ class UdpFlow:
         self.tpl = tpl
 
 
-class UdpListener:
+class _Listener:
+    """A virtual service's bound socket, read by the event loop."""
+
     def __init__(self, px: "ProxyDaemon", svc: SvcRT, sock):
         self.px = px
         self.svc = svc
         self.sock = sock
         self.fd = sock.fileno()
 
+    def close(self):
+        self.px.loop.remove_reader(self.fd)
+        self.sock.close()
+
+
+class UdpListener(_Listener):
     def start(self):
         self.px.loop.add_reader(self.fd, self.on_readable)
 
@@ -715,17 +716,10 @@ class UdpListener:
                 st.outpkts += 1
                 st.outbytes += n
 
-    def close(self):
-        self.px.loop.remove_reader(self.fd)
-        self.sock.close()
 
-
-class TcpListener:
+class TcpListener(_Listener):
     def __init__(self, px: "ProxyDaemon", svc: SvcRT, sock):
-        self.px = px
-        self.svc = svc
-        self.sock = sock
-        self.fd = sock.fileno()
+        super().__init__(px, svc, sock)
         self.family = int(sock.family)
 
     def start(self):
@@ -765,10 +759,6 @@ class TcpListener:
     def _resume(self):
         if self.sock.fileno() >= 0:
             self.px.loop.add_reader(self.fd, self.on_accept)
-
-    def close(self):
-        self.px.loop.remove_reader(self.fd)
-        self.sock.close()
 
 
 def bind_socket(key) -> socket.socket:
@@ -864,29 +854,31 @@ class ProxyDaemon:
                 self._drop_template(tpl)
                 tpl = None
             if tpl is None:
-                d = svc.sched.schedule(svc.dlist, Packet(caddr, cport, svc.key.addr, svc.key.port, proto))
-                if d is None:
-                    return self._nodest(svc)
-                drt = svc.by_dest(d)
+                drt = self._schedule(svc, caddr, cport, proto)
+                if drt is None:
+                    return None, None
                 tpl = self.persist.create(svc.key, cnet, drt, now)
                 drt.dest.persistconns += 1
             self.persist.use(tpl, now)
             drt = tpl.dest
         else:
-            d = svc.sched.schedule(svc.dlist, Packet(caddr, cport, svc.key.addr, svc.key.port, proto))
-            if d is None:
-                return self._nodest(svc)
-            drt = svc.by_dest(d)
+            drt = self._schedule(svc, caddr, cport, proto)
+            if drt is None:
+                return None, None
         svc.stats.conns += 1
         drt.dest.stats.conns += 1
         return drt, tpl
 
-    def _nodest(self, svc: SvcRT):
+    def _schedule(self, svc: SvcRT, caddr: str, cport: int, proto: str) -> DestRT | None:
+        """The scheduler's pick, or None (logged at most once a second per service)."""
+        d = svc.sched.schedule(svc.dlist, Packet(caddr, cport, svc.key.addr, svc.key.port, proto))
+        if d is not None:
+            return svc.by_dest(d)
         now = time.monotonic()
         if now - svc.nodest_logged >= 1.0:
             svc.nodest_logged = now
             log.warning("%s: %s - no destination available", svc.cfg.scheduler, svc.key)
-        return None, None
+        return None
 
     def _drop_template(self, tpl) -> None:
         self.persist.drop(tpl)
@@ -895,10 +887,7 @@ class ProxyDaemon:
     def new_tcp(self, svc: SvcRT, csock, caddr) -> None:
         drt, tpl = self.choose(svc, caddr[0], caddr[1], "tcp", self.loop.time())
         if drt is None:
-            try:
-                csock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _SO_LINGER_RST)
-            except OSError:
-                pass
+            _set_rst(csock)
             csock.close()
             return
         conn = TcpConn(self, svc, drt, csock, caddr, tpl)
