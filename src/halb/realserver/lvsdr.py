@@ -160,14 +160,18 @@ class System:
         except NetlinkError as e:
             if (op == "add" and e.code == 17) or (op == "del" and e.code == 99):
                 return
-            raise RealServerError(f"cannot {op} {vip}/32 on lo: {e.args[1] if len(e.args) > 1 else e}") from None
+            raise RealServerError(f"cannot {op} {vip}/32 on lo: {_nl_text(e)}") from None
+
+    def _ifnames(self) -> dict:
+        """{interface index: name}."""
+        return {l["index"]: l.get("IFLA_IFNAME") for l in self.ipr.get_links()}
 
     def lan_iface(self, vip: str) -> str:
         """The interface that reaches `vip`: the one whose subnet holds it,
         else the route to it (the VIP may already sit on lo)."""
         import ipaddress
         ip = ipaddress.IPv4Address(vip)
-        names = {l["index"]: l.get("IFLA_IFNAME") for l in self.ipr.get_links()}
+        names = self._ifnames()
         for a in self.ipr.get_addr(family=2):
             name = names.get(a["index"])
             if name in (None, "lo") or a["prefixlen"] == 32:
@@ -179,7 +183,7 @@ class System:
         try:
             routes = self.ipr.route("get", dst=vip)
         except NetlinkError as e:
-            raise RealServerError(f"no route to VIP {vip} ({e.args[1] if len(e.args) > 1 else e}): "
+            raise RealServerError(f"no route to VIP {vip} ({_nl_text(e)}): "
                                   f"cannot find the LAN interface, use --interface") from None
         oif = routes[0].get("RTA_OIF") if routes else None
         name = names.get(oif)
@@ -189,7 +193,7 @@ class System:
 
     def held(self) -> dict:
         """Addresses up on interfaces other than lo: {ip: iface}."""
-        names = {l["index"]: l.get("IFLA_IFNAME") for l in self.ipr.get_links()}
+        names = self._ifnames()
         out = {}
         for a in self.ipr.get_addr(family=2):
             name = names.get(a["index"])
@@ -368,6 +372,11 @@ class RealServer:
             ifaces.append(row)
         return {"state": "degraded" if problems else "running", "vips": vips,
                 "interfaces": ifaces, "problems": problems, "state_file": str(self.state_path)}
+
+
+def _nl_text(e) -> str:
+    """The kernel's words of a NetlinkError."""
+    return e.args[1] if len(e.args) > 1 else str(e)
 
 
 def check_vip_or_error(vip: str) -> str:

@@ -68,9 +68,6 @@ class Scheduler:
     def schedule(self, dests: list[Dest], pkt: Packet | None = None, now: float | None = None) -> Dest | None:
         raise NotImplementedError
 
-    def conn_done(self, dest: Dest) -> None:
-        """A connection to dest ended (no kernel scheduler needs it; kept for engines)."""
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
