@@ -206,8 +206,6 @@ class Lab:
         if not NAME_RE.match(name):
             raise LabError(f"lab name '{name}' must be 1-12 letters or digits")
         self.name = name
-        self.sid = name[-6:].lower()   # short id used in interface names
-        self.n_nodes, self.n_clients = nodes, clients
         self.want_apache, self.want_nginx, self.nginx_port = apache, nginx, nginx_port
         base = Path(state_dir) if state_dir else lab_root() / name
         self.dir = base
@@ -221,8 +219,6 @@ class Lab:
         if net.prefixlen > 24 or net.version != 4:
             raise LabError(f"lab subnet {subnet} must be an IPv4 /24 or larger")
         self.net = net
-        self.subnet = str(net)
-        self.prefixlen = net.prefixlen
         self.gateway = gateway or ""
         self.pub_net = None
         if gateway:
@@ -245,7 +241,7 @@ class Lab:
             g = next(n for n in nodes_l if n.name == gateway)
             short = f"n{g.index}"
             g.pub_ip, g.pub_iface, g.pub_port = self.addr(1, public=True), f"f{self.sid}{short}", f"q{self.sid}{short}"
-        self.state = LabState(name=name, dir=str(base), subnet=self.subnet, vip=self.vip,
+        self.state = LabState(name=name, dir=str(base), subnet=str(net), vip=self.vip,
                               switch_ns=f"halb-{name}-sw", bridge=f"br{self.sid}",
                               nodes=nodes_l, creator_pid=os.getpid(), gateway=self.gateway,
                               public_subnet=str(self.pub_net) if gateway else "",
@@ -261,6 +257,19 @@ class Lab:
         if net is None:
             raise LabError("this lab has no public LAN (build it with gateway='N1')")
         return str(net.network_address + host)
+
+    @property
+    def sid(self) -> str:
+        """Short id used in interface and bridge names."""
+        return self.name[-6:].lower()
+
+    @property
+    def subnet(self) -> str:
+        return str(self.net)
+
+    @property
+    def prefixlen(self) -> int:
+        return self.net.prefixlen
 
     @property
     def public_subnet(self) -> str:
@@ -437,15 +446,12 @@ class Lab:
         st = LabState.load((root or lab_root()) / name / "state.json")
         lab = cls.__new__(cls)
         lab.name = st.name
-        lab.sid = st.name[-6:].lower()
         lab.state = st
         lab.dir = Path(st.dir)
         lab.net = ipaddress.ip_network(st.subnet)
         lab.gateway = st.gateway
         lab.pub_net = ipaddress.ip_network(st.public_subnet) if st.public_subnet else None
-        lab.subnet, lab.prefixlen, lab.vip = st.subnet, lab.net.prefixlen, st.vip
-        lab.n_nodes, lab.n_clients = len([n for n in st.nodes if n.kind == "node"]), \
-            len([n for n in st.nodes if n.kind == "client"])
+        lab.vip = st.vip
         lab.want_apache, lab.want_nginx, lab.nginx_port = True, False, 8080
         lab._popens = []
         lab._up = True
