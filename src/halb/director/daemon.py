@@ -584,6 +584,12 @@ class Director:
                     f.unlink()
                 except FileNotFoundError:
                     pass
+            errf = self.ctx.run_dir / f"director.{cfg_name(self.config_path)}.start.err"
+            try:
+                if errf.stat().st_size == 0:  # the daemon's stderr: kept only when it says something
+                    errf.unlink()
+            except OSError:
+                pass
             if self.engine is not None:
                 await loop.run_in_executor(self.executor, self.engine.close)
             self.executor.shutdown(wait=False)
