@@ -25,7 +25,7 @@ from halb.context import Context
 from halb.director import alerts, checks
 from halb.director.config import Config, load
 from halb.director.state import Alert, Command, DirectorCore, Edit, Log, Monitor, fmt_hp
-from halb.errors import ConfigError, EngineUnavailable, HalbError, IpvsError
+from halb.errors import ConfigError, EngineUnavailable, HalbError
 
 log = logging.getLogger("halb.director")
 RECONCILE_EVERY = 5  # seconds between checks that our virtual services are still in the table
