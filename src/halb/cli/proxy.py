@@ -222,7 +222,9 @@ def cmd_stop(ctx: Context, a) -> int:
             how = "killed (it did not stop when asked)"
             if not _wait_gone(pid, a.wait):
                 raise HalbError(f"halb proxy for node {ctx.node} (pid {pid}) did not stop")
-    for leftover in (ctx.run_dir / "proxy.sock", _pid_path(ctx)):  # after a kill
+    from halb.proxy.client import socket_path
+
+    for leftover in (socket_path(ctx), _pid_path(ctx)):  # after a kill
         try:
             leftover.unlink()
         except FileNotFoundError:
@@ -243,7 +245,9 @@ def cmd_status(ctx: Context, a) -> int:
         eng.close()
     up = int(st["uptime"])
     print(f"halb proxy for node {st['node']}: running (pid {st['pid']}, up {up // 3600}h{up // 60 % 60:02d}m{up % 60:02d}s)")
-    print(f"  control socket: {ctx.run_dir / 'proxy.sock'}")
+    from halb.proxy.client import socket_path
+
+    print(f"  control socket: {socket_path(ctx)}")
     print(f"  data path:      {'splice for large transfers' if st['splice'] else 'buffered copy'} "
           f"({st['bytes_spliced']} bytes spliced, {st['bytes_copied']} copied by ended connections)")
     print(f"  services:       {st['services']} ({st['dests']} real servers)")

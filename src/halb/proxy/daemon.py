@@ -955,7 +955,6 @@ class ProxyDaemon:
             raise
         # -- from here on nothing fails: swap
         now = self.loop.time() if self.loop else time.monotonic()
-        old_table = self.table
         self.table = new
         for k in removed:
             self._remove_service(k)
@@ -987,7 +986,6 @@ class ProxyDaemon:
             elif op.kind == "set-timeouts":
                 t = new.timeouts
                 log.info("timeouts set: tcp %d tcpfin %d udp %d", t.tcp, t.tcpfin, t.udp)
-        del old_table
 
     def _sync_dests(self, svc: SvcRT, cfg, now: float, sched) -> None:
         sched_changed = sched is not None
