@@ -208,7 +208,12 @@ def test_autoreload_fallback_and_fallbackcommand(proxy, tmp_path):
     cmd.chmod(0o755)
     with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2, \
             servers.NginxSite(tmp_path / "fb", "sorry") as fb:
-        extra = f"autoreload=yes\nfallback=127.0.0.1:{fb.port} masq\nfallbackcommand=\"{cmd}\"\n"
+        cb_out = tmp_path / "callback.log"
+        cb = tmp_path / "cb.sh"
+        cb.write_text(f"#!/bin/sh\necho \"$@\" >> {cb_out}\n")
+        cb.chmod(0o755)
+        extra = (f"autoreload=yes\nfallback=127.0.0.1:{fb.port} masq\nfallbackcommand=\"{cmd}\"\n"
+                 f"callback=\"{cb}\"\n")
         cfg = write_cfg(tmp_path / "auto.cf", vport, n1.port, n2.port, extra_global=extra)
         halb(ctx, "director", str(cfg), "start")
         both = {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 1}
@@ -229,6 +234,8 @@ def test_autoreload_fallback_and_fallbackcommand(proxy, tmp_path):
         wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 4}, timeout=15, what="autoreload")
         log = (ctx.run_dir / "director.auto.cf.log").read_text()
         assert f"Configuration file '{cfg}' has changed on disk" in log
+        # callback= runs with the configuration file as its argument
+        wait_for(lambda: cb_out.exists() and cb_out.read_text().split() == [str(cfg)], timeout=10, what="callback")
         halb(ctx, "director", str(cfg), "stop")
 
 
