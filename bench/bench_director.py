@@ -14,6 +14,7 @@
    HAProxy doing the same 2,000 HTTP checks every second (the baseline).
 
 usage: python3 bench/bench_director.py [--trials 3] [--reals 2000] [--seconds 20] [--skip-detect|--skip-capacity]
+                                      [--lab]   (detection also in the namespace lab, nft engine: root)
 """
 from __future__ import annotations
 
@@ -107,8 +108,8 @@ class Probe:
 # 1. detection
 
 
-async def trial(kill, is_removed, restore, probe_port, jitter: float) -> tuple[float, int]:
-    probe = Probe(probe_port)
+async def trial(kill, is_removed, restore, probe_port, jitter: float, probe=None) -> tuple[float, int]:
+    probe = probe or Probe(probe_port)
     task = asyncio.ensure_future(probe.run())
     # a random instant within the check period: trials are not phase-locked
     # to the checks (restore() returns right after a check)
@@ -237,6 +238,84 @@ backend be
                                              fport, 0.2 if inter else 2.0)))
         finally:
             servers.stop(proc)
+    return out
+
+
+# --------------------------------------------------------------------------
+# 1b. detection in the namespace lab: the article's cluster, nft engine,
+#     Direct Return, Apache on N2 SIGKILLed
+
+
+class LabProbe(Probe):
+    """The probe from inside client0 (sockets created in its namespace)."""
+
+    def __init__(self, lab, period: float = 0.01):
+        super().__init__(80, period)
+        self.lab = lab
+
+    async def one(self, t0: float) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.lab.socket("client0")
+        s.setblocking(False)
+        try:
+            async with asyncio.timeout(1):
+                await loop.sock_connect(s, (self.lab.vip, 80))
+                await loop.sock_sendall(s, b"GET /testcluster.html HTTP/1.0\r\nHost: x\r\n\r\n")
+                data = b""
+                while True:
+                    b = await loop.sock_recv(s, 4096)
+                    if not b:
+                        break
+                    data += b
+            self.results.append((t0, data.startswith(b"HTTP/1.1 200")))
+        except (OSError, asyncio.TimeoutError):
+            self.results.append((t0, False))
+        finally:
+            s.close()
+
+
+def lab_detect(interval: float, trials: int) -> list[tuple[float, int]]:
+    from halb.cli.director import control
+    from halb.lab import Lab
+
+    out = []
+    with Lab(nodes=2, clients=1, apache=True) as lab:
+        n1, n2 = lab.node("N1"), lab.node("N2")
+        lab.run("N1", ["ip", "addr", "add", f"{lab.vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
+        lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", lab.vip], check=True)
+        cfg = Path(lab.dir) / f"detect{interval}.cf"
+        cfg.write_text(f"checkinterval={interval}\nchecktimeout=1\n"
+                       f"virtual={lab.vip}:80\n\tchecktype=negotiate\n\tservice=http\n\tscheduler=rr\n"
+                       f"\treal={n1.ip}:80 gate 1 \"testcluster.html\", \"N1\"\n"
+                       f"\treal={n2.ip}:80 gate 1 \"testcluster.html\", \"N2\"\n")
+        halb_n1 = [sys.executable, "-m", "halb", "--engine", "nft", "director", str(cfg)]
+        lab.run("N1", halb_n1 + ["start"], check=True, timeout=60)
+        ctx = Context(node="N1", run_dir=lab.node_run_dir("N1"), engine="nft")
+        try:
+            def n2_weight():
+                st = control(ctx, cfg, "status")["status"]
+                return {r["real"]: r["weight"] for r in st["virtuals"][0]["reals"]}.get(f"{n2.ip}:80")
+
+            wait_for(lambda: n2_weight() == 1, timeout=60, step=0.05)
+
+            def kill():
+                apache = [p for p in lab.pids("N2") if "apache2" in " ".join(psutil.Process(p).cmdline())]
+                for p in apache:
+                    os.kill(p, signal.SIGKILL)
+
+            def restore():
+                wait_for(lambda: lab.apache_pid("N2") is None, timeout=10, step=0.05)
+                lab.apache_start("N2")
+                wait_for(lambda: n2_weight() == 1, timeout=60, step=0.05)
+                time.sleep(0.3)
+
+            for _ in range(trials):
+                out.append(asyncio.run(trial(kill, lambda: n2_weight() is None, restore, 80, interval,
+                                             probe=LabProbe(lab))))
+        finally:
+            lab.run("N1", halb_n1 + ["stop"], timeout=60)
+            lab.run("N1", [sys.executable, "-m", "halb", "--engine", "nft", "nft", "flush"], timeout=60)
+            lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"], timeout=60)
     return out
 
 
@@ -382,6 +461,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--skip-detect", action="store_true")
     ap.add_argument("--skip-capacity", action="store_true")
+    ap.add_argument("--lab", action="store_true",
+                    help="also measure detection in the namespace lab (nft engine, Direct Return; needs root)")
     a = ap.parse_args()
     for b in ("nginx", "haproxy", "taskset"):
         if not shutil.which(b):
@@ -405,6 +486,14 @@ def main() -> int:
             for r in det:
                 print(f"  {r['system']:<45} {r['removal_s_median']:7.3f} s  (x{r['removal_s_median'] / base:5.2f} "
                       f"of haproxy defaults)  failed requests: {r['failed_requests_median']}  trials={r['removal_s']}")
+        if a.lab:
+            labdet = [summarize("lab, nft engine, DR: halb checkinterval=1", lab_detect(1, a.trials)),
+                      summarize("lab, nft engine, DR: halb checkinterval=0.2", lab_detect(0.2, a.trials))]
+            report["lab_detection"] = labdet
+            print("\n== namespace lab (article's cluster): Apache on N2 SIGKILLed -> N2 out of the table ==")
+            for r in labdet:
+                print(f"  {r['system']:<45} {r['removal_s_median']:7.3f} s  failed requests: "
+                      f"{r['failed_requests_median']}  trials={r['removal_s']}")
         if not a.skip_capacity:
             proc, port = wildcard_nginx(tmp)
             try:
