@@ -17,12 +17,11 @@ import base64
 import fcntl
 import json
 import marshal
-import pickle
 import os
+import pickle
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
 
 from halb.context import Context, has_net_admin
 from halb.engine.base import Engine

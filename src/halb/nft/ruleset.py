@@ -37,7 +37,6 @@ exists); a route mark is ROUTE_BASE | index of the real server's address.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 
 from halb.model import Service, Timeouts
@@ -239,7 +238,7 @@ def service_delete(plan: ServicePlan, old_slots=()) -> list[str]:
         cmds += persist_delete(n)
     cmds += slots_delete(n, old_slots)
     for d in plan.dests:
-        cmds.extend(dest_delete(plan, d, in_service_maps=False))
+        cmds.extend(dest_delete(plan, d))
     return cmds
 
 
@@ -371,7 +370,7 @@ def dest_retire(plan: ServicePlan, d: DestPlan) -> list[str]:
             f"delete element {T} nstats {{ {m} }}"]
 
 
-def dest_delete(plan: ServicePlan, d: DestPlan, in_service_maps: bool = True) -> list[str]:
+def dest_delete(plan: ServicePlan, d: DestPlan) -> list[str]:
     cmds = []
     if d.live:
         cmds += dest_retire(plan, d)
