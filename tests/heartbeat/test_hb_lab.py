@@ -300,3 +300,25 @@ def test_bcast_and_ucast_links(make_lab, tmp_path, kind):
         wait_for(lambda: c.status("N2")["links"] == {f"N1:{lab.node('N2').iface}": "dead"}, 5, what="link dead")
     finally:
         c.close()
+
+
+@pytest.mark.timeout(120)
+def test_takeover_survives_a_dead_agent_helper(cluster_factory):
+    """The resource agents run in a helper process; if it dies, the takeover still happens."""
+    import psutil
+
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    helpers = psutil.Process(c.status("N2")["pid"]).children()
+    assert len(helpers) == 1
+    helpers[0].kill()
+    wait_for(lambda: not helpers[0].is_running() or helpers[0].status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD),
+             5, what="the helper gone")
+    down_node(lab, "N1")
+    c.procs.pop("N1")
+    wait_for(lambda: c.vip_on("N2"), 10, what="N2 to take over with a new helper")
+    assert "the resource agent helper died" in c.log("N2")
+    assert len(psutil.Process(c.status("N2")["pid"]).children()) == 1

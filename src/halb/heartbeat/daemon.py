@@ -509,8 +509,17 @@ class Daemon:
                     if not ok:
                         self.log("error", f"{a} stop failed: {res}")
 
+    def _new_worker(self):
+        return AgentWorker([list(g.group.resources) for g in self.groups], ha_dir=self.ha.dir, node=self.me,
+                           run_dir=self.run_dir, engine=self.engine, rt_prio=self._rt_prio)
+
     async def agent(self, g, ri, op):
         """Run one agent operation in the helper process; (ok, result or error)."""
+        if not self.worker.alive():
+            self.log("error", f"the resource agent helper died (exit {self.worker.proc.returncode}): restarting it")
+            old = self.worker
+            self.worker = self._new_worker()
+            await asyncio.to_thread(old.close)
         ok, res, logs = await asyncio.to_thread(self.worker.call, op, g.index, ri)
         for level, msg in logs:
             self.log(level, msg)
@@ -538,8 +547,8 @@ class Daemon:
                 rt_prio = max(1, min(49, os.sched_get_priority_max(os.SCHED_FIFO) - 1))
             except (OSError, AttributeError):
                 rt_prio = 0
-        self.worker = AgentWorker([list(g.group.resources) for g in self.groups], ha_dir=self.ha.dir, node=self.me,
-                                  run_dir=self.run_dir, engine=self.engine, rt_prio=rt_prio if os.geteuid() == 0 else 0)
+        self._rt_prio = rt_prio if os.geteuid() == 0 else 0
+        self.worker = self._new_worker()
         await self.clean_leftovers()
         for ln in cfg.links:
             where = f"{ln.addr}:{ln.port}" if ln.addr else f"port {ln.port}"

@@ -87,6 +87,9 @@ class AgentWorker:
         self.conn.send((specs, str(ha_dir), node, str(run_dir), engine, rt_prio))
         self.lock = threading.Lock()
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def call(self, op, gi, ri, timeout=120.0):
         """Blocking: run one agent operation; returns (ok, result-or-error, logs)."""
         with self.lock:
@@ -106,7 +109,7 @@ class AgentWorker:
             pass
         try:
             self.proc.wait(5)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, ChildProcessError):
             self.proc.kill()
             self.proc.wait(2)
         self.conn.close()
