@@ -148,6 +148,14 @@ def test_concurrent_cli_calls_are_serialised(director_lab):
         assert f"{lab.addr(20 + i)}:80" in out, out
     rtm = d.sh("nft list map inet halb rtm").stdout
     assert rtm.count("0x4b") == 6, rtm
+    # -S / -C / -R round trip through the kernel engine
+    saved = d.ipvsadm("-S", "-n").stdout
+    assert saved.count("-a -t") == 6, saved
+    d.ipvsadm("-C")
+    r = lab.run("N1", [sys.executable, "-m", "halb", "--engine", "nft", "ipvsadm", "-R"], input=saved)
+    assert r.returncode == 0, r.stderr
+    assert d.ipvsadm("-S", "-n").stdout == saved
+    assert d.sh("nft list map inet halb rtm").stdout.count("0x4b") == 6
 
 
 def test_table_removed_behind_halbs_back_is_rebuilt(director_lab):
