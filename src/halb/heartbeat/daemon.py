@@ -242,7 +242,8 @@ class Daemon:
         self.last_held[pkt.node] = held
         self.handle_events(self.mem.beat(pkt.node, link, now))
         busy = bool(p.get("busy"))
-        if not busy and self.peer_busy.get(pkt.node, True):
+        # the peer finished taking or giving up resources (or, first heard, already holds some)
+        if not busy and (self.peer_busy.get(pkt.node) or (pkt.node not in self.peer_busy and held)):
             self.log("info", "remote resource transition completed.")
         self.peer_busy[pkt.node] = busy
         if prev is None or prev.get("held") != p.get("held") or prev.get("claim") != p.get("claim") \
