@@ -140,8 +140,9 @@ class Probe:
 
 
 class Demo:
-    def __init__(self, fast: bool = True, article_timers: bool = False, hold: float = 0.0):
-        self.hold = hold
+    def __init__(self, fast: bool = True, article_timers: bool = False, hold: float = 0.0,
+                 keep: bool = False):
+        self.hold, self.keep = hold, keep
         if article_timers:
             self.timers = dict(keepalive="2", deadtime="10", warntime="6", initdead="20")
         else:
@@ -335,7 +336,10 @@ class Demo:
             for node in list(self.procs):
                 self.stop_node(node)
             self.lab.down()
-            shutil.rmtree(self.base, ignore_errors=True)
+            if self.keep:
+                say(f"configs and logs kept in {self.base}")
+            else:
+                shutil.rmtree(self.base, ignore_errors=True)
             say("clean: no namespace, rule or process left")
 
 

@@ -25,6 +25,7 @@ def main(ctx, argv):
                    help="heartbeat with the article's timers (keepalive 2 s, deadtime 10 s) and checks every 10 s")
     p.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
                    help="keep the cluster up this long before taking it down")
+    p.add_argument("--keep", action="store_true", help="keep the generated configs and logs")
     args = p.parse_args(argv)
     from halb import demo
 
@@ -34,4 +35,4 @@ def main(ctx, argv):
         raise UsageError("demo: the full cluster needs root (network namespaces, nftables); "
                          "run it as root, or try `halb demo --loopback`")
     return demo.Demo(fast=not args.article_timers, article_timers=args.article_timers,
-                     hold=args.hold).run()
+                     hold=args.hold, keep=args.keep).run()
