@@ -11,6 +11,11 @@ import shutil
 
 import pytest
 
+# No test may change this machine's own network set-up through the nft
+# engine: it refuses to work in the initial namespace while this is set
+# (lab nodes are separate namespaces and are not affected).
+os.environ.setdefault("HALB_NFT_HOST_GUARD", "1")
+
 pytest_plugins = ["halb.lab.testing"]
 
 

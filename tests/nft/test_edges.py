@@ -118,7 +118,7 @@ def test_controller_keeps_wlc_exact(director_lab):
 
 def test_host_namespace_is_protected(director_lab):
     """In the machine's own namespace the engine refuses to change anything
-    (without HALB_NFT_HOST=1); inside a lab node it works. Only the check is
+    (the suite sets HALB_NFT_HOST_GUARD=1; without HALB_NFT_HOST=1); inside a lab node it works. Only the check is
     called here in the root namespace: nothing is ever applied there."""
     from halb.nft.engine import in_initial_netns, check_namespace
     from halb.errors import EngineUnavailable

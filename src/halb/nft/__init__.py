@@ -1,7 +1,8 @@
 """halb's kernel data plane: nftables + policy routing (`--engine nft`).
 
 Use: `halb --engine nft ipvsadm ...` on the director (root, inside its network
-namespace; in the machine's own namespace only with HALB_NFT_HOST=1). No
+namespace, or the machine's own; HALB_NFT_HOST_GUARD=1, which the test
+suite sets, forbids the machine's own namespace unless HALB_NFT_HOST=1). No
 daemon is needed: each command applies one atomic nft transaction and keeps
 the configured table in <run_dir>/nft-state.pickle (flock-protected).
 

@@ -832,14 +832,18 @@ def in_initial_netns() -> bool:
 
 
 def check_namespace() -> None:
-    """Refuse to change this machine's own network set-up unless asked to
-    (HALB_NFT_HOST=1): on a shared machine the kernel engine belongs in a
-    namespace (halb lab); on a real director set the variable."""
-    if in_initial_netns() and os.environ.get("HALB_NFT_HOST") != "1":
+    """With HALB_NFT_HOST_GUARD=1 (set by halb's test suite, and by anyone who
+    wants the same protection on a shared machine), refuse to change this
+    machine's own network namespace unless HALB_NFT_HOST=1: there the kernel
+    engine belongs in a namespace (halb lab). A real director, where the
+    guard is not set, is changed as ipvsadm changes IPVS."""
+    if (os.environ.get("HALB_NFT_HOST_GUARD") == "1" and os.environ.get("HALB_NFT_HOST") != "1"
+            and in_initial_netns()):
         raise EngineUnavailable(
             "the nft engine would change this machine's own network namespace (nftables table, "
-            "ip rules, sysctls); run it inside a network namespace (halb lab exec NODE -- ...), "
-            "set HALB_NFT_HOST=1 to allow it on a real director, or use --engine proxy")
+            "ip rules, sysctls) and HALB_NFT_HOST_GUARD=1 forbids it; run it inside a network "
+            "namespace (halb lab exec NODE -- ...), set HALB_NFT_HOST=1 to allow it, "
+            "or use --engine proxy")
 
 
 def connect(ctx: Context) -> Engine:
