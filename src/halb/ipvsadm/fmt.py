@@ -160,6 +160,11 @@ def largenum(i: int, exact: bool = False) -> str:
     return f"{i // 1_000_000_000_000:8d}T"
 
 
+def _stats_cols(st, exact: bool) -> str:
+    """The --stats columns: Conns InPkts OutPkts InBytes OutBytes."""
+    return "".join(largenum(v, exact) for v in (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes))
+
+
 def _proto_of(svc: Service) -> str:
     return "tcp" if svc.key.proto == "fwm" else svc.key.proto
 
@@ -236,9 +241,7 @@ def _service_entry(svc: Service, f: ListFormat, names: Names, default_fwd: str) 
     out = []
     name = _svc_name(svc, names, rule=False)
     if f.stats:
-        st = svc.stats
-        out.append("%-33s" % name + "".join(largenum(v, f.exact) for v in
-                   (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes)))
+        out.append("%-33s" % name + _stats_cols(svc.stats, f.exact))
     elif f.rate:
         r = svc.rates
         out.append("%-33s" % name + "".join(largenum(v, f.exact) for v in
@@ -265,9 +268,7 @@ def _service_entry(svc: Service, f: ListFormat, names: Names, default_fwd: str) 
             dname = dname[:28]
         fwd = _fwd(d, default_fwd)
         if f.stats:
-            st = d.stats
-            out.append("  -> %-28s" % dname + "".join(largenum(v, f.exact) for v in
-                       (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes)))
+            out.append("  -> %-28s" % dname + _stats_cols(d.stats, f.exact))
         elif f.rate:
             r = d.rates
             out.append("  -> %-28s %8d %8d %8d" % (dname, r.cps, r.inpps, r.outpps)
