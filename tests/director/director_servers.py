@@ -23,7 +23,13 @@ def world_dir(prefix: str):
     try:
         yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        # a daemon's last child (e.g. an exim delivery) may still write a log
+        # line just after the stop: remove again until the directory is gone
+        for _ in range(10):
+            shutil.rmtree(d, ignore_errors=True)
+            time.sleep(0.1)
+            if not d.exists():
+                break
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
