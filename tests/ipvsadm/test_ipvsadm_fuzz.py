@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from halb.errors import HalbError
@@ -29,6 +29,8 @@ words = st.lists(st.one_of(st.sampled_from(WORDS), st.text(max_size=12)), max_si
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(words)
+@example(["-A", "\n"])
+@example(["--\n"])
 def test_parser_never_crashes(argv):
     try:
         cmd = parse_argv(argv, NumericResolver())

@@ -414,7 +414,19 @@ def _generic_opt_check(cmd: str, given: set[int]) -> None:
 
 
 def parse_argv(argv: list[str], resolver: Resolver | None = None) -> Command:
-    """Parse one ipvsadm command line (without the program name)."""
+    """Parse one ipvsadm command line (without the program name). An error
+    quoting a word with control characters (a newline...) shows them escaped,
+    so that it stays one line."""
+    try:
+        return _parse_argv(argv, resolver)
+    except HalbError as e:
+        msg = str(e)
+        if msg.isprintable():
+            raise
+        raise type(e)("".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)) from None
+
+
+def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
     resolver = resolver or Resolver()
     if not argv:
         return Command("list")
