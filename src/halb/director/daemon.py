@@ -309,6 +309,39 @@ class Director:
                 next_t += ((now_mono - next_t) // interval + 1) * interval
             await asyncio.sleep(next_t - now_mono)
 
+    async def _first_round(self, budget: float = 1.0) -> dict:
+        """Check every real server once, all at once, before the first table
+        edit; keep the answers that came within `budget` seconds (the others
+        are left to their regular checker). Servers in maintenance, with
+        checks off or with a numeric checktype are left to the checkers."""
+        jobs = {}
+        for v in self.cfg.virtuals:
+            for r in v.reals:
+                spec = checks.CheckSpec.build(v, r)
+                rkey = (r.addr, v.real_port(r))
+                if spec.checktype in ("off", "combined") or self._maintenance(spec.host, rkey[1]) is not None:
+                    continue
+                jobs[(v.id, rkey)] = spec
+        if not jobs:
+            return {}
+
+        async def one(spec):
+            async with self.check_sem:
+                return await checks.run(spec, None)
+
+        tasks = {asyncio.ensure_future(one(spec)): k for k, spec in jobs.items()}
+        done, pending = await asyncio.wait(tasks, timeout=budget)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        out = {}
+        for t in done:
+            if not t.cancelled() and t.exception() is None:
+                out[tasks[t]] = t.result()
+        self.dbg(f"first check round: {len(out)} of {len(jobs)} real servers answered within {budget:g} s")
+        return out
+
     def _sync_checkers(self) -> None:
         wanted: dict[tuple[str, tuple[str, int]], tuple[checks.CheckSpec, float]] = {}
         for v in self.cfg.virtuals:
@@ -531,7 +564,13 @@ class Director:
         worker = loop.create_task(self.apply_worker())
         side: list[asyncio.Task] = []
         try:
+            first = await self._first_round()
+            # the virtual services and the real servers that already answered
+            # go to the engine in ONE transaction: on a takeover the VIP is
+            # never served by an empty service while the first checks run
             self.submit(self.core.start(live, time.time()))
+            for (vid, rkey), res in first.items():
+                self.submit(self.core.result(vid, rkey, res.ok, time.time(), res.msg))
             await self.queue.join()
             self._sync_checkers()
             # long-lived objects (config, state, tasks) out of the collector's
