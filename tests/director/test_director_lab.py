@@ -182,3 +182,34 @@ def test_quiescent_sets_weight_zero(cluster, tmp_path):
     wait_for(lambda: table(lab).get(rip2) == ("Route", 1), 15, "N2 back from maintenance")
     halb(lab, "director", str(cfg), "stop")
     scenario(lab, cfg, interval=1, timeout=2, quiescent=True)
+
+
+def test_director_refreshes_connection_count_schedulers(cluster, tmp_path):
+    """With scheduler=wlc on the nft engine, the running director is the
+    engine's controller: new connections go to the real server with fewer
+    active connections, with no `halb nft controller` running."""
+    lab, cfgs = cluster
+    cfg = config(lab, tmp_path / "wlc.cf")
+    cfg.write_text(cfg.read_text().replace("scheduler=rr", "scheduler=wlc")
+                   .replace("checkinterval=10", "checkinterval=1").replace("checktimeout=10", "checktimeout=2"))
+    cfgs.append(cfg)
+    rip1, rip2 = lab.node("N1").ip, lab.node("N2").ip
+    halb(lab, "director", str(cfg), "start")
+    wait_for(lambda: table(lab).get(rip1, ("", 0))[1] == 1 and table(lab).get(rip2, ("", 0))[1] == 1,
+             20, "N1 and N2 in the table")
+    held = half_requests(lab, 3)  # three long-lived connections: two on one server, one on the other
+    try:
+        out = halb(lab, "ipvsadm", "-L", "-n").stdout
+        actives = {ln.split()[1].rsplit(":", 1)[0]: int(ln.split()[4]) for ln in out.splitlines()
+                   if ln.strip().startswith("->") and ln.split()[1][0].isdigit()}
+        assert sorted(actives.values()) == [1, 2], out
+        less = "N1" if actives[rip1] == 1 else "N2"
+        url = f"http://{lab.vip}/testcluster.html"
+        got = []
+        for _ in range(4):
+            time.sleep(2.5)  # at least two director ticks after the previous request closed
+            got.append(client_get(lab, url))
+        assert got == [less] * 4, (got, less, out)
+    finally:
+        for s in held:
+            s.close()

@@ -122,6 +122,7 @@ class Director:
         self.edits_applied = 0
         self.edit_errors = 0
         self.check_sem = asyncio.Semaphore(1024)
+        self.engine_refreshes = True  # cleared when the engine has no refresh()
         self.last_reload_error: str | None = None
 
     # -- logging ---------------------------------------------------------------
@@ -399,6 +400,7 @@ class Director:
             await asyncio.sleep(1.0)
             self.submit(self.core.tick(time.time()))
             n += 1
+            await self._refresh_engine()
             if n % RECONCILE_EVERY == 0:
                 try:
                     live = await self.engine_call("services")
@@ -406,6 +408,25 @@ class Director:
                     log.error(f"cannot read the table: {e}")
                     continue
                 self.submit(self.core.reconcile(live, time.time()))
+
+    async def _refresh_engine(self) -> None:
+        """Engines whose connection-count schedulers (lc, wlc, sed, nq, fo,
+        ovf, lblc, lblcr) are precomputed from live counts (nft) are
+        refreshed once a second while the director runs: the director is the
+        nft engine's controller, so no separate `halb nft controller` is
+        needed. Engines without `refresh` (proxy: exact counts) are skipped."""
+        if not self.engine_refreshes:
+            return
+        try:
+            n = await self.engine_call("refresh")
+        except AttributeError:
+            self.engine_refreshes = False
+            return
+        except HalbError as e:
+            log.error(f"engine refresh failed: {e}")
+            return
+        if n:
+            self.dbg(f"engine {self.ctx.engine}: refreshed {n} connection-count scheduled service(s)")
 
     # -- execute= : other director instances ------------------------------------
     def _child_path(self, name: str) -> str:
