@@ -356,31 +356,15 @@ class _Parser:
             return
         if not has_eq:
             self.err(n, f'Unknown command "{line}"')
-        if name == "checktimeout":
-            cfg.checktimeout = self.positive(n, val, "check timeout")
-        elif name == "connecttimeout":
-            self.err(n, "connecttimeout directive deprecated in favour of negotiatetimeout")
-        elif name == "timeout":
-            self.err(n, "timeout directive deprecated in favour of checktimeout and negotiatetimeout")
-        elif name == "negotiatetimeout":
-            cfg.negotiatetimeout = self.positive(n, val, "negotiate timeout")
-        elif name == "checkinterval":
-            cfg.checkinterval = self.positive(n, val, "check interval")
-        elif name == "checkcount":
-            cfg.checkcount = self.positive(n, val, "check count", integer=True)
-            cfg.warnings.append(f"{self.path}:{n}: checkcount option is deprecated and slated for "
-                                "removal.  please see 'failurecount'")
-        elif name == "failurecount":
-            cfg.failurecount = self.positive(n, val, "failure count", integer=True)
-        elif name in ("fallback", "fallback6"):
+        if self.shared_directive(cfg, cfg, n, name, val, "check interval"):
+            return
+        if name in ("fallback", "fallback6"):
             af = 6 if name == "fallback6" else 4
             fb = self.fallback(n, val, af, "tcp")
             if af == 6:
                 cfg.fallback6 = fb
             else:
                 cfg.fallback = fb
-        elif name == "fallbackcommand":
-            cfg.fallbackcommand = self.quoted(n, val, "fallback command", required_quotes=False)
         elif name == "autoreload":
             cfg.autoreload = self.yesno(n, val, "autoreload")
         elif name == "callback":
@@ -393,29 +377,57 @@ class _Parser:
             cfg.fork = self.yesno(n, val, "fork")
         elif name == "supervised":
             cfg.supervised = self.yesno(n, val, "supervised")
-        elif name == "quiescent":
-            cfg.quiescent = self.yesno(n, val, "quiescent")
         elif name == "readdquiescent":
             cfg.readdquiescent = self.yesno(n, val, "readdquiescent")
-        elif name == "emailalert":
-            cfg.emailalert = self.emailalert(n, val)
-        elif name == "emailalertfreq":
-            if not _NUM.match(val):
-                self.err(n, "invalid email alert frequency")
-            cfg.emailalertfreq = float(val)
-        elif name == "emailalertstatus":
-            cfg.emailalertstatus = self.emailstatus(n, val)
         elif name == "emailalertfrom":
             cfg.emailalertfrom = self.quoted(n, val, "email from address", required_quotes=False) \
                 if val else self.err(n, "no email from address specified")
-        elif name == "cleanstop":
-            cfg.cleanstop = self.yesno(n, val, "cleanstop")
-        elif name == "smtp":
-            cfg.smtp = self.smtp(n, val)
         elif name == "maintenancedir":
             cfg.maintenancedir = self.quoted(n, val, "maintenance directory", required_quotes=False)
         else:
             self.err(n, f'Unknown command "{line}"')
+
+    def shared_directive(self, cfg: Config, target, n: int, name: str, val: str,
+                         interval_label: str) -> bool:
+        """The directives that stand both globally and in a virtual section,
+        with the same words and errors in both: set on ``target`` (the Config
+        or a Virtual). False when ``name`` is not one of them."""
+        if name == "checktimeout":
+            target.checktimeout = self.positive(n, val, "check timeout")
+        elif name == "connecttimeout":
+            self.err(n, "connecttimeout directive deprecated in favour of negotiatetimeout")
+        elif name == "timeout":
+            self.err(n, "timeout directive deprecated in favour of checktimeout and negotiatetimeout")
+        elif name == "negotiatetimeout":
+            target.negotiatetimeout = self.positive(n, val, "negotiate timeout")
+        elif name == "checkinterval":
+            # ldirectord words this one differently in the two places
+            target.checkinterval = self.positive(n, val, interval_label)
+        elif name == "checkcount":
+            target.checkcount = self.positive(n, val, "check count", integer=True)
+            cfg.warnings.append(f"{self.path}:{n}: checkcount option is deprecated and slated for "
+                                "removal.  please see 'failurecount'")
+        elif name == "failurecount":
+            target.failurecount = self.positive(n, val, "failure count", integer=True)
+        elif name == "fallbackcommand":
+            target.fallbackcommand = self.quoted(n, val, "fallback command", required_quotes=False)
+        elif name == "quiescent":
+            target.quiescent = self.yesno(n, val, "quiescent")
+        elif name == "emailalert":
+            target.emailalert = self.emailalert(n, val)
+        elif name == "emailalertfreq":
+            if not _NUM.match(val):
+                self.err(n, "invalid email alert frequency")
+            target.emailalertfreq = float(val)
+        elif name == "emailalertstatus":
+            target.emailalertstatus = self.emailstatus(n, val)
+        elif name == "cleanstop":
+            target.cleanstop = self.yesno(n, val, "cleanstop")
+        elif name == "smtp":
+            target.smtp = self.smtp(n, val)
+        else:
+            return False
+        return True
 
     def virtual(self, cfg: Config, lines: list[str], i: int, n: int, af: int, vattr: str):
         vattr = vattr.strip()
@@ -475,6 +487,8 @@ class _Parser:
             if not dm:
                 self.err(ln, f'Unknown command "{rcmd}"')
             name, val = dm.group(1), dm.group(2).strip()
+            if self.shared_directive(cfg, v, ln, name, val, "checkinterval"):
+                continue
             if name in ("real", "real6"):
                 if (af == 4) != (name == "real"):
                     self.err(ln, f'cannot specify "{name}" here.  please use "real{"" if af == 4 else "6"}" instead')
@@ -496,22 +510,6 @@ class _Parser:
                                  '"external", "external-perl" or a positive number')
             elif name == "checkcommand":
                 v.checkcommand = self.quoted(ln, val, "check command", required_quotes=False)
-            elif name == "checktimeout":
-                v.checktimeout = self.positive(ln, val, "check timeout")
-            elif name == "connecttimeout":
-                self.err(ln, "connecttimeout directive deprecated in favour of negotiatetimeout")
-            elif name == "timeout":
-                self.err(ln, "timeout directive deprecated in favour of checktimeout and negotiatetimeout")
-            elif name == "negotiatetimeout":
-                v.negotiatetimeout = self.positive(ln, val, "negotiate timeout")
-            elif name == "checkcount":
-                v.checkcount = self.positive(ln, val, "check count", integer=True)
-                cfg.warnings.append(f"{self.path}:{ln}: checkcount option is deprecated and slated "
-                                    "for removal.  please see 'failurecount'")
-            elif name == "failurecount":
-                v.failurecount = self.positive(ln, val, "failure count", integer=True)
-            elif name == "checkinterval":
-                v.checkinterval = self.positive(ln, val, "checkinterval")
             elif name == "checkport":
                 if not _INT.match(val):
                     self.err(ln, "invalid port")
@@ -596,24 +594,8 @@ class _Parser:
                 if (af == 4) != (name == "fallback"):
                     self.err(ln, f'cannot specify "{name}" here.  please use "fallback{"" if af == 4 else "6"}" instead')
                 fallback_todo = (val, ln)
-            elif name == "fallbackcommand":
-                v.fallbackcommand = self.quoted(ln, val, "fallback command", required_quotes=False)
-            elif name == "quiescent":
-                v.quiescent = self.yesno(ln, val, "quiescent")
-            elif name == "emailalert":
-                v.emailalert = self.emailalert(ln, val)
-            elif name == "emailalertfreq":
-                if not _NUM.match(val):
-                    self.err(ln, "invalid email alert frequency")
-                v.emailalertfreq = float(val)
-            elif name == "emailalertstatus":
-                v.emailalertstatus = self.emailstatus(ln, val)
             elif name == "monitorfile":
                 v.monitorfile = self.quoted(ln, val, "monitorfile", required_quotes=False)
-            elif name == "cleanstop":
-                v.cleanstop = self.yesno(ln, val, "cleanstop")
-            elif name == "smtp":
-                v.smtp = self.smtp(ln, val)
             elif name == "sslverify":
                 v.sslverify = self.yesno(ln, val, "sslverify")
             elif name == "sslcafile":
@@ -716,6 +698,11 @@ def _check_regex(p: _Parser, ln: int, rx: str) -> None:
         p.err(ln, f"invalid receive regular expression '{rx}': {e}")
 
 
+# what a virtual section takes from the global settings when it does not say
+_INHERITED = ("checkcount", "failurecount", "checkinterval", "quiescent", "cleanstop", "emailalert",
+              "emailalertfreq", "emailalertstatus", "smtp", "fallbackcommand")
+
+
 def finalize(cfg: Config) -> Config:
     """Resolve inherited values per virtual, as ldirectord's ld_setup does."""
     for v in cfg.virtuals:
@@ -728,26 +715,9 @@ def finalize(cfg: Config) -> Config:
             if nt is None:
                 nt = cand
         v.checktimeout, v.negotiatetimeout = ct, nt
-        if v.checkcount is None:
-            v.checkcount = cfg.checkcount
-        if v.failurecount is None:
-            v.failurecount = cfg.failurecount
-        if v.checkinterval is None:
-            v.checkinterval = cfg.checkinterval
-        if v.quiescent is None:
-            v.quiescent = cfg.quiescent
-        if v.cleanstop is None:
-            v.cleanstop = cfg.cleanstop
-        if v.emailalert is None:
-            v.emailalert = cfg.emailalert
-        if v.emailalertfreq is None:
-            v.emailalertfreq = cfg.emailalertfreq
-        if v.emailalertstatus is None:
-            v.emailalertstatus = cfg.emailalertstatus
-        if v.smtp is None:
-            v.smtp = cfg.smtp
-        if v.fallbackcommand is None:
-            v.fallbackcommand = cfg.fallbackcommand
+        for name in _INHERITED:
+            if getattr(v, name) is None:
+                setattr(v, name, getattr(cfg, name))
         if v.fallback is None and v.protocol != "fwm":
             g = cfg.fallback6 if v.af == 6 else cfg.fallback
             if g is not None:
