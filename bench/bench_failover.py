@@ -33,17 +33,13 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests" / "heartbeat"))
 
 from hb_cluster import Cluster, wait_for  # noqa: E402
-from halb.lab import Lab  # noqa: E402
+from halb.lab import Lab, article  # noqa: E402
 
 PROMPT = 0.5   # a request answered slower than this counts as an error
 
 
 def vip_on(lab, node, vip):
-    r = lab.run(node, ["ip", "-j", "-4", "addr", "show", "dev", lab.node(node).iface])
-    try:
-        return any(a.get("local") == vip for i in json.loads(r.stdout or "[]") for a in i.get("addr_info", []))
-    except ValueError:
-        return False
+    return article.vip_on(lab, node, vip=vip)
 
 
 def reset_lab(lab):
@@ -174,21 +170,6 @@ class KeepalivedSystem:
         self.procs = []
 
 
-DEBIAN_HACF = """mcast {iface} 225.0.0.7 694 1 0
-logfile {log}
-debugfile /dev/null
-use_logd no
-keepalive {keepalive}
-deadtime {deadtime}
-warntime {warntime}
-initdead {initdead}
-node N1
-node N2
-auto_failback off
-crm no
-"""
-
-
 class DebianHeartbeatSystem:
     """Debian's heartbeat 3 (apt-get install heartbeat) with the article's ha.cf: per node a
     private mount namespace with its own /etc/ha.d, /var/lib/heartbeat and /run."""
@@ -217,7 +198,9 @@ class DebianHeartbeatSystem:
                 except FileNotFoundError:
                     pass
             iface = self.lab.node(node).iface
-            (d / "ha.d" / "ha.cf").write_text(DEBIAN_HACF.format(iface=iface, log=d / "ha.log", **self.timers))
+            (d / "ha.d" / "ha.cf").write_text(article.ha_cf(iface, d / "ha.log", debugfile="/dev/null",
+                                                            logfacility=None, tail="use_logd no\ncrm no\n",
+                                                            **self.timers))
             (d / "ha.d" / "authkeys").write_text('auth 1\n1 md5 "secret"\n')
             (d / "ha.d" / "authkeys").chmod(0o600)
             (d / "ha.d" / "haresources").write_text(f"N1 IPaddr2::{self.lab.vip}/{self.lab.prefixlen}/{iface}\n")

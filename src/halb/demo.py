@@ -13,7 +13,6 @@ Without root, `halb demo --loopback` runs the first step of the article
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 from halb.errors import HalbError
+from halb.lab import article
 
 HALB = [sys.executable, "-m", "halb"]
 
@@ -55,27 +55,13 @@ def wait_for(pred, timeout: float, what: str, step_s: float = 0.1):
 # ---------------------------------------------------------------------------
 # configuration files, as the article writes them, with this lab's addresses
 
-HA_CF = """\
+HA_CF_HEAD = """\
 # ha.cf as in the article (§6.3.1), on this lab's LAN interface.
 # halb accepts the article's values (keepalive 2, deadtime 10...); the demo
 # uses sub-second timers to show fast failover.
-mcast      {iface} 225.0.0.7 694 1 0
-logfile    {logfile}
-logfacility local0
-keepalive  {keepalive}
-deadtime   {deadtime}
-warntime   {warntime}
-initdead   {initdead}
-node       N1
-node       N2
-auto_failback off
 """
 
-AUTHKEYS = 'auth 1\n1 md5 "secret"\n2 crc\n3 sha1 "autre secret"\n'
-
-HARESOURCES = "N1 IPAddr2::{vip} ldirectord::ldirectord.cf\n"
-
-LDIRECTORD_CF = """\
+LDIRECTORD_CF_HEAD = """\
 # ldirectord.cf as in the article (§5.3), with this lab's addresses
 checktimeout={checktimeout}
 checkinterval={checkinterval}
@@ -83,13 +69,6 @@ emailalert="root"
 emailalertfreq=0
 emailalertstatus=stopping
 
-virtual={vip}:80
-\tchecktype=negotiate
-\treal={rip1}:80 gate 1 "testcluster.html", "N1"
-\treal={rip2}:80 gate 1 "testcluster.html", "N2"
-\tservice=http
-\tcheckport=80
-\tscheduler=rr
 """
 
 
@@ -169,17 +148,7 @@ class Demo:
         return out
 
     def vip_holder(self) -> list[str]:
-        holders = []
-        for node in ("N1", "N2"):
-            n = self.lab.node(node)
-            r = self.lab.run(node, ["ip", "-j", "-4", "addr", "show", "dev", n.iface])
-            try:
-                data = json.loads(r.stdout or "[]")
-            except ValueError:
-                continue
-            if any(a.get("local") == self.lab.vip for i in data for a in i.get("addr_info", [])):
-                holders.append(node)
-        return holders
+        return article.vip_holders(self.lab)
 
     def table(self, node) -> str:
         return self.halb(node, "ipvsadm", "-L", "-n", check=False).stdout
@@ -211,12 +180,12 @@ class Demo:
         d = self.base / node / "ha.d"
         d.mkdir(parents=True, exist_ok=True)
         n = self.lab.node(node)
-        (d / "ha.cf").write_text(HA_CF.format(iface=n.iface, logfile=self.base / node / "ha.log", **self.timers))
-        (d / "authkeys").write_text(AUTHKEYS)
+        (d / "ha.cf").write_text(article.ha_cf(n.iface, self.base / node / "ha.log", head=HA_CF_HEAD,
+                                               **self.timers))
+        (d / "authkeys").write_text(article.AUTHKEYS)
         (d / "authkeys").chmod(0o600)
-        (d / "haresources").write_text(HARESOURCES.format(vip=self.lab.vip))
-        (d / "ldirectord.cf").write_text(LDIRECTORD_CF.format(
-            vip=self.lab.vip, rip1=self.lab.node("N1").rip, rip2=self.lab.node("N2").rip, **self.check))
+        (d / "haresources").write_text(article.haresources(self.lab.vip))
+        (d / "ldirectord.cf").write_text(article.ldirectord_cf(self.lab, LDIRECTORD_CF_HEAD.format(**self.check)))
         return d
 
     def start_node(self, node):

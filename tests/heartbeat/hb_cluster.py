@@ -1,7 +1,6 @@
 """Test helper: run halb heartbeat daemons on lab nodes with per-node HA_DIRs."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -9,24 +8,7 @@ import time
 from pathlib import Path
 
 from halb.heartbeat.daemon import request
-
-HACF = """\
-# the article's ha.cf, with timers fast enough for tests
-mcast {iface} 225.0.0.7 694 1 0
-baud 19200
-serial /dev/ttyS0
-logfile {logfile}
-logfacility local0
-keepalive {keepalive}
-deadtime {deadtime}
-warntime {warntime}
-initdead {initdead}
-node N1
-node N2
-auto_failback {auto_failback}
-{extra}
-"""
-
+from halb.lab import article
 
 def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
     deadline = time.monotonic() + timeout
@@ -69,8 +51,10 @@ class Cluster:
         d.mkdir(parents=True, exist_ok=True)
         opts = dict(self.opts, **override)
         extra = opts.pop("extra")
-        (d / "ha.cf").write_text(HACF.format(iface=self.lab.node(node).iface, logfile=self.logfile(node),
-                                             extra=extra.replace("{iface}", self.lab.node(node).iface), **opts))
+        iface = self.lab.node(node).iface
+        (d / "ha.cf").write_text(article.ha_cf(iface, self.logfile(node), serial=True,
+                                               head="# the article's ha.cf, with timers fast enough for tests\n",
+                                               tail=extra.replace("{iface}", iface) + "\n", **opts))
         (d / "authkeys").write_text(self.auth)
         (d / "authkeys").chmod(0o600)
         (d / "haresources").write_text(self.haresources)
@@ -108,16 +92,10 @@ class Cluster:
             return ""
 
     def vip_on(self, node, dev=None) -> bool:
-        n = self.lab.node(node)
-        r = self.lab.run(node, ["ip", "-j", "-4", "addr", "show", "dev", dev or n.iface])
-        try:
-            data = json.loads(r.stdout or "[]")
-        except ValueError:
-            return False
-        return any(a.get("local") == self.lab.vip for i in data for a in i.get("addr_info", []))
+        return article.vip_on(self.lab, node, dev)
 
     def holders(self):
-        return [n for n in ("N1", "N2") if self.vip_on(n)]
+        return article.vip_holders(self.lab)
 
     def close(self):
         for n in list(self.procs):

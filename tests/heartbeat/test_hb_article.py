@@ -9,24 +9,15 @@ import time
 
 import pytest
 
+from halb.lab import article
+
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from hb_cluster import Cluster, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.root]
 pytest_plugins = ["halb.lab.testing"]
 
-LDIRECTORD_CF = """\
-checktimeout=1
-checkinterval=1
-quiescent=no
-virtual={vip}:80
-\tchecktype=negotiate
-\treal={rip1}:80 gate 1 "testcluster.html", "N1"
-\treal={rip2}:80 gate 1 "testcluster.html", "N2"
-\tservice=http
-\tcheckport=80
-\tscheduler=rr
-"""
+LDIRECTORD_CF_HEAD = "checktimeout=1\ncheckinterval=1\nquiescent=no\n"
 
 
 def served(lab, n=8, timeout=2):
@@ -49,11 +40,10 @@ def director_running(c, node):
 @pytest.mark.timeout(240)
 def test_article_acceptance_tests_1_to_4(make_lab, tmp_path):
     lab = make_lab(nodes=2, clients=1, apache=True)
-    c = Cluster(lab, tmp_path, haresources=f"N1 IPAddr2::{lab.vip} ldirectord::ldirectord.cf\n")
+    c = Cluster(lab, tmp_path, haresources=article.haresources(lab.vip))
     try:
         for n in ("N1", "N2"):
-            (c.dir(n) / "ldirectord.cf").write_text(LDIRECTORD_CF.format(vip=lab.vip, rip1=lab.node("N1").rip,
-                                                                          rip2=lab.node("N2").rip))
+            (c.dir(n) / "ldirectord.cf").write_text(article.ldirectord_cf(lab, LDIRECTORD_CF_HEAD))
             r = lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.base / n / "rs"),
                             "realserver", "start", "--haresources", str(c.dir(n) / "haresources")])
             assert r.returncode == 0, r.stderr + r.stdout

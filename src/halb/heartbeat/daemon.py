@@ -294,6 +294,22 @@ class Daemon:
                 g.state = "releasing"
                 g.task = asyncio.get_running_loop().create_task(self.release(g))
 
+    def retry_later(self, g: GroupState) -> None:
+        """A takeover that could not be done: the group is idle again, tried later."""
+        g.state = "idle"
+        g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
+        self.send_beat()
+
+    def transition_done(self, g: GroupState, state: str) -> None:
+        g.state = state
+        self.log("info", "local resource transition completed.")
+        self.send_beat()
+
+    def task_done(self, g: GroupState) -> None:
+        g.task = None
+        if not self.stopping:
+            self.evaluate()
+
     async def acquire(self, g: GroupState, views):
         try:
             targets = fence_targets(g.index, self.nodes, views, self.last_held, self.fenced)
@@ -310,9 +326,7 @@ class Daemon:
                         break
                 if not ok:
                     self.log("error", f"STONITH of node {t} failed ({msg}): not taking '{g.describe()}'")
-                    g.state = "idle"
-                    g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
-                    self.send_beat()
+                    self.retry_later(g)
                     return
                 self.fenced.add(t)
                 self.log("info", f"STONITH: node {t} has been reset ({msg})")
@@ -328,18 +342,12 @@ class Daemon:
                         ok2, res2 = await self.agent(g, rj, "stop")
                         if not ok2:
                             self.log("error", f"{g.agents[rj]} stop failed: {res2}")
-                    g.state = "idle"
-                    g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
-                    self.send_beat()
+                    self.retry_later(g)
                     return
                 started.append(ri)
-            g.state = "held"
-            self.log("info", "local resource transition completed.")
-            self.send_beat()
+            self.transition_done(g, "held")
         finally:
-            g.task = None
-            if not self.stopping:
-                self.evaluate()
+            self.task_done(g)
 
     async def release(self, g: GroupState):
         try:
@@ -350,13 +358,9 @@ class Daemon:
                 ok, res = await self.agent(g, ri, "stop")
                 if not ok:
                     self.log("error", f"{a} stop failed: {res}")
-            g.state = "idle"
-            self.log("info", "local resource transition completed.")
-            self.send_beat()
+            self.transition_done(g, "idle")
         finally:
-            g.task = None
-            if not self.stopping:
-                self.evaluate()
+            self.task_done(g)
 
     # ------------------------------------------------------------ control
     def status(self) -> dict:
