@@ -159,15 +159,24 @@ def del_route(ridx: int, mark: int) -> None:
     with IPRoute() as ip:
         for r in _rules(ip):
             if r.get_attr("FRA_FWMARK") == mark and _rule_table(r) == table:
-                try:
-                    ip.rule("del", table=table, priority=r.get_attr("FRA_PRIORITY") or 0,
-                            fwmark=mark, fwmask=0xFFFFFFFF)
-                except NetlinkError():
-                    pass
-        try:
-            ip.flush_routes(table=table)
-        except NetlinkError():
-            pass
+                _del_rule(ip, table, r.get_attr("FRA_PRIORITY") or 0, mark)
+        _flush_table(ip, table)
+
+
+def _del_rule(ip, table: int, pref: int, mark: int) -> None:
+    """Remove one fwmark rule; one already gone is no error."""
+    try:
+        ip.rule("del", table=table, priority=pref, fwmark=mark, fwmask=0xFFFFFFFF)
+    except NetlinkError():
+        pass
+
+
+def _flush_table(ip, table: int) -> None:
+    """Remove every route of a table; an empty or missing one is no error."""
+    try:
+        ip.flush_routes(table=table)
+    except NetlinkError():
+        pass
 
 
 @_os_errors
@@ -189,14 +198,8 @@ def remove_all(route_marks: dict[int, int]) -> None:
         del_route(ridx, mark)
     with IPRoute() as ip:
         for pref, mark, table in halb_rules():
-            try:
-                ip.rule("del", table=table, priority=pref, fwmark=mark, fwmask=0xFFFFFFFF)
-            except NetlinkError():
-                pass
-            try:
-                ip.flush_routes(table=table)
-            except NetlinkError():
-                pass
+            _del_rule(ip, table, pref, mark)
+            _flush_table(ip, table)
 
 
 # -- sysctls -----------------------------------------------------------------
