@@ -14,6 +14,36 @@ import time
 from pathlib import Path
 
 
+# the article's ldirectord.cf (§5.3): the seed file when it is there, else this copy
+SEED = Path("/work/shared/seed/configs/ldirectord.cf")
+ARTICLE = """\
+checktimeout=10
+checkinterval=10
+emailalert="root"
+emailalertfreq=0
+emailalertstatus=stopping
+
+virtual=$VIP:80
+\t# each node is asked for testcluster.html
+\tchecktype=negotiate
+\treal=$RIP1:80 gate 1 "testcluster.html", "N1"
+\treal=$RIP2:80 gate 1 "testcluster.html", "N2"
+\tservice=http
+\tcheckport=80
+\tscheduler=rr
+"""
+
+
+def read_to_end(s: socket.socket, bufsize: int = 4096) -> bytes:
+    """Everything the peer sends until it closes."""
+    data = b""
+    while True:
+        b = s.recv(bufsize)
+        if not b:
+            return data
+        data += b
+
+
 @contextlib.contextmanager
 def world_dir(prefix: str):
     """A private directory under /tmp that daemons running as other users

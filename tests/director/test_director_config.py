@@ -3,33 +3,17 @@ and bad input (hand-written cases and a fuzzed corpus) -> ConfigError only."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import director_servers as servers
 from halb.director.config import (STATUS_ALL, STATUS_RUNNING, STATUS_STARTING, STATUS_STOPPING,
                                   load, parse_text)
 from halb.errors import ConfigError
 
-SEED = Path("/work/shared/seed/configs/ldirectord.cf")
-ARTICLE = """\
-checktimeout=10
-checkinterval=10
-emailalert="root"
-emailalertfreq=0
-emailalertstatus=stopping
-
-virtual=$VIP:80
-\t# each node is asked for testcluster.html
-\tchecktype=negotiate
-\treal=$RIP1:80 gate 1 "testcluster.html", "N1"
-\treal=$RIP2:80 gate 1 "testcluster.html", "N2"
-\tservice=http
-\tcheckport=80
-\tscheduler=rr
-"""
+SEED, ARTICLE = servers.SEED, servers.ARTICLE
 
 
 def subst(text: str) -> str:

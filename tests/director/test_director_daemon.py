@@ -66,12 +66,7 @@ def dests(ctx: Context, port: int) -> dict | None:
 def get(port: int, timeout=3.0) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(4096)
-            if not b:
-                break
-            data += b
+        data = servers.read_to_end(s)
     return data.decode("latin-1")
 
 

@@ -12,28 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import director_servers as servers
+
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
-
-SEED = Path("/work/shared/seed/configs/ldirectord.cf")
-ARTICLE = """\
-checktimeout=10
-checkinterval=10
-emailalert="root"
-emailalertfreq=0
-emailalertstatus=stopping
-
-virtual=$VIP:80
-\tchecktype=negotiate
-\treal=$RIP1:80 gate 1 "testcluster.html", "N1"
-\treal=$RIP2:80 gate 1 "testcluster.html", "N2"
-\tservice=http
-\tcheckport=80
-\tscheduler=rr
-"""
 
 
 def article_text() -> str:
-    return SEED.read_text() if SEED.exists() else ARTICLE
+    return servers.SEED.read_text() if servers.SEED.exists() else servers.ARTICLE
 
 
 def halb(lab, *args, check=True, timeout=60):
@@ -149,12 +134,7 @@ def half_requests(lab, n=2):
 
 def finish(s) -> str:
     s.sendall(b"\r\n")
-    data = b""
-    while True:
-        b = s.recv(4096)
-        if not b:
-            break
-        data += b
+    data = servers.read_to_end(s)
     s.close()
     return data.decode("latin-1").split("\r\n\r\n", 1)[-1].strip()
 
