@@ -108,6 +108,13 @@ class Probe:
 # 1. detection
 
 
+def kill_site(site) -> None:
+    """The fault of a detection trial: the site's nginx dies at once."""
+    os.killpg(site.proc.pid, signal.SIGKILL)
+    site.proc.wait()
+    site.proc = None
+
+
 async def trial(kill, is_removed, restore, probe_port, jitter: float, probe=None) -> tuple[float, int]:
     probe = probe or Probe(probe_port)
     task = asyncio.ensure_future(probe.run())
@@ -151,18 +158,14 @@ def halb_detect(tmp: Path, interval: float, trials: int, failurecount: int = 1) 
 
             wait_for(lambda: dests() == {n1.port, n2.port})
 
-            def kill():
-                os.killpg(n2.proc.pid, signal.SIGKILL)
-                n2.proc.wait()
-                n2.proc = None
-
             def restore():
                 n2.start()
                 wait_for(lambda: dests() == {n1.port, n2.port})
                 time.sleep(0.3)
 
             for _ in range(trials):
-                out.append(asyncio.run(trial(kill, lambda: n2.port not in dests(), restore, vport, interval)))
+                out.append(asyncio.run(trial(lambda: kill_site(n2), lambda: n2.port not in dests(), restore,
+                                             vport, interval)))
             eng.close()
             halb(ctx, "director", str(cfg), "stop")
     finally:
@@ -207,12 +210,7 @@ backend be
                     s.close()
                     return {}
                 s.sendall(b"show stat\n")
-                data = b""
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    data += b
+                data = servers.read_to_end(s, 65536)
                 s.close()
                 res = {}
                 for line in data.decode().splitlines():
@@ -223,18 +221,14 @@ backend be
 
             wait_for(lambda: status() == {"n1": "UP", "n2": "UP"}, timeout=30)
 
-            def kill():
-                os.killpg(n2.proc.pid, signal.SIGKILL)
-                n2.proc.wait()
-                n2.proc = None
-
             def restore():
                 n2.start()
                 wait_for(lambda: status().get("n2") == "UP", timeout=60)
                 time.sleep(0.3)
 
             for _ in range(trials):
-                out.append(asyncio.run(trial(kill, lambda: status().get("n2", "").startswith("DOWN"), restore,
+                out.append(asyncio.run(trial(lambda: kill_site(n2),
+                                             lambda: status().get("n2", "").startswith("DOWN"), restore,
                                              fport, 0.2 if inter else 2.0)))
         finally:
             servers.stop(proc)
