@@ -34,6 +34,17 @@ virtual=$VIP:80
 """
 
 
+def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
+    """pred()'s first true value, polled every `step` s for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def read_to_end(s: socket.socket, bufsize: int = 4096) -> bytes:
     """Everything the peer sends until it closes."""
     data = b""

@@ -31,14 +31,7 @@ def halb(ctx: Context, *args, check=True, timeout=60) -> subprocess.CompletedPro
     return p
 
 
-def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = servers.wait_for
 
 
 @pytest.fixture

@@ -39,13 +39,7 @@ def table(lab) -> dict[str, tuple[str, int]]:
 
 
 def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return servers.wait_for(pred, timeout, 0.1, what)
 
 
 def client_get(lab, url):
