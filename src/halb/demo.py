@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from halb.errors import HalbError
+from halb.lab.netns import stop_popen
 from halb.lab import article
 
 HALB = [sys.executable, "-m", "halb"]
@@ -199,12 +200,7 @@ class Demo:
         p = self.procs.pop(node, None)
         if p is None:
             return
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_popen(p, timeout)
         self.halb(node, "realserver", "stop", check=False)
 
     def log_lines(self, node, *needles) -> list[str]:

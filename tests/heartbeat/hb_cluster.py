@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from halb.heartbeat.daemon import request
+from halb.lab.netns import stop_popen
 from halb.lab import article
 
 def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
@@ -71,12 +72,7 @@ class Cluster:
         p = self.procs.pop(node, None)
         if p is None:
             return
-        p.terminate()
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        if not stop_popen(p, timeout):
             raise AssertionError(f"{node}: heartbeat did not stop in {timeout}s")
 
     def status(self, node):

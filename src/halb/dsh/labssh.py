@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from halb.errors import HalbError
+from halb.lab.netns import stop_popen
 
 SSHD = "/usr/sbin/sshd"
 
@@ -104,13 +105,7 @@ class LabSsh:
         return p
 
     def stop_sshd(self, node: str) -> None:
-        p = self.sshd.pop(node)
-        p.terminate()
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+        stop_popen(self.sshd.pop(node), 10, kill_wait=10)
 
     def stop(self) -> None:
         for n in list(self.sshd):

@@ -6,6 +6,7 @@ import ctypes
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -78,6 +79,19 @@ def kill_pids(pids, grace: float = 2.0) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.02)
+
+
+def stop_popen(p, timeout: float, kill_wait: float = 5) -> bool:
+    """SIGTERM a started process and wait up to `timeout`; SIGKILL it if it
+    is still there. True when it ended on SIGTERM (a clean stop)."""
+    p.terminate()
+    try:
+        p.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(kill_wait)
+        return False
 
 
 def wait_gone(pids, timeout: float) -> bool:
