@@ -179,7 +179,7 @@ def make_agent(resource, *, ha_dir, node, run_dir, engine=None, log=None):
     if script.is_file() and os.access(script, os.X_OK):
         return LSBScript(script, args, log)
     if name in ("IPaddr2", "IPaddr"):
-        from halb.resources.ipaddr import IPaddr, IPaddr2   # pyroute2: loaded only where agents run
+        from halb.resources.ipaddr import IPaddr, IPaddr2
         cls = IPaddr2 if name == "IPaddr2" else IPaddr
         return cls(args, state_dir=run_dir, log=log, name=name)
     if name in ("ldirectord", "director"):

@@ -22,20 +22,8 @@ import time
 from pathlib import Path
 
 
-class _Lazy:
-    """pyroute2 is heavy: imported by the process that really runs the agent only."""
-
-    def __getattr__(self, name):
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        self.IPRoute, self.NetlinkError = IPRoute, NetlinkError
-        return getattr(self, name)
-
-
-_nl = _Lazy()
-
 from halb.resources import ResourceError
+from halb.resources.rtnl import NetlinkError, RtNetlink, link_index, link_names
 
 ARP_REPEAT = 5          # announcements after the first one
 ARP_INTERVAL = 0.2      # seconds between them
@@ -88,7 +76,7 @@ class IPaddr2:
 
     def _ipr(self):
         if self._nl is None:
-            self._nl = _nl.IPRoute()
+            self._nl = RtNetlink()
         return self._nl
 
     def _with_ipr(self, fn):
@@ -96,8 +84,8 @@ class IPaddr2:
         with self._lock:
             try:
                 return fn(self._ipr())
-            except (OSError, _nl.NetlinkError) as e:
-                if isinstance(e, _nl.NetlinkError):
+            except OSError as e:
+                if isinstance(e, NetlinkError):
                     raise
                 self.close()
                 return fn(self._ipr())
@@ -119,7 +107,7 @@ class IPaddr2:
         one frame."""
         def work(ipr):
             self._loc = self._locate(ipr)
-            self._lo = ipr.link_lookup(ifname="lo")[0]
+            self._lo = link_index("lo")
         self._with_ipr(work)
         self._garp_sock(self._loc[1])
 
@@ -151,36 +139,34 @@ class IPaddr2:
     def _locate(self, ipr) -> tuple[int, str, int]:
         """(ifindex, ifname, prefixlen) for the VIP."""
         vip = ipaddress.IPv4Address(self.ip)
-        names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        names = link_names()
         if self.dev:
             idx = next((i for i, n in names.items() if n == self.dev), None)
             if idx is None:
                 raise ResourceError(f"{self}: interface {self.dev} does not exist")
             bits = self.bits
             if bits is None:
-                for a in ipr.get_addr(family=socket.AF_INET, index=idx):
-                    net = ipaddress.ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
-                    if vip in net:
-                        bits = a["prefixlen"]
+                for _i, addr, plen in ipr.addresses(idx):
+                    if vip in ipaddress.ip_network(f"{addr}/{plen}", strict=False):
+                        bits = plen
                         break
             return idx, self.dev, bits if bits is not None else 32
         best = None
-        for a in ipr.get_addr(family=socket.AF_INET):
-            name = names.get(a["index"])
-            if name == "lo" or a.get_attr("IFA_ADDRESS") == self.ip:
+        for idx, addr, plen in ipr.addresses():
+            name = names.get(idx)
+            if name == "lo" or addr == self.ip:
                 continue
-            net = ipaddress.ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
-            if vip in net and (best is None or a["prefixlen"] > best[2]):
-                best = (a["index"], name, a["prefixlen"])
+            if vip in ipaddress.ip_network(f"{addr}/{plen}", strict=False) and (best is None or plen > best[2]):
+                best = (idx, name, plen)
         if best is None:
             raise ResourceError(f"{self}: no interface has a subnet containing {self.ip}; "
                                 f"give one: {self.name}::{self.ip}/BITS/IFACE")
         return best[0], best[1], self.bits if self.bits is not None else best[2]
 
     def _has(self, ipr, idx) -> int | None:
-        for a in ipr.get_addr(family=socket.AF_INET, index=idx):
-            if a.get_attr("IFA_ADDRESS") == self.ip:
-                return a["prefixlen"]
+        for _i, addr, plen in ipr.addresses(idx):
+            if addr == self.ip:
+                return plen
         return None
 
     # -- agent interface
@@ -189,21 +175,21 @@ class IPaddr2:
 
     def _start(self, ipr) -> None:
         idx, dev, bits = self._loc or self._locate(ipr)
-        lo = self._lo if self._lo is not None else ipr.link_lookup(ifname="lo")[0]
+        lo = self._lo if self._lo is not None else link_index("lo")
         lo_bits = self._has(ipr, lo) if self.hidden_lo else None
         if lo_bits is not None:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             self.state_file.write_text(json.dumps({"ip": self.ip, "lo_prefixlen": lo_bits}))
-            ipr.addr("del", index=lo, address=self.ip, prefixlen=lo_bits)
+            ipr.del_address(lo, self.ip, lo_bits)
             self.log("info", f"{self}: removed {self.ip}/{lo_bits} from the hidden lo (remembered in {self.state_file})")
         try:
-            ipr.addr("add", index=idx, address=self.ip, prefixlen=bits)
-        except _nl.NetlinkError as e:
+            ipr.add_address(idx, self.ip, bits)
+        except NetlinkError as e:
             if self._loc is not None and e.code == 19:     # the interface changed since prepare
                 self._loc = None
                 return self._start(ipr)
             if e.code != 17:   # EEXIST: already there
-                raise ResourceError(f"{self}: cannot add {self.ip}/{bits} to {dev}: {e.args[-1]}") from None
+                raise ResourceError(f"{self}: cannot add {self.ip}/{bits} to {dev}: {e.strerror}") from None
         try:
             self._announce(dev)     # announce first, log after: the clients are waiting
         except OSError as e:
@@ -236,7 +222,7 @@ class IPaddr2:
         if idx is not None:
             have = self._has(ipr, idx)
             if have is not None:
-                ipr.addr("del", index=idx, address=self.ip, prefixlen=have)
+                ipr.del_address(idx, self.ip, have)
                 self.log("info", f"{self}: {self.ip} removed from {dev}")
         if self.state_file.exists():
             try:
@@ -244,9 +230,9 @@ class IPaddr2:
                 bits = int(st.get("lo_prefixlen", 32))
             except (ValueError, OSError):
                 bits = 32
-            lo = ipr.link_lookup(ifname="lo")[0]
+            lo = link_index("lo")
             if self._has(ipr, lo) is None:
-                ipr.addr("add", index=lo, address=self.ip, prefixlen=bits)
+                ipr.add_address(lo, self.ip, bits)
             self.state_file.unlink()
             self.log("info", f"{self}: {self.ip}/{bits} back on the hidden lo (a real server again)")
 
