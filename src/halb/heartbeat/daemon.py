@@ -1,10 +1,11 @@
 """The heartbeat daemon: a thin asyncio shell around the pure cores.
 
-Beats go out on every link every `keepalive`; packets in and clock ticks
-feed `Membership`; after every change `ownership.decide` says which groups
-to acquire or release, and the resource agents run in worker threads so
-the beat path never waits for them. State and commands (status, nodes,
-standby, takeover) are served on a unix socket in the node's run dir.
+The beat path (send, receive, `Membership` ticks) runs on its own thread
+(beatloop.BeatLoop) and hands what happened to the event loop; there,
+after every change `ownership.decide` says which groups to acquire or
+release, and the resource agents run in a helper process so the beat path
+never waits for them. State and commands (status, nodes, standby,
+takeover) are served on a unix socket in the node's run dir.
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ from pathlib import Path
 
 from halb.errors import ConfigError, HalbError
 from halb.heartbeat import stonith
+from halb.heartbeat.beatloop import BeatLoop
 from halb.heartbeat.membership import Membership
 from halb.heartbeat.ownership import NodeView, decide, fence_targets
-from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode, encode_body
-from halb.heartbeat.transport import echo_request, open_links, open_ping_socket, parse_echo_reply
+from halb.heartbeat.packet import encode_body
+from halb.heartbeat.transport import open_links, open_ping_socket
 from halb.heartbeat.worker import AgentWorker
 from halb.resources import ResourceError, make_agent
 
@@ -135,10 +137,8 @@ class Daemon:
         self.log = log or Logger(self.cfg.logfile, self.cfg.debugfile, debug=debug, facility=self.cfg.logfacility)
         self.nodes = list(self.cfg.nodes)
         self.generation = time.time_ns()
-        self.seq = 0
         self.claim = 0
         self.counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0}
-        self.replay = ReplayGuard()
         self.payloads: dict[str, dict] = {}
         self.last_held: dict[str, set] = {}
         self.fenced: set = set()
@@ -163,11 +163,11 @@ class Daemon:
         self.channels = []
         self.ping_sock = None
         self.ping_ident = os.getpid() & 0xFFFF
-        self.ping_seq = 0
+        self.beats = None
         self.respawned: dict[int, subprocess.Popen] = {}
         self._wake = None
         self.started_at = time.monotonic()
-        self._last_payload, self._last_body = None, b""
+        self._last_payload = None
         self.worker = None
 
     # ------------------------------------------------------------ helpers
@@ -184,15 +184,15 @@ class Daemon:
         return {"st": st, "held": sorted(self.held()), "claim": self.claim,
                 "ping": self.mem.ping_score(), "busy": self.busy()}
 
-    def send_beat(self, st="up"):
-        self.seq += 1
-        p = self.payload(st)
+    def send_beat(self, now=True):
+        """Our state changed (held groups, claim, ping score): beats say it from now on,
+        and one goes out at once unless `now` is False."""
+        p = self.payload()
         if p != self._last_payload:
-            self._last_payload, self._last_body = p, encode_body(p)
-        data = encode(Packet(self.me, self.generation, self.seq, p), self.ha.auth, self._last_body)
-        for ch in self.channels:
-            self.counters["tx"] += len(ch.dests)
-            self.counters["tx_errors"] += ch.send(data)
+            self._last_payload = p
+            self.beats.set_body(encode_body(p))
+        if now:
+            self.beats.send_now()
 
     def views(self) -> dict:
         v = {self.me: NodeView(True, self.held(), self.claim, self.mem.ping_score(), True)}
@@ -203,49 +203,38 @@ class Daemon:
         return v
 
     # ------------------------------------------------------------ inputs
-    def on_datagram(self, data: bytes, link: str):
-        now = self.now()
-        try:
-            pkt = decode(data, self.ha.auth, accept_crc=self.cfg.allow_crc)
-        except DecodeError as e:
-            self.counters[e.reason] = self.counters.get(e.reason, 0) + 1
-            self.log("debug", f"dropped a packet on {link}: {e}")
-            return
-        if pkt.node == self.me:
-            self.counters["own"] += 1
-            return
-        if pkt.node not in self.mem.state:
-            self.counters["unknown_node"] += 1
-            return
-        why = self.replay.check(pkt.node, pkt.generation, pkt.seq)
-        if why:
-            self.counters[why] = self.counters.get(why, 0) + 1
-            return
-        self.counters["rx"] += 1
-        p = pkt.payload
-        try:
-            held = {int(x) for x in p.get("held", ())}
-            int(p.get("claim", 0)), int(p.get("ping", 0))
-        except (TypeError, ValueError):
-            self.counters["malformed"] = self.counters.get("malformed", 0) + 1
-            return
+    def from_beats(self, items):
+        """What the beat thread saw, in order (runs on the event loop)."""
+        for item in items:
+            kind = item[0]
+            if kind == "events":
+                self.handle_events(item[1])
+            elif kind == "payload":
+                self.on_payload(*item[1:])
+            elif kind == "failed":
+                self.log("error", "no more beats: stopping")
+                self.request_stop()
+
+    def on_payload(self, node: str, p: dict, events):
+        """A peer's beat said something new (held groups, claim, ping score, busy, shutdown)."""
+        held = {int(x) for x in p.get("held", ())}
         if p.get("st") == "shutdown":
-            self.payloads[pkt.node] = p
-            self.last_held[pkt.node] = held
-            if self.mem.state.get(pkt.node) != "dead":
-                self.log("info", f"Received shutdown notice from '{pkt.node}'.")
-                self.handle_events(self.mem.leave(pkt.node, now))
+            self.payloads[node] = p
+            self.last_held[node] = held
+            if events:
+                self.log("info", f"Received shutdown notice from '{node}'.")
+                self.handle_events(events)
             self.evaluate()
             return
-        prev = self.payloads.get(pkt.node)
-        self.payloads[pkt.node] = p
-        self.last_held[pkt.node] = held
-        self.handle_events(self.mem.beat(pkt.node, link, now))
+        prev = self.payloads.get(node)
+        self.payloads[node] = p
+        self.last_held[node] = held
+        self.handle_events(events)
         busy = bool(p.get("busy"))
         # the peer finished taking or giving up resources (or, first heard, already holds some)
-        if not busy and (self.peer_busy.get(pkt.node) or (pkt.node not in self.peer_busy and held)):
+        if not busy and (self.peer_busy.get(node) or (node not in self.peer_busy and held)):
             self.log("info", "remote resource transition completed.")
-        self.peer_busy[pkt.node] = busy
+        self.peer_busy[node] = busy
         if prev is None or prev.get("held") != p.get("held") or prev.get("claim") != p.get("claim") \
                 or prev.get("ping") != p.get("ping") or prev.get("busy") != busy:
             self.evaluate()
@@ -272,15 +261,19 @@ class Daemon:
                 self.log("info", str(e))
             elif k in ("ping_up", "ping_dead"):
                 self.log("info" if k == "ping_up" else "warn", str(e))
+                self.send_beat(now=False)    # our ping score is in our beats
                 changed = True
         if changed:
             self.evaluate()
 
     # ------------------------------------------------------------ decisions
     def evaluate(self):
-        if self.stopping or not self.mem.settled():
+        if self.stopping:
             return
-        views = self.views()
+        with self.beats.lock:
+            if not self.mem.settled():
+                return
+            views = self.views()
         d = decide(self.me, self.nodes, [g.group.node for g in self.groups], views, self.cfg.auto_failback)
         now = self.now()
         for gi in d.acquire:
@@ -293,6 +286,8 @@ class Daemon:
             if g.state == "held":
                 g.state = "releasing"
                 g.task = asyncio.get_running_loop().create_task(self.release(g))
+        if d.acquire or d.release:
+            self.send_beat(now=False)
 
     def retry_later(self, g: GroupState) -> None:
         """A takeover that could not be done: the group is idle again, tried later."""
@@ -365,8 +360,11 @@ class Daemon:
     # ------------------------------------------------------------ control
     def status(self) -> dict:
         now = self.now()
-        snap = self.mem.snapshot(now)
-        views = self.views()
+        with self.beats.lock:
+            snap = self.mem.snapshot(now)
+            views = self.views()
+            settled = self.mem.settled()
+            ping_score = self.mem.ping_score()
         holders = {}
         for g in self.groups:
             holders[g.index] = sorted(n for n, v in views.items() if v.alive and g.index in v.held)
@@ -375,9 +373,9 @@ class Daemon:
             "status": "active" if self.settled_active() else ("standby" if self.claim < 0 else "up"),
             "claim": self.claim, "realtime": self.realtime,
             "keepalive": self.cfg.keepalive, "deadtime": self.cfg.deadtime,
-            "uptime": round(now - self.started_at, 3), "settled": self.mem.settled(),
+            "uptime": round(now - self.started_at, 3), "settled": settled,
             "nodes": {self.me: {"status": "up (this node)"}, **snap["nodes"]},
-            "links": snap["links"], "ping": snap["ping"], "ping_score": self.mem.ping_score(),
+            "links": snap["links"], "ping": snap["ping"], "ping_score": ping_score,
             "stalls": snap["stalls"],
             "groups": [{"group": g.describe(), "preferred": g.group.node, "state": g.state,
                         "holders": holders[g.index]} for g in self.groups],
@@ -425,37 +423,6 @@ class Daemon:
             writer.close()
 
     # ------------------------------------------------------------ loops
-    def _reader(self, ch):
-        def cb():
-            for _ in range(64):
-                try:
-                    data = ch.sock.recv(2048)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    return
-                self.on_datagram(data, ch.name)
-        return cb
-
-    def _ping_reader(self):
-        while True:
-            try:
-                data, addr = self.ping_sock.recvfrom(2048)
-            except (BlockingIOError, InterruptedError, OSError):
-                return
-            if parse_echo_reply(data, self.ping_ident):
-                self.handle_events(self.mem.ping_reply(addr[0], self.now()))
-
-    def send_pings(self):
-        self.ping_seq += 1
-        pkt = echo_request(self.ping_ident, self.ping_seq)
-        for addrs in self.cfg.ping_targets.values():
-            for a in addrs:
-                try:
-                    self.ping_sock.sendto(pkt, (a, 0))
-                except OSError:
-                    pass
-
     def set_realtime(self):
         if not self.cfg.realtime:
             return
@@ -565,10 +532,18 @@ class Daemon:
                               tick_interval=self.tick_interval, now=now)
         if cfg.ping_targets:
             self.ping_sock = open_ping_socket()
-            loop.add_reader(self.ping_sock.fileno(), self._ping_reader)
-        self._drains = [self._reader(ch) for ch in self.channels]
-        for ch, cb in zip(self.channels, self._drains):
-            loop.add_reader(ch.sock.fileno(), cb)
+        self._settled = False
+
+        def deliver(items):
+            loop.call_soon_threadsafe(self._delivered, items)
+        beat_prio = 0
+        if self.realtime:
+            beat_prio = min(os.sched_get_priority_max(os.SCHED_FIFO), os.sched_getparam(0).sched_priority + 1)
+        self.beats = BeatLoop(me=self.me, auth=self.ha.auth, generation=self.generation, channels=self.channels,
+                              mem=self.mem, keepalive=cfg.keepalive, tick_interval=self.tick_interval,
+                              accept_crc=cfg.allow_crc, deliver=deliver, counters=self.counters,
+                              ping_sock=self.ping_sock, ping_targets=cfg.ping_targets, ping_ident=self.ping_ident,
+                              rt_prio=beat_prio, log=self.log)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spath = socket_path(self.run_dir)
         if spath.exists():
@@ -577,57 +552,32 @@ class Daemon:
             spath.unlink()
         server = await asyncio.start_unix_server(self.handle_client, path=str(spath))
         os.chmod(spath, 0o600)
-        self._stop = False
-
-        def on_signal():
-            self._stop = True
-            if self._sleeper is not None and not self._sleeper.done():
-                self._sleeper.cancel()
-        self._sleeper = None
+        self._stop_ev = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        # a full garbage collection over the start-up heap (pyroute2 & co) can stall the
-        # loop for tens of ms: freeze what exists now so collections only scan new objects
+            loop.add_signal_handler(sig, self.request_stop)
+        # a full garbage collection over the start-up heap can stall a thread for tens of
+        # ms: freeze what exists now so collections only scan new objects
         gc.collect()
         gc.freeze()
+        # the beat thread waits at most this long for the interpreter lock
+        sys.setswitchinterval(0.0005)
         respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
-        next_beat = now
-        next_ping = now
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
+        self.send_beat(now=False)
+        self.beats.start()
         try:
-            while not self._stop:
-                now = self.now()
-                # the event loop's timers have millisecond resolution and may fire
-                # up to 1 ms early: treat what is due within 1 ms as due now
-                if now >= next_beat - 0.001:
-                    self.send_beat()
-                    next_beat += cfg.keepalive
-                    if next_beat < now:
-                        next_beat = now + cfg.keepalive
-                if self.ping_sock is not None and now >= next_ping:
-                    self.send_pings()
-                    next_ping = now + max(cfg.keepalive, 0.05)
-                was_settled = self.mem.settled()
-                # read what already arrived before judging anyone on silence: the
-                # reader callbacks may not have run yet in this loop iteration
-                for drain in self._drains:
-                    drain()
-                now = self.now()
-                self.handle_events(self.mem.tick(now))
-                if not was_settled and self.mem.settled():
-                    self.evaluate()
-                delay = min(next_beat, now + self.tick_interval) - self.now()
-                if delay > 0.001:
-                    self._sleeper = loop.create_future()
-                    h = loop.call_later(delay, _wake, self._sleeper)
-                    try:
-                        await self._sleeper
-                    except asyncio.CancelledError:
-                        if not self._stop:
-                            raise
-                    h.cancel()
+            await self._stop_ev.wait()
         finally:
             await self.shutdown(server, respawn)
+
+    def _delivered(self, items):
+        self.from_beats(items)
+        if not self._settled and self.mem.settled():
+            self._settled = True
+            self.evaluate()
+
+    def request_stop(self):
+        self._stop_ev.set()
 
     async def shutdown(self, server, respawn):
         self.stopping = True
@@ -641,8 +591,7 @@ class Daemon:
         for g in reversed(self.groups):
             if g.state != "idle":
                 await self.release(g)
-        for _ in range(3):
-            self.send_beat("shutdown")
+        self.beats.stop(encode_body(self.payload("shutdown")), 3)
         if respawn:
             respawn.cancel()
         for p in self.respawned.values():
@@ -678,20 +627,19 @@ def normal_priority(argv: list) -> list:
 
 
 def _lock_memory(log):
-    """mlockall, as heartbeat does: no page fault may delay a beat."""
+    """mlockall, as heartbeat does: no page of ours is swapped out under a beat.
+    MCL_ONFAULT locks pages as they are first touched instead of loading every
+    mapping at once (the 8 MB stack of each thread, every library page): the
+    same guarantee for what the daemon uses, at the memory it really uses."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mlockall(1 | 2) != 0:   # MCL_CURRENT | MCL_FUTURE
-            log("warn", f"cannot lock ourselves into memory: {os.strerror(ctypes.get_errno())}")
+        if libc.mlockall(1 | 2 | 4) != 0:      # MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT (Linux 4.4)
+            if ctypes.get_errno() != 22 or libc.mlockall(1 | 2) != 0:
+                log("warn", f"cannot lock ourselves into memory: {os.strerror(ctypes.get_errno())}")
     except (OSError, AttributeError) as e:
         log("warn", f"cannot lock ourselves into memory: {e}")
-
-
-def _wake(fut):
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _socket_alive(path) -> bool:

@@ -69,6 +69,7 @@ class Membership:
         self.link_state: dict[tuple[str, str], str] = {}
         self.deaths = {n: 0 for n in self.peers}
         self.late_count = {n: 0 for n in self.peers}
+        self.max_interval = {n: 0.0 for n in self.peers}   # longest silence heard from each peer while up
         self.stalls = 0
         self.ping_members = dict(ping_targets or {})          # target -> addresses
         self.ping_of = {a: t for t, addrs in self.ping_members.items() for a in addrs}
@@ -81,9 +82,14 @@ class Membership:
             return []
         ev: list[Event] = []
         prev = self.last_seen.get(node)
-        if self.state[node] == "up" and prev is not None and now - prev > self.warntime:
-            self.late_count[node] += 1
-            ev.append(Event("node_late", node, value=now - prev))
+        if prev is not None and now < prev:
+            now = prev           # arrival times may come slightly out of order between links
+        if self.state[node] == "up" and prev is not None:
+            if now - prev > self.max_interval[node]:
+                self.max_interval[node] = now - prev
+            if now - prev > self.warntime:
+                self.late_count[node] += 1
+                ev.append(Event("node_late", node, value=now - prev))
         self.last_seen[node] = now
         key = (node, link)
         self.links[key] = now
@@ -156,6 +162,24 @@ class Membership:
                 ev.append(Event("ping_dead", t))
         return ev
 
+    def next_deadline(self) -> float:
+        """The earliest time at which `tick` may declare something dead (inf: nothing pending).
+        A caller that sleeps until then, or until its next beat, misses no deadline."""
+        t = float("inf")
+        for n in self.peers:
+            st = self.state[n]
+            if st == "init":
+                t = min(t, self.start + self.initdead)
+            elif st == "up":
+                t = min(t, self.last_seen[n] + self.deadtime)
+        for key, last in self.links.items():
+            if self.link_state[key] == "up":
+                t = min(t, last + self.deadtime)
+        for tg in self.ping_members:
+            if self.ping_state[tg] != "dead":
+                t = min(t, self.ping_seen.get(tg, self.start) + self.deadping)
+        return t
+
     # ------------------------------------------------------------- views
     def alive(self, node: str) -> bool:
         return node == self.me or self.state.get(node) == "up"
@@ -172,7 +196,8 @@ class Membership:
         return {
             "nodes": {n: {"status": self.state[n],
                           "last_beat_ago": (round(now - self.last_seen[n], 4) if n in self.last_seen else None),
-                          "deaths": self.deaths[n], "late": self.late_count[n]} for n in self.peers},
+                          "deaths": self.deaths[n], "late": self.late_count[n],
+                          "max_interval": round(self.max_interval[n], 4)} for n in self.peers},
             "links": {f"{n}:{l}": s for (n, l), s in sorted(self.link_state.items())},
             "ping": dict(self.ping_state),
             "stalls": self.stalls,

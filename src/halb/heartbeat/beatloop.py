@@ -1,0 +1,248 @@
+"""The beat path: one thread, plain sockets, one wake-up per tick.
+
+It sends our beats, reads the peers' (and the ping nodes' replies) and
+ticks the membership core; it never waits for the event loop, a resource
+agent, a log write or a control client. It sleeps in select() on a wake
+pipe until the earliest of: the next beat, the next tick, the next
+deadline the membership core could judge. Datagrams are not a reason to
+wake up: they wait in the socket with the kernel's arrival time stamp
+(SO_TIMESTAMPNS) and are read at the next wake-up, so a peer is judged on
+when its beat arrived, not on when we read it, at one wake-up per tick
+instead of one per datagram.
+
+What the daemon must act on (membership events, a peer's new payload)
+goes to `deliver(items)` in the order it happened, from this thread: the
+daemon hands it to its event loop. The membership core is shared with
+the daemon under `lock`.
+"""
+from __future__ import annotations
+
+import os
+import select
+import struct
+import threading
+import time
+
+from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode
+from halb.heartbeat.transport import echo_request, parse_echo_reply
+
+SO_TIMESTAMPNS = 35          # SCM_TIMESTAMPNS too (Linux)
+SOL_SOCKET = 1
+_TS = struct.Struct("=qq")
+_ANC = 64                    # room for one timespec control message
+
+
+class BeatLoop:
+    def __init__(self, *, me, auth, generation, channels, mem, keepalive, tick_interval, accept_crc,
+                 deliver, counters, ping_sock=None, ping_targets=None, ping_ident=0, rt_prio=0,
+                 log=None):
+        self.me, self.auth, self.generation = me, auth, generation
+        self.channels = channels
+        self.mem = mem
+        self.keepalive = keepalive
+        self.tick_interval = tick_interval
+        self.accept_crc = accept_crc
+        self.deliver = deliver
+        self.counters = counters
+        self.ping_sock = ping_sock
+        self.ping_addrs = [a for addrs in (ping_targets or {}).values() for a in addrs]
+        self.ping_ident = ping_ident
+        self.ping_interval = max(keepalive, 0.05)
+        self.rt_prio = rt_prio
+        self.log = log or (lambda level, msg: None)
+        self.lock = threading.Lock()
+        self.replay = ReplayGuard()
+        self.seq = 0
+        self.ping_seq = 0
+        self.body = b"{}"
+        self.last_payload: dict = {}
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._stop = False
+        self._final = None
+        self.thread = None
+        for ch in channels:
+            ch.sock.setsockopt(SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    # ------------------------------------------------------------ from the daemon's thread
+    def set_body(self, body: bytes) -> None:
+        """What our beats say from now on (the encoded payload)."""
+        self.body = body
+
+    def send_now(self) -> None:
+        """Send a beat at once (a transition started or ended: peers should know now)."""
+        self._poke(b"s")
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="halb-heartbeat-beat", daemon=True)
+        self.thread.start()
+
+    def stop(self, final_body: bytes | None = None, count: int = 3, timeout: float = 5.0) -> None:
+        """Stop the thread; it sends `final_body` (the shutdown notice) `count` times first."""
+        self._final = (final_body, count) if final_body is not None else None
+        self._stop = True
+        self._poke(b"q")
+        if self.thread is not None:
+            self.thread.join(timeout)
+        for fd in (self._rfd, self._wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _poke(self, b: bytes) -> None:
+        try:
+            os.write(self._wfd, b)
+        except (BlockingIOError, OSError):
+            pass            # the pipe is full of wake-ups already, or closed
+
+    # ------------------------------------------------------------ the thread
+    def _send(self, body: bytes) -> None:
+        self.seq += 1
+        data = encode(Packet(self.me, self.generation, self.seq), self.auth, body)
+        c = self.counters
+        for ch in self.channels:
+            c["tx"] += len(ch.dests)
+            errors = ch.send(data)
+            if errors:
+                c["tx_errors"] += errors
+
+    def _send_pings(self) -> None:
+        self.ping_seq += 1
+        pkt = echo_request(self.ping_ident, self.ping_seq)
+        for a in self.ping_addrs:
+            try:
+                self.ping_sock.sendto(pkt, (a, 0))
+            except OSError:
+                pass
+
+    def _count(self, reason: str) -> None:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+
+    def _drain(self, ch, now: float, offset: float, floor: float, items: list) -> None:
+        """Read what waits on one link; judge each beat on its arrival time."""
+        sock, link, mem = ch.sock, ch.name, self.mem
+        for _ in range(256):
+            try:
+                data, anc, _flags, _addr = sock.recvmsg(2048, _ANC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            t = now
+            for level, kind, raw in anc:
+                if level == SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = _TS.unpack_from(raw)
+                    # wall clock of arrival -> our monotonic clock; a wall-clock step cannot
+                    # place it before our previous wake-up or after now
+                    t = min(now, max(floor, sec + nsec * 1e-9 - offset))
+            try:
+                pkt = decode(data, self.auth, accept_crc=self.accept_crc)
+            except DecodeError as e:
+                self._count(e.reason)
+                self.log("debug", f"dropped a packet on {link}: {e}")
+                continue
+            node = pkt.node
+            if node == self.me:
+                self.counters["own"] += 1
+                continue
+            if node not in mem.state:
+                self.counters["unknown_node"] += 1
+                continue
+            why = self.replay.check(node, pkt.generation, pkt.seq)
+            if why:
+                self._count(why)
+                continue
+            p = pkt.payload
+            if p is not self.last_payload.get(node):    # bodies are parsed once: same body, same dict
+                try:
+                    {int(x) for x in p.get("held", ())}
+                    int(p.get("claim", 0)), int(p.get("ping", 0))
+                except (TypeError, ValueError):
+                    self._count("malformed")
+                    continue
+            self.counters["rx"] += 1
+            if p.get("st") == "shutdown":
+                self.last_payload[node] = p
+                items.append(("payload", node, p, mem.leave(node, t)))
+                continue
+            ev = mem.beat(node, link, t)
+            if p is not self.last_payload.get(node):
+                self.last_payload[node] = p
+                items.append(("payload", node, p, ev))
+            elif ev:
+                items.append(("events", ev))
+
+    def _drain_pings(self, now: float, items: list) -> None:
+        while True:
+            try:
+                data, addr = self.ping_sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if parse_echo_reply(data, self.ping_ident):
+                ev = self.mem.ping_reply(addr[0], now)
+                if ev:
+                    items.append(("events", ev))
+
+    def _run(self) -> None:
+        if self.rt_prio:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_prio))
+            except OSError:
+                pass
+        mono, wall = time.monotonic, time.time
+        rfd = self._rfd
+        now = mono()
+        next_beat = now
+        next_ping = now
+        floor = now
+        send_now = False
+        try:
+            while not self._stop:
+                now = mono()
+                if send_now or now >= next_beat - 0.0002:
+                    self._send(self.body)
+                    if now >= next_beat - 0.0002:
+                        next_beat += self.keepalive
+                        if next_beat < now:
+                            next_beat = now + self.keepalive
+                    send_now = False
+                if self.ping_sock is not None and now >= next_ping:
+                    self._send_pings()
+                    next_ping = now + self.ping_interval
+                items: list = []
+                offset = wall() - mono()
+                now = mono()
+                with self.lock:
+                    for ch in self.channels:
+                        self._drain(ch, now, offset, floor, items)
+                    if self.ping_sock is not None:
+                        self._drain_pings(now, items)
+                    ev = self.mem.tick(now)
+                    if ev:
+                        items.append(("events", ev))
+                    deadline = self.mem.next_deadline()
+                floor = now
+                if items:
+                    self.deliver(items)
+                wake = min(next_beat, now + self.tick_interval, deadline + 0.0002)
+                if self.ping_sock is not None:
+                    wake = min(wake, next_ping)
+                delay = wake - mono()
+                if delay > 0:
+                    r, _, _ = select.select([rfd], [], [], delay)
+                    if r:
+                        try:
+                            got = os.read(rfd, 512)
+                        except BlockingIOError:
+                            got = b""
+                        if b"s" in got:
+                            send_now = True
+            if self._final is not None:
+                body, count = self._final
+                for _ in range(count):
+                    self._send(body)
+        except Exception as e:  # noqa: BLE001 - say why the beats stopped, then stop the daemon
+            self.log("error", f"the beat thread failed: {type(e).__name__}: {e}")
+            self.deliver([("failed", str(e))])
