@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Benchmark of the nft engine (kernel data plane) in the namespace lab.
 
-One run, bounded (~2-3 min), needs root:
-  (1) data path, wrk in client0 -> nginx on N2 (1 worker):
-        direct      client -> N2:8080
-        naive-dr    client -> VIP:8080 on N1 (one hand-written mark rule + policy route) -> N2
-        gate        client -> VIP:8080 on N1 (nft engine, Direct Return) -> N2
-        masq        client -> VIP:8080 on N1 (nft engine, NAT + masquerade) -> N2
-      keep-alive and one connection per request (Connection: close), -t2 -c50;
-      p99 latency at light load (-t1 -c2) to get the latency the director adds.
-      Ratios are against "direct" measured in the same run.
+One run, bounded (~6 min), needs root:
+  (1) data path, client0 -> nginx on N2 (1 worker), five paths set up at
+      once (see paths_up): direct, bare-hop (plain routing through N3),
+      naive-dr (hand-written mark rule + policy route on N3), gate (halb,
+      Direct Return, N1), masq (halb, NAT, N1). Short slices of every path
+      are interleaved in a random order per round, so slow phases of the
+      shared 2 cores hit every path alike; figures are medians and ratios
+      are paired per round.
+        throughput: wrk -t2 -c50, keep-alive and one connection per request;
+        latency: a C probe at a light fixed rate (default 1000 req/s), one
+        connection per request and keep-alive; p50/p99 pooled over rounds,
+        and the p99 difference to direct per round (median, IQR).
   (2) table apply, inside N1 (engine API, the path `ipvsadm -R` takes):
         1,000 services x 10 real servers in one transaction, then a single
         weight edit and a single server removal; the same edits on a table of
@@ -17,7 +20,7 @@ One run, bounded (~2-3 min), needs root:
         the table size). Also one `halb ipvsadm -e` CLI call, process start
         included.
 
-    python3 bench/bench_nft.py [--duration 4] [--rounds 2] [--services 1000] [--servers 10]
+    python3 bench/bench_nft.py [--rounds 8] [--lat-rounds 12] [--rate 1000] [--services 1000] [--servers 10]
 """
 from __future__ import annotations
 
@@ -100,25 +103,163 @@ def apply_inner(n_services: int, n_servers: int, vip: str, rip_base: str, run_di
 
 # ---------------------------------------------------------------------------
 # (1) data path
+PATHS = ("direct", "bare-hop", "naive-dr", "gate", "masq")
+
+# A fixed-rate latency probe: requests start on a clock (RATE per second),
+# each latency counts from the request's start to the end of its response;
+# one connection per request (close) or one kept-alive connection (ka).
+# Prints "errors N" then every latency in microseconds.
+PROBE_C = r"""#define _GNU_SOURCE
+/* fixed-rate HTTP latency probe (see bench_nft.py) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <errno.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int dial(struct sockaddr_in *sa) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    struct timeval tv = {2, 0};
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (connect(s, (struct sockaddr *)sa, sizeof *sa) < 0) { close(s); return -1; }
+    return s;
+}
+
+/* one response on a kept-alive connection: headers, then Content-Length bytes */
+static int read_response(int s, char *buf, int cap) {
+    int got = 0;
+    for (;;) {
+        int n = recv(s, buf + got, cap - 1 - got, 0);
+        if (n <= 0) return -1;
+        got += n;
+        buf[got] = 0;
+        char *end = strstr(buf, "\r\n\r\n");
+        if (!end) continue;
+        char *cl = strcasestr(buf, "content-length:");
+        int want = (int)(end + 4 - buf) + (cl ? atoi(cl + 15) : 0);
+        if (got >= want) return 0;
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: probe ADDR PORT PATH RATE SECONDS close|ka\n");
+        return 2;
+    }
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &sa.sin_addr);
+    double rate = atof(argv[4]);
+    long n = (long)(rate * atof(argv[5]));
+    int ka = strcmp(argv[6], "ka") == 0;
+    char req[512], buf[65536];
+    int rl = snprintf(req, sizeof req, ka ? "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                                          : "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", argv[3], argv[1]);
+    long long period = (long long)(1e9 / rate);
+    long *lat = calloc(n, sizeof *lat);
+    long errors = 0, done = 0;
+    int s = -1;
+    long long start = now_ns() + 1000000;
+    for (long i = 0; i < n; i++) {
+        long long due = start + i * period;
+        struct timespec ts = {due / 1000000000LL, due % 1000000000LL};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
+        long long t0 = now_ns();
+        int ok = 0;
+        if (ka) {
+            if (s < 0) s = dial(&sa);
+            if (s >= 0 && send(s, req, rl, 0) == rl && read_response(s, buf, sizeof buf) == 0) ok = 1;
+            else if (s >= 0) { close(s); s = -1; }
+        } else {
+            int c = dial(&sa);
+            if (c >= 0) {
+                if (send(c, req, rl, 0) == rl) {
+                    int r;
+                    while ((r = recv(c, buf, sizeof buf, 0)) > 0) {}
+                    ok = r == 0;
+                }
+                close(c);
+            }
+        }
+        /* from the request's own start: a stall of this (shared, virtual)
+           machine then spoils one request, not the ones queued behind it */
+        if (ok) lat[done++] = (long)((now_ns() - t0) / 1000);
+        else errors++;
+    }
+    printf("errors %ld\n", errors);
+    for (long i = 0; i < done; i++) printf("%ld%c", lat[i], i + 1 == done ? '\n' : ' ');
+    return 0;
+}
+"""
+
+
+def build_probe(workdir: Path) -> str | None:
+    """Compile the probe (C: a Python client's own jitter would hide 0.1 ms)."""
+    src, exe = workdir / "probe.c", workdir / "probe"
+    src.write_text(PROBE_C)
+    r = subprocess.run(["cc", "-O2", "-o", str(exe), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"(no C compiler: latency probe skipped: {r.stderr.strip()[:200]})")
+        return None
+    os.chmod(workdir, 0o755)
+    return str(exe)
+
+
 def _seconds(text: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s|m)", text)
     v, u = float(m.group(1)), m.group(2)
     return v * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[u]
 
 
-def wrk(lab, url: str, duration: float, conns: int, threads: int, close: bool) -> tuple[float, float]:
-    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, int(duration))}s", "--latency", "--timeout", "2s"]
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (f + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def wrk(lab, url: str, duration: float, conns: int, threads: int, close: bool) -> float:
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, int(duration))}s", "--timeout", "2s"]
     if close:
         argv += ["-H", "Connection: close"]
     r = lab.run("client0", argv + [url], timeout=duration + 30)
     m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
-    p = re.search(r"^\s+99%\s+(\S+)", r.stdout, re.M)
-    if not m or not p:
+    if not m:
         raise RuntimeError(f"wrk output not understood: {r.stdout} {r.stderr}")
-    errs = re.search(r"Socket errors: (.*)", r.stdout)
-    if errs and close is False:
-        print(f"   (wrk: {errs.group(0).strip()})")
-    return float(m.group(1)), _seconds(p.group(1))
+    return float(m.group(1))
+
+
+def probe(lab, exe: str, addr: str, port: int, rate: int, seconds: float, mode: str) -> tuple[list[int], int]:
+    r = lab.run("client0", [exe, addr, str(port), "/testcluster.html", str(rate), str(seconds), mode],
+                timeout=seconds + 30)
+    lines = r.stdout.splitlines()
+    if r.returncode != 0 or not lines or not lines[0].startswith("errors "):
+        raise RuntimeError(f"probe failed: {r.stdout[:200]} {r.stderr[:200]}")
+    errors = int(lines[0].split()[1])
+    return ([int(x) for x in lines[1].split()] if len(lines) > 1 else []), errors
+
+
+def pct(xs: list, q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    i = min(len(xs) - 1, max(0, int(round(q / 100 * len(xs) + 0.5)) - 1))
+    return xs[i]
 
 
 def halb(lab, *args, stdin=None):
@@ -130,12 +271,17 @@ def halb(lab, *args, stdin=None):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--duration", type=float, default=4)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved throughput rounds (1 s slices)")
+    ap.add_argument("--lat-rounds", type=int, default=12, help="interleaved latency rounds")
+    ap.add_argument("--rate", type=int, default=1000, help="latency probe: requests per second")
+    ap.add_argument("--slice", type=float, default=1.0, help="seconds per slice")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load per path before measuring")
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--servers", type=int, default=10)
     ap.add_argument("--skip-wrk", action="store_true")
+    ap.add_argument("--skip-lat", action="store_true")
     ap.add_argument("--skip-apply", action="store_true")
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--apply-inner", nargs=3, metavar=("VIP", "RIP_BASE", "RUN_DIR"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.apply_inner:
@@ -146,14 +292,13 @@ def main() -> int:
         return 2
     from halb.lab import Lab
 
-    with Lab(nodes=2, clients=1, apache=False, nginx=True, nginx_port=PORT) as lab:
-        n1, n2 = lab.node("N1"), lab.node("N2")
+    print(f"load average at start {os.getloadavg()[0]:.2f}")
+    with Lab(nodes=3, clients=1, apache=False, nginx=False, nginx_port=PORT) as lab:
         lab.nginx_start("N2")
-        lab.run("N1", ["ip", "addr", "add", f"{lab.vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
-        lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", lab.vip], check=True)
         try:
-            if not a.skip_wrk:
-                data_path(lab, a)
+            urls = paths_up(lab)
+            if not (a.skip_wrk and a.skip_lat):
+                data_path(lab, a, urls)
             if a.skip_apply:
                 return 0
             print(f"\n== table apply (inside N1, engine API); load average {os.getloadavg()[0]:.1f} ==")
@@ -176,73 +321,134 @@ def main() -> int:
         finally:
             lab.run("N1", [sys.executable, "-m", "halb", "--engine", "nft", "nft", "flush"])
             lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"])
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
     return 0
 
 
-def naive(lab, up: bool) -> None:
-    """The smallest Direct-Return path by hand (one mark rule, one ip rule, one
-    route, no scheduling, no flow state): the floor halb's gate is compared to."""
-    n1, n2, vip = lab.node("N1"), lab.node("N2"), lab.vip
-    if up:
-        cmd = (f"nft add table ip naive && nft add chain ip naive pre '{{ type filter hook prerouting priority mangle; }}'"
-               f" && nft add rule ip naive pre ip daddr {vip} tcp dport {PORT} meta mark set 0x77"
-               f" && ip rule add fwmark 0x77 lookup 4242777 pref 90 && ip route add default via {n2.ip} dev {n1.iface} table 4242777"
-               f" && ip rule add lookup local pref 150 && ip rule del pref 0"
-               f" && sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.{n1.iface}.send_redirects=0")
-    else:
-        cmd = ("nft delete table ip naive; ip rule del pref 90; ip route flush table 4242777;"
-               " ip rule add lookup local pref 0; ip rule del pref 150;"
-               " sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.send_redirects=1 "
-               f"net.ipv4.conf.{n1.iface}.send_redirects=1")
-    r = lab.run("N1", ["sh", "-c", cmd])
-    if up and r.returncode != 0:
-        raise RuntimeError(f"naive DR set-up failed: {r.stderr}")
+def paths_up(lab) -> dict[str, tuple[str, int]]:
+    """Every path at once, so slices of different paths can be interleaved
+    with no reconfiguration in between (nginx, 1 worker, on N2:8080):
+
+      direct    client0 -> N2
+      bare-hop  client0 -> N2's second address B, routed via N3 (plain IP
+                forwarding, no nftables: the cost of the extra hop itself)
+      naive-dr  client0 -> VIP2 on N3: one hand-written mark rule + policy
+                route (the floor of any Direct-Return director here)
+      gate      client0 -> VIP:8080 on N1, halb's nft engine, Direct Return
+      masq      client0 -> VIP:8081 on N1, halb's nft engine, NAT to N2:8080
+                (the client is on the real server's LAN: masqueraded)
+    """
+    n1, n2, n3, c = lab.node("N1"), lab.node("N2"), lab.node("N3"), lab.client(0)
+    vip, vip2, bare = lab.vip, lab.addr(11), lab.addr(50)
+    lab.run("N1", ["ip", "addr", "add", f"{vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
+    lab.run("N3", ["ip", "addr", "add", f"{vip2}/{lab.prefixlen}", "dev", n3.iface], check=True)
+    lab.run("N2", ["ip", "addr", "add", f"{bare}/{lab.prefixlen}", "dev", n2.iface], check=True)
+    lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", vip, "--vip", vip2], check=True)
+    lab.run("client0", ["ip", "route", "add", f"{bare}/32", "via", n3.ip], check=True)
+    naive = (f"sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
+             f"net.ipv4.conf.{n3.iface}.send_redirects=0"
+             f" && nft add table ip naive && nft add chain ip naive pre '{{ type filter hook prerouting priority mangle; }}'"
+             f" && nft add rule ip naive pre ip daddr {vip2} tcp dport {PORT} meta mark set 0x77"
+             f" && ip rule add fwmark 0x77 lookup 4242777 pref 90 && ip route add default via {n2.ip} dev {n3.iface} table 4242777"
+             f" && ip rule add lookup local pref 150 && ip rule del pref 0")
+    r = lab.run("N3", ["sh", "-c", naive])
+    if r.returncode != 0:
+        raise RuntimeError(f"naive DR / bare hop set-up failed: {r.stderr}")
+    halb(lab, "ipvsadm", "-R", stdin=f"-A -t {vip}:{PORT} -s rr\n-a -t {vip}:{PORT} -r {n2.ip}:{PORT} -g\n"
+                                     f"-A -t {vip}:{PORT + 1} -s rr\n-a -t {vip}:{PORT + 1} -r {n2.ip}:{PORT} -m\n")
+    urls = {"direct": (n2.ip, PORT), "bare-hop": (bare, PORT), "naive-dr": (vip2, PORT),
+            "gate": (vip, PORT), "masq": (vip, PORT + 1)}
+    for name, (addr, port) in urls.items():
+        body = lab.run("client0", ["curl", "-s", "-m", "3", f"http://{addr}:{port}/testcluster.html"]).stdout.strip()
+        if body != "N2":
+            raise RuntimeError(f"{name}: {addr}:{port} answered {body!r}")
+    return urls
 
 
-def data_path(lab, a) -> None:
-    n2 = lab.node("N2")
-    vip = lab.vip
-    paths = {
-        "direct": (f"http://{n2.ip}:{PORT}/testcluster.html", None),
-        "naive-dr": (f"http://{vip}:{PORT}/testcluster.html", "NAIVE"),
-        "gate": (f"http://{vip}:{PORT}/testcluster.html",
-                 f"-A -t {vip}:{PORT} -s rr\n-a -t {vip}:{PORT} -r {n2.ip}:{PORT} -g\n"),
-        "masq": (f"http://{vip}:{PORT}/testcluster.html",
-                 f"-A -t {vip}:{PORT} -s rr\n-a -t {vip}:{PORT} -r {n2.ip}:{PORT} -m\n"),
-    }
-    res: dict[str, dict[str, list]] = {p: {"ka": [], "close": [], "p99": []} for p in paths}
-    print(f"== data path: wrk in client0 -> nginx on N2 (1 worker), {a.duration}s x {a.rounds} rounds; "
-          f"load average {os.getloadavg()[0]:.1f} (other work on the 2 cores skews every figure) ==")
-    for rnd in range(a.rounds):
-        for name, (url, rules) in paths.items():
-            halb(lab, "ipvsadm", "-C")
-            if rules == "NAIVE":
-                naive(lab, True)
-            elif rules:
-                halb(lab, "ipvsadm", "-R", stdin=rules)
-            body = lab.run("client0", ["curl", "-s", "-m", "3", url]).stdout.strip()
-            if "N2" not in body:
-                raise RuntimeError(f"{name}: {url} answered {body!r}")
-            ka, _ = wrk(lab, url, a.duration, 50, 2, close=False)
-            cl, _ = wrk(lab, url, a.duration, 50, 2, close=True)
-            _, p99 = wrk(lab, url, a.duration, 2, 1, close=False)
-            res[name]["ka"].append(ka)
-            res[name]["close"].append(cl)
-            res[name]["p99"].append(p99)
-            if rules == "NAIVE":
-                naive(lab, False)
-    halb(lab, "ipvsadm", "-C")
-    best = {p: {"ka": max(v["ka"]), "close": max(v["close"]), "p99": min(v["p99"])} for p, v in res.items()}
-    d = best["direct"]
-    print(f"{'path':<8} {'keep-alive req/s':>17} {'ratio':>6} {'conn/req req/s':>15} {'ratio':>6} "
-          f"{'p99 light load':>15} {'added':>9}")
-    for p, v in best.items():
-        print(f"{p:<8} {v['ka']:>17.0f} {v['ka'] / d['ka']:>6.2f} {v['close']:>15.0f} {v['close'] / d['close']:>6.2f} "
-              f"{v['p99'] * 1000:>12.3f} ms {(v['p99'] - d['p99']) * 1000:>+8.3f}")
-    nd, g = best["naive-dr"], best["gate"]
-    print(f"gate vs naive-dr: keep-alive {g['ka'] / nd['ka']:.2f}, conn/req {g['close'] / nd['close']:.2f}, "
-          f"p99 {(g['p99'] - nd['p99']) * 1000:+.3f} ms (what halb's scheduling and flow state cost)")
-    print("targets: ratio >= 0.9, p99 added < 0.2 ms (best of rounds; same run, same 2 cores)")
+def _iqr(xs: list[float]) -> str:
+    if len(xs) < 2:
+        return "-"
+    q = statistics.quantiles(xs, n=4)
+    return f"{q[0]:.2f}-{q[2]:.2f}"
+
+
+def data_path(lab, a, urls) -> None:
+    import random
+    rnd = random.Random(a.seed)
+    # warm-up: every path once (the flow maps grow to their working size,
+    # caches and ARP entries fill) before anything is measured
+    for p in PATHS:
+        addr, port = urls[p]
+        wrk(lab, f"http://{addr}:{port}/testcluster.html", a.warmup, 50, 2, close=True)
+    if not a.skip_wrk:
+        print(f"== throughput: wrk -t2 -c50 in client0, {a.rounds} rounds of 1 s slices, paths in random order "
+              f"per round; load average {os.getloadavg()[0]:.2f} ==")
+        res = {p: {"ka": [], "close": []} for p in PATHS}
+        cpu = {p: {"ka": [], "close": []} for p in PATHS}
+        hz = os.sysconf("SC_CLK_TCK")
+        steal0 = cpu_ticks()
+        for _ in range(a.rounds):
+            for mode in ("ka", "close"):
+                for p in rnd.sample(PATHS, len(PATHS)):
+                    addr, port = urls[p]
+                    b0, _ = cpu_ticks()
+                    rate = wrk(lab, f"http://{addr}:{port}/testcluster.html", a.slice, 50, 2,
+                               close=mode == "close")
+                    b1, _ = cpu_ticks()
+                    res[p][mode].append(rate)
+                    # CPU time of the whole machine per request (wrk start-up included)
+                    cpu[p][mode].append((b1 - b0) / hz / max(1.0, rate * a.slice) * 1e6)
+        busy, steal = (y - x for x, y in zip(steal0, cpu_ticks()))
+        print(f"(steal time, the hypervisor's: {100 * steal / max(1, busy + steal):.1f} % of busy time)")
+        # ratios per round (paired: the same minute of the same machine), then their median
+        print(f"{'path':<9} {'keep-alive req/s':>16} {'x direct':>9} {'(IQR)':>10} {'CPU us/req':>10}   "
+              f"{'conn/req req/s':>14} {'x direct':>9} {'(IQR)':>10} {'CPU us/req':>10}")
+        for p in PATHS:
+            cells = []
+            for mode in ("ka", "close"):
+                ratios = [x / d for x, d in zip(res[p][mode], res["direct"][mode])]
+                cells.append(f"{statistics.median(res[p][mode]):>16.0f} {statistics.median(ratios):>9.2f} "
+                             f"{_iqr(ratios):>10} {statistics.median(cpu[p][mode]):>10.1f}")
+            print(f"{p:<9} {cells[0]}   {cells[1][2:]}")
+        for base in ("bare-hop", "naive-dr"):
+            g = [statistics.median([x / y for x, y in zip(res['gate'][m], res[base][m])]) for m in ("ka", "close")]
+            print(f"gate / {base}: keep-alive {g[0]:.2f}, conn/req {g[1]:.2f}")
+        print("target: gate and masq >= 0.9 x direct (median of the per-round ratios, IQR over rounds; "
+              "CPU us/req = busy time of both cores per request, median)")
+    if a.skip_lat:
+        return
+    exe = build_probe(Path(lab.dir))
+    if not exe:
+        return
+    print(f"\n== latency at a light fixed rate: {a.rate} req/s for 1 s slices, {a.lat_rounds} rounds, paths in "
+          f"random order; load average {os.getloadavg()[0]:.2f} ==")
+    lat = {(p, m): [] for p in PATHS for m in ("close", "ka")}
+    per_round = {(p, m): [] for p in PATHS for m in ("close", "ka")}
+    errors = 0
+    steal0 = cpu_ticks()
+    for _ in range(a.lat_rounds):
+        for mode in ("close", "ka"):
+            for p in rnd.sample(PATHS, len(PATHS)):
+                addr, port = urls[p]
+                xs, e = probe(lab, exe, addr, port, a.rate, a.slice, mode)
+                errors += e
+                lat[(p, mode)] += xs
+                per_round[(p, mode)].append(pct(xs, 99))
+    busy, steal = (y - x for x, y in zip(steal0, cpu_ticks()))
+    print(f"(steal time, the hypervisor's: {100 * steal / max(1, busy + steal):.1f} % of busy time)")
+    print(f"{'path':<9} {'mode':<6} {'p50 us':>7} {'p90 us':>7} {'p99 us':>7} {'p99.9 us':>8}   "
+          f"{'p99 added, pooled':>17}   {'per round: median [IQR]':>24}")
+    for mode in ("close", "ka"):
+        d99 = pct(lat[("direct", mode)], 99)
+        for p in PATHS:
+            xs = lat[(p, mode)]
+            diffs = sorted(x - y for x, y in zip(per_round[(p, mode)], per_round[("direct", mode)]))
+            q = statistics.quantiles(diffs, n=4) if len(diffs) >= 2 else [diffs[0]] * 3
+            print(f"{p:<9} {mode:<6} {pct(xs, 50):>7.0f} {pct(xs, 90):>7.0f} {pct(xs, 99):>7.0f} "
+                  f"{pct(xs, 99.9):>8.0f}   {pct(xs, 99) - d99:>+14.0f} us   "
+                  f"{statistics.median(diffs):>+8.0f} us [{q[0]:+.0f}, {q[2]:+.0f}]")
+    print(f"failed requests: {errors}; target: p99 added < 200 us "
+          f"(close = one connection per request: the director's new-connection path)")
 
 
 if __name__ == "__main__":

@@ -213,3 +213,37 @@ def test_count_based_deviation_measured(dr_lab, capsys):
               f"with controller refresh {report['refresh']:.0%}")
     assert report["refresh"] == 0
     assert report["static"] <= 0.5
+
+
+def _get_from_port(lab, port):
+    """GET / from a fixed client port (HTTP/1.0: the server closes first)."""
+    s = lab.socket("client0")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(3)
+    s.bind((lab.client().ip, port))
+    s.connect((lab.vip, 80))
+    s.sendall(b"GET /testcluster.html HTTP/1.0\r\n\r\n")
+    return _finish(s)
+
+
+def test_closing_flow_then_port_reuse(dr_lab):
+    """FIN/RST turns a flow into FIN_WAIT (inactive, tcpfin timeout: one
+    entry, no second map); a new SYN from the same client port is a new
+    connection, scheduled again (IPVS's connection reuse), not pinned."""
+    lab, d = dr_lab
+    _setup(d, lab, "rr", (1, 1))
+    first = _get_from_port(lab, 41234)
+    conns = d.ipvsadm("-L", "-n", "-c").stdout
+    line = next(ln for ln in conns.splitlines() if f"{lab.client().ip}:41234 " in ln + " ")
+    assert "FIN_WAIT" in line, conns
+    expire = line.split()[1]  # mm:ss, from tcpfin (2 min), not tcp (15 min)
+    assert expire <= "02:00", conns
+    out = d.ipvsadm("-L", "-n").stdout
+    inact = {ln.split()[1]: int(ln.split()[5]) for ln in out.splitlines()
+             if ln.strip().startswith("->") and ln.split()[1][0].isdigit()}
+    assert sorted(inact.values()) == [0, 1], out
+    # the same client port again: rr moves on to the other server
+    second = _get_from_port(lab, 41234)
+    assert {first, second} == {"N1", "N2"}, (first, second)
+    flows = d.sh("nft list map inet halb flows").stdout
+    assert flows.count(f"{lab.client().ip} . 41234") == 1, flows

@@ -353,8 +353,14 @@ class Lab:
         self._up = True
         # the switch: a bridge in its own namespace, no uplink, no route out
         _ip(["netns", "add", st.switch_ns])
+        # a switch forwards frames: no IP firewalling of bridged traffic
+        # (br_netfilter, when the kernel has it, would pass every frame
+        # through the IP hooks: a per-packet cost no real switch has)
         _sysctl_ns(st.switch_ns, {"net.ipv6.conf.all.disable_ipv6": "1",
-                                  "net.ipv6.conf.default.disable_ipv6": "1"})
+                                  "net.ipv6.conf.default.disable_ipv6": "1",
+                                  "net.bridge.bridge-nf-call-iptables": "0",
+                                  "net.bridge.bridge-nf-call-ip6tables": "0",
+                                  "net.bridge.bridge-nf-call-arptables": "0"})
         sw = ["link set lo up",
               f"link add {st.bridge} type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
               f"link set {st.bridge} up"]

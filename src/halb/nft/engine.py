@@ -35,6 +35,7 @@ STATE_FILE = "nft-state.bin"
 STATE_FORMAT = 1
 LOCK_FILE = "nft.lock"
 SAMPLES_FILE = "nft-samples.json"
+MID_BITS = rs.MID_LIMIT - 1  # a dest mark's id (flow values may carry CLOSING_BIT)
 
 
 def _skey(svc_or_key) -> str:
@@ -79,6 +80,7 @@ class State:
         self.sysctls: dict[str, str] = {}
         self.zero: dict[str, list[int]] = {}
         self.kernel = False
+        self.layout = 0  # rs.VERSION of the kernel objects halb made
         self.sched_state: dict[str, str] = {}
         self.gc_at: dict[str, float] = {}
         self.slots: dict[str, tuple] = {}  # service -> its slot numbers in the global q map  # service -> when to look for its retired servers' flows
@@ -321,7 +323,7 @@ class NftEngine(Engine):
         routes_before = set(st.rips.values()) if st.kernel else set()
         # trust the state (a `nft list` costs as much as the edit); when the
         # table vanished behind halb's back the batch fails and is redone in full
-        full = force_full or not st.kernel
+        full = force_full or not st.kernel or st.layout != rs.VERSION
         locals_ = _LocalAddrs()
         old_keys = set(st.keys())
         timeouts_changed = asdict(timeouts) != asdict(st.timeouts)
@@ -490,6 +492,7 @@ class NftEngine(Engine):
             st.local_moved = False
             return self._sync(st, new_services, timeouts, None, refresh_only, force_full=True)
         st.kernel = True
+        st.layout = rs.VERSION
         for ridx in list(rip_of):
             if ridx not in needed:
                 routing.del_route(ridx, rs.rmark(ridx))
@@ -512,7 +515,7 @@ class NftEngine(Engine):
     def _new_dest(self, st: State, svc: Service, d: Dest, locals_: set[str]) -> rs.DestPlan:
         mid = st.next_mid
         st.next_mid += 1
-        if st.next_mid >= 1 << 24:
+        if st.next_mid >= rs.MID_LIMIT:
             st.next_mid = 1
         return self._dest_plan(st, svc, d, locals_, mid)
 
@@ -704,7 +707,7 @@ class _Kernel:
                         for e in m.get("elem", []):
                             if isinstance(e, dict) and "elem" in e:
                                 c = e["elem"].get("counter") or {}
-                                mid = int(e["elem"]["val"]) & 0xFFFFFF
+                                mid = int(e["elem"]["val"]) & MID_BITS
                                 self.counters[f"{prefix}{mid}"] = (c.get("packets", 0), c.get("bytes", 0))
                         continue
                     self.maps[m["name"]] = [nftcli.elem_parts(e) for e in m.get("elem", [])]
@@ -717,7 +720,7 @@ class _Kernel:
     @classmethod
     def read_flows(cls, st: State | None = None, services=None) -> "_Kernel":
         objs = []
-        for kind, name in (("map", "flows"), ("map", "uflows"), ("map", "closing"), ("set", "closed")):
+        for kind, name in (("map", "flows"), ("map", "uflows")):
             objs += nftcli.list_json(kind, rs.FAMILY, rs.TABLE, name)
         return cls(objs)
 
@@ -730,7 +733,7 @@ class _Kernel:
             for e in o.get("map", {}).get("elem", []):
                 _, _, _, v = nftcli.elem_parts(e)
                 if isinstance(v, int):
-                    marks.add(v & 0xFFFFFF)
+                    marks.add(v & MID_BITS)
         return marks
 
     def raw_counter(self, name: str) -> tuple[int, int]:
@@ -746,20 +749,12 @@ class _Kernel:
     def by_mark(self) -> dict[int, list]:
         """mid -> [(key, state, expires)] of live flows."""
         if self._by_mark is None:
-            closed = {e[0] for e in self.maps.get("closed", [])}
-            closing = {e[0]: e for e in self.maps.get("closing", [])}
             out: dict[int, list] = {}
             for key, expires, timeout, mark in self.maps.get("flows", []) + self.maps.get("uflows", []):
-                if key in closing:
-                    _, wexp, _, wmark = closing[key]
-                    item = (key, "FIN_WAIT", wexp)
-                    mark = wmark
-                elif key in closed:
+                if not isinstance(mark, int):
                     continue
-                else:
-                    item = (key, "ESTABLISHED", expires)
-                if isinstance(mark, int):
-                    out.setdefault(mark & 0xFFFFFF, []).append(item)
+                state = "FIN_WAIT" if mark & rs.CLOSING_BIT else "ESTABLISHED"
+                out.setdefault(mark & MID_BITS, []).append((key, state, expires))
             self._by_mark = out
         return self._by_mark
 
@@ -782,7 +777,7 @@ class _Kernel:
             return out
         for _, _, _, mark in self.maps.get(f"p{plan.sid}", []):
             if isinstance(mark, int):
-                out[mark & 0xFFFFFF] = out.get(mark & 0xFFFFFF, 0) + 1
+                out[mark & MID_BITS] = out.get(mark & MID_BITS, 0) + 1
         return out
 
     def conns(self, plan: rs.ServicePlan) -> list[Conn]:
@@ -802,7 +797,7 @@ class _Kernel:
             by_mid = {d.mid: d for d in plan.dests}
             proto = "UDP" if k.proto == "udp" else "TCP"
             for key, expires, timeout, mark in self.maps.get(f"p{plan.sid}", []):
-                d = by_mid.get((mark or 0) & 0xFFFFFF)
+                d = by_mid.get((mark or 0) & MID_BITS)
                 if d is None:
                     continue
                 out.append(Conn(proto, float(expires or 0), "NONE", str(key), 0,

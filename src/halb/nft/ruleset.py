@@ -2,13 +2,24 @@
 
 One table, `inet halb`, holds everything. Per virtual service N:
 
-    s<N>  chain: entry point (counter, pinned flow?, persistent client?, scheduler)
-    t<N>  chain: a NEW connection to the real server in meta mark (conns counter,
-          persistence entry)
-    o<N>  chain: every packet of a flow (packet counter, flow entry, forwarding)
+    s<N>  chain: entry point (known flow? persistent client? scheduler)
+    t<N>  chain: a persistent service's new connection (persistence entry)
     p<N>  map   client addr & netmask -> dest mark (persistence templates, -p/-M;
                 only for persistent services)
-    q<N>  map   numgen/jhash slot -> dest mark    (the scheduler's decisions)
+    q     map   numgen/jhash slot -> dest mark (the scheduler's decisions; one
+                map, SLOT_STRIDE slots per service)
+
+The per-packet work after s<N> is shared by all services of a kind, in as
+few steps as the semantics allow (every packet of a flow: one flow-map
+lookup, one refresh of its timeout, one counter, one route-mark lookup):
+
+    t_<kind>  a NEW connection: conns counter, flow entry (a separate rule:
+              a full map never stops forwarding), ct mark for NAT, then f
+    k_<tcp|udp>[m]  a packet of a known flow: refresh its timeout, FIN/RST
+              moves it to closing, then f
+    kc_tcp[m] a packet of a closing flow: a new SYN on it (port reuse) drops
+              it and is scheduled as a new connection; else tcpfin refresh
+    f / fm    packet counter, then Direct Return's route mark (f) or NAT (fm)
 
 Counters live in three global sets with a per-element counter, keyed by dest
 mark: `dstats` (packets to the server), `nstats` (new connections), `ostats`
@@ -16,15 +27,16 @@ mark: `dstats` (packets to the server), `nstats` (new connections), `ostats`
 thousands of objects; set elements are not fetched.
 
 The dynamic flow maps are shared by all services (a dynamic set costs kernel
-memory of its own; one per service would not scale), keyed by the whole
-5-tuple (VIP . proto . port . client . client port):
+memory of its own; one per service would not scale), keyed by VIP . port .
+client . client port (TCP and UDP in two maps), value = dest mark, with
+CLOSING_BIT set once the flow saw FIN or RST (its timeout is then tcpfin,
+as IPVS's FIN_WAIT; one entry per connection, no second map):
 
-    flows   map -> dest mark   (pinned flows; timeout tcp/udp, refreshed by traffic)
-    closing map -> dest mark   (flows that saw FIN/RST; timeout tcpfin)
-    closed  set                (closed flows: no longer refreshed)
+    flows   map -> dest mark (TCP; timeout tcp, or tcpfin once closing)
+    uflows  map -> dest mark (UDP; timeout udp)
 
 Global objects: `svc4`/`svc4any`/`svcfw` dispatch verdict maps, `nt4` (services
-without NAT: not tracked by conntrack), `rt` (dest mark -> route mark for
+without NAT: not tracked by conntrack), `rtm` (dest mark -> route mark for
 Direct Return: policy routing sends the packet to the real server's MAC),
 `dnat4` (dest mark -> RIP . port for masq), `snat4` (client networks to
 masquerade). Every edit of a service only touches that service's objects and
@@ -47,6 +59,14 @@ T = f"{FAMILY} {TABLE}"
 MARK_BASE = 0x4A000000
 ROUTE_BASE = 0x4B000000
 MARK_MASK = 0xFF000000
+CLOSING_BIT = 0x00800000   # in a flow map's value: the flow saw FIN/RST
+DEST_MASK = 0xFF7FFFFF     # dest mark without CLOSING_BIT
+MID_LIMIT = 1 << 23        # dest mark ids stay below CLOSING_BIT
+VERSION = 2                # of the kernel objects' layout: a state written for
+                           # another layout rebuilds the table in full
+# a flow lives tcpfin (120 s by default) after its FIN: 1M entries hold
+# ~8,700 new connections a second. nft sizes the hash table for `size` when
+# the map is created (16 MB of buckets) and shrinks it to the live entries.
 FLOW_SIZE = 1048576
 PERSIST_SIZE = 65536
 STATS_SIZE = 262144
@@ -163,8 +183,6 @@ def globals_create() -> list[str]:
         f"add set {T} ostats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
         f"add map {T} flows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add map {T} uflows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
-        f"add map {T} closing {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
-        f"add set {T} closed {{ type {FLOW_TYPE}; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add chain {T} rawpre {{ type filter hook prerouting priority {PRIO_RAW}; policy accept; }}",
         f"add rule {T} rawpre ip daddr . meta l4proto . th dport @nt4 notrack",
         f"add chain {T} dispatch {{ type filter hook prerouting priority {PRIO_PRE}; policy accept; }}",
@@ -243,7 +261,7 @@ def service_delete(plan: ServicePlan, old_slots=()) -> list[str]:
 
 
 def o_kind(plan: ServicePlan) -> str:
-    """Which shared per-packet chain a service's flows go through."""
+    """Which shared new-connection chain (t_<kind>) a service's flows use."""
     k = plan.svc.key
     base = "fwm" if k.proto == "fwm" else k.proto
     if plan.svc.ops and base == "udp":
@@ -251,46 +269,67 @@ def o_kind(plan: ServicePlan) -> str:
     return base + ("m" if plan.has_masq else "")
 
 
-def shared_create() -> list[str]:
-    cmds = []
-    for kind in SHARED_KINDS:
-        cmds += [f"add chain {T} o_{kind}", f"add chain {T} t_{kind}"]
-    return cmds
-
-
 SHARED_KINDS = ("tcp", "tcpm", "udp", "udpm", "udpops", "udpopsm", "fwm", "fwmm")
+MASQ_KINDS = ("tcpm", "udpm", "udpopsm", "fwmm")
+KNOWN = ("k_tcp", "k_tcpm", "kc_tcp", "kc_tcpm", "k_udp", "k_udpm")
+FORWARD = ("f", "fm")
+CLOSING = f"0x{CLOSING_BIT:08x}"
+DMASK = f"0x{DEST_MASK:08x}"
+
+
+def shared_create() -> list[str]:
+    return [f"add chain {T} {c}" for c in
+            FORWARD + KNOWN + tuple(f"t_{kind}" for kind in SHARED_KINDS)]
 
 
 def shared_rules(t: Timeouts, fresh: bool) -> list[str]:
-    """The per-packet chains shared by all services of a kind: o_<kind> (every
-    packet of a flow: counter, flow entry, forwarding) and t_<kind> (a new
-    connection: conns counter, then o_<kind>). Timeouts are written in them."""
+    """The per-packet chains shared by all services (see the module
+    docstring). Timeouts are written in them."""
     key = FLOW_KEY
     cmds = []
+    if not fresh:
+        cmds += [f"flush chain {T} {c}" for c in
+                 FORWARD + KNOWN + tuple(f"t_{kind}" for kind in SHARED_KINDS)]
+    # forwarding: the packet counter, then the route mark (gate) or nothing
+    # (masq: natpre DNATs the first packet, conntrack the others; Local: the
+    # dest mark has no route, the local rule delivers it)
+    for f in FORWARD:
+        cmds.append(f"add rule {T} {f} update @dstats {{ meta mark & {DMASK} }}")
+        if f == "f":
+            cmds.append(f"add rule {T} {f} meta mark set meta mark & {DMASK} map @rtm accept")
+        cmds.append(f"add rule {T} {f} accept")
+    for m in ("", "m"):
+        fwd = f"f{m}"
+        k, kc = f"k_tcp{m}", f"kc_tcp{m}"
+        cmds += [
+            f"add rule {T} {k} meta mark & {CLOSING} == {CLOSING} goto {kc}",
+            f"add rule {T} {k} tcp flags & (fin|rst) != 0 delete @flows {{ {key} : meta mark }} "
+            f"add @flows {{ {key} timeout {t.tcpfin}s : meta mark | {CLOSING} }} goto {fwd}",
+            f"add rule {T} {k} update @flows {{ {key} timeout {t.tcp}s : meta mark }} goto {fwd}",
+            f"add rule {T} {k} goto {fwd}",
+            # a new SYN on a closing flow: a new connection (the caller schedules it)
+            f"add rule {T} {kc} tcp flags & (syn|ack) == syn delete @flows {{ {key} : meta mark }} return",
+            f"add rule {T} {kc} update @flows {{ {key} timeout {t.tcpfin}s : meta mark }} goto {fwd}",
+            f"add rule {T} {kc} goto {fwd}",
+            f"add rule {T} k_udp{m} update @uflows {{ {key} timeout {t.udp}s : meta mark }} goto {fwd}",
+            f"add rule {T} k_udp{m} goto {fwd}",
+        ]
     for kind in SHARED_KINDS:
-        o, tc = f"o_{kind}", f"t_{kind}"
-        masq = kind.endswith("m")
-        if not fresh:
-            cmds += [f"flush chain {T} {o}", f"flush chain {T} {tc}"]
+        tc = f"t_{kind}"
+        masq = kind in MASQ_KINDS
         cmds.append(f"add rule {T} {tc} update @nstats {{ meta mark }}")
-        cmds.append(f"add rule {T} {tc} goto {o}")
-        if kind.startswith("fwm"):
-            m = "m" if masq else ""
-            cmds.append(f"add rule {T} {o} meta l4proto udp goto o_udp{m}")
-            cmds.append(f"add rule {T} {o} goto o_tcp{m}")
-            continue
-        cmds.append(f"add rule {T} {o} update @dstats {{ meta mark }}")
         if kind.startswith("tcp"):
-            cmds.append(f"add rule {T} {o} tcp flags & (fin|rst) != 0 "
-                        f"update @closing {{ {key} timeout {t.tcpfin}s : meta mark }} "
-                        f"update @closed {{ {key} timeout {t.tcp}s }}")
-            cmds.append(f"add rule {T} {o} {key} != @closed update @flows {{ {key} timeout {t.tcp}s : meta mark }}")
-        elif not kind.startswith("udpops"):
-            cmds.append(f"add rule {T} {o} update @uflows {{ {key} timeout {t.udp}s : meta mark }}")
+            cmds.append(f"add rule {T} {tc} update @flows {{ {key} timeout {t.tcp}s : meta mark }}")
+        elif kind.startswith("udpops"):
+            pass  # one-packet scheduling: no flow
+        elif kind.startswith("udp"):
+            cmds.append(f"add rule {T} {tc} update @uflows {{ {key} timeout {t.udp}s : meta mark }}")
+        else:  # fwm: TCP or UDP
+            cmds.append(f"add rule {T} {tc} meta l4proto tcp update @flows {{ {key} timeout {t.tcp}s : meta mark }}")
+            cmds.append(f"add rule {T} {tc} meta l4proto udp update @uflows {{ {key} timeout {t.udp}s : meta mark }}")
         if masq:
-            cmds.append(f"add rule {T} {o} ct mark set meta mark")
-        cmds.append(f"add rule {T} {o} meta mark set meta mark map @rtm accept")
-        cmds.append(f"add rule {T} {o} accept")
+            cmds.append(f"add rule {T} {tc} ct mark set meta mark")
+        cmds.append(f"add rule {T} {tc} goto f{'m' if masq else ''}")
     return cmds
 
 
@@ -302,7 +341,6 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = Fal
     key = FLOW_KEY
     src = masked_src(plan)
     kind = o_kind(plan)
-    o = f"o_{kind}"
     tnext = f"t{n}" if svc.persistent else f"t_{kind}"
     cmds = []
     if not fresh:
@@ -313,17 +351,18 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = Fal
         base = slot_base(n)
         elems = ", ".join(f"{base + i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
         cmds.append(f"add element {T} q {{ {elems} }}")
-    refresh = f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}" if svc.persistent else ""
+    refresh = (f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark & {DMASK} }}"
+               if svc.persistent else "")
+    m = "m" if plan.has_masq else ""
     if not svc.ops:
-        if svc.key.proto != "udp":
-            # a new SYN on a closed flow's key starts a new connection
-            cmds.append(f"add rule {T} s{n} tcp flags & (syn|ack) == syn {key} @closed "
-                        f"delete @closed {{ {key} }}")
+        # a known flow keeps its server (k_* accept it; a new SYN on a
+        # closing flow comes back here to be scheduled)
         if svc.key.proto == "fwm":
-            cmds.append(f"add rule {T} s{n} meta l4proto tcp meta mark set {key} map @flows{refresh} goto {o}")
-            cmds.append(f"add rule {T} s{n} meta l4proto udp meta mark set {key} map @uflows{refresh} goto {o}")
+            cmds.append(f"add rule {T} s{n} meta l4proto tcp meta mark set {key} map @flows{refresh} jump k_tcp{m}")
+            cmds.append(f"add rule {T} s{n} meta l4proto udp meta mark set {key} map @uflows{refresh} jump k_udp{m}")
         else:
-            cmds.append(f"add rule {T} s{n} meta mark set {key} map @{flow_map(plan)}{refresh} goto {o}")
+            k = "k_udp" if svc.key.proto == "udp" else "k_tcp"
+            cmds.append(f"add rule {T} s{n} meta mark set {key} map @{flow_map(plan)}{refresh} jump {k}{m}")
     if svc.persistent:
         cmds.append(f"add rule {T} s{n} meta mark set {src} map @p{n} meta mark @live goto t{n}")
     cmds.append(f"add rule {T} s{n} meta mark set {sched_expr(plan)} map @q goto {tnext}")
