@@ -74,10 +74,12 @@ class Logger:
         self.thread = threading.Thread(target=self._writer, name="halb-heartbeat-log", daemon=True)
         self.thread.start()
 
-    def __call__(self, level: str, msg: str):
+    def __call__(self, level: str, msg: str, t: float | None = None):
+        """Queue one line; `t` (wall clock) when it happened earlier, in the agent helper."""
         if level == "debug" and not self.debug_on:
             return
-        t = time.time()
+        if t is None:
+            t = time.time()
         stamp = time.strftime("%Y/%m/%d_%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
         self.q.put((level, msg, f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n"))
 
@@ -493,8 +495,11 @@ class Daemon:
             self.worker = self._new_worker()
             await asyncio.to_thread(old.close)
         ok, res, logs = await asyncio.to_thread(self.worker.call, op, g.index, ri)
-        for level, msg in logs:
-            self.log(level, msg)
+        for level, msg, *when in logs:
+            if when and isinstance(self.log, Logger):
+                self.log(level, msg, when[0])
+            else:
+                self.log(level, msg)
         return ok, res
 
     async def run(self):

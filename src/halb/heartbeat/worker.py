@@ -1,11 +1,12 @@
 """Resource agents run in a helper process, not in the daemon.
 
-pyroute2 and the agents are Python code: run in a thread of the daemon they
-would hold the interpreter lock for tens of milliseconds and delay beats,
-which is exactly what makes a peer declare us dead. The helper is started
-once (spawned, so it shares nothing with the event loop), keeps the agents
-(and their open netlink / ARP sockets) and answers one request at a time
-over a pipe: (op, group, resource) -> (ok, error message, log lines).
+The agents are Python code and scripts: run in a thread of the daemon they
+would take the interpreter lock from the beat thread. The helper is started
+once (a fresh interpreter, so it shares nothing with the event loop, and
+small: the standard library, halb.resources and its own netlink socket),
+keeps the agents (and their open netlink / ARP sockets) and answers one
+request at a time over a socketpair: (op, group, resource) -> (ok, error
+message, log lines with the time they happened).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 
 
@@ -34,7 +36,7 @@ def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
     logs: list = []
 
     def log(level, msg):
-        logs.append((level, msg))
+        logs.append((level, msg, time.time()))     # the daemon logs it with the time it happened
 
     agents = [[make_agent(r, ha_dir=ha_dir, node=node, run_dir=run_dir, engine=engine, log=log) for r in group]
               for group in specs]
