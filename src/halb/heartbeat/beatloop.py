@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 
-from halb.heartbeat.packet import DecodeError, Packet, ReplayGuard, decode, encode
+from halb.heartbeat.packet import BeatEncoder, DecodeError, ReplayGuard, decode
 from halb.heartbeat.transport import echo_request, parse_echo_reply
 
 SO_TIMESTAMPNS = 35          # SCM_TIMESTAMPNS too (Linux)
@@ -52,6 +52,7 @@ class BeatLoop:
         self.log = log or (lambda level, msg: None)
         self.lock = threading.Lock()
         self.replay = ReplayGuard()
+        self.encoder = BeatEncoder(me, generation, auth)
         self.seq = 0
         self.ping_seq = 0
         self.body = b"{}"
@@ -100,7 +101,9 @@ class BeatLoop:
     # ------------------------------------------------------------ the thread
     def _send(self, body: bytes) -> None:
         self.seq += 1
-        data = encode(Packet(self.me, self.generation, self.seq), self.auth, body)
+        enc = self.encoder
+        enc.set_body(body)
+        data = enc.packet(self.seq)
         c = self.counters
         for ch in self.channels:
             c["tx"] += len(ch.dests)
@@ -131,12 +134,14 @@ class BeatLoop:
             except OSError:
                 return
             t = now
-            for level, kind, raw in anc:
-                if level == SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+            if anc:
+                level, kind, raw = anc[0]
+                if kind == SO_TIMESTAMPNS and level == SOL_SOCKET and len(raw) >= 16:
                     sec, nsec = _TS.unpack_from(raw)
                     # wall clock of arrival -> our monotonic clock; a wall-clock step cannot
                     # place it before our previous wake-up or after now
-                    t = min(now, max(floor, sec + nsec * 1e-9 - offset))
+                    t = sec + nsec * 1e-9 - offset
+                    t = now if t > now else floor if t < floor else t
             try:
                 pkt = decode(data, self.auth, accept_crc=self.accept_crc)
             except DecodeError as e:

@@ -69,7 +69,7 @@ class Membership:
         self.link_state: dict[tuple[str, str], str] = {}
         self.deaths = {n: 0 for n in self.peers}
         self.late_count = {n: 0 for n in self.peers}
-        self.max_interval = {n: 0.0 for n in self.peers}   # longest silence heard from each peer while up
+        self.max_interval = {n: 0.0 for n in self.peers}   # longest silence between two beats of each peer
         self.stalls = 0
         self.ping_members = dict(ping_targets or {})          # target -> addresses
         self.ping_of = {a: t for t, addrs in self.ping_members.items() for a in addrs}
@@ -84,9 +84,10 @@ class Membership:
         prev = self.last_seen.get(node)
         if prev is not None and now < prev:
             now = prev           # arrival times may come slightly out of order between links
-        if self.state[node] == "up" and prev is not None:
+        if prev is not None:
             if now - prev > self.max_interval[node]:
                 self.max_interval[node] = now - prev
+        if self.state[node] == "up" and prev is not None:
             if now - prev > self.warntime:
                 self.late_count[node] += 1
                 ev.append(Event("node_late", node, value=now - prev))
