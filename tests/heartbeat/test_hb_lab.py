@@ -322,3 +322,47 @@ def test_takeover_survives_a_dead_agent_helper(cluster_factory):
     wait_for(lambda: c.vip_on("N2"), 10, what="N2 to take over with a new helper")
     assert "the resource agent helper died" in c.log("N2")
     assert len(psutil.Process(c.status("N2")["pid"]).children()) == 1
+
+
+def _log_time(line: str) -> float:
+    """Seconds of a heartbeat log line's stamp (2026/11/29_22:22:56.575)."""
+    stamp = line.split(": ", 1)[1].split(" ", 1)[0]
+    t = time.mktime(time.strptime(stamp[:19], "%Y/%m/%d_%H:%M:%S"))
+    return t + int(stamp[20:23]) / 1000
+
+
+@pytest.mark.timeout(120)
+def test_lean_daemon_memory_and_takeover_path(cluster_factory):
+    """At 100 beats/s the whole daemon (its process and the agent helper) stays under
+    60 MB; after a crash the VIP is up and announced within milliseconds of the death
+    being declared, and the log tells each step in that order."""
+    import psutil
+
+    c = cluster_factory(apache=False, keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    st = c.status("N2")
+    assert "halb-heartbeat-beat" in st["threads"]
+    tree = [psutil.Process(st["pid"])] + psutil.Process(st["pid"]).children(recursive=True)
+    assert len(tree) == 2, tree                      # the daemon and its resource-agent helper
+    rss = sum(p.memory_info().rss for p in tree) / 2**20
+    assert rss < 60, f"daemon + helper RSS {rss:.1f} MB"
+    time.sleep(0.5)
+    st = c.status("N2")
+    assert 0 < st["nodes"]["N1"]["max_interval"] < 0.05 and st["nodes"]["N1"]["deaths"] == 0
+
+    down_node(lab, "N1")
+    c.procs.pop("N1", None)
+    wait_for(lambda: c.vip_on("N2"), 10, step=0.01, what="N2 to take the VIP")
+    wait_for(lambda: "sent gratuitous ARP" in c.log("N2"), 5, what="N2's takeover logged")
+    lines = c.log("N2").splitlines()
+    steps = []
+    for mark in ("node N1: is dead", "Acquiring resource group", f"{lab.vip}/", "sent gratuitous ARP",
+                 "local resource transition completed."):
+        i = next(i for i, ln in enumerate(lines) if mark in ln and (not steps or i >= steps[-1][0]))
+        steps.append((i, _log_time(lines[i])))
+    assert [s[0] for s in steps] == sorted(s[0] for s in steps)
+    dead_to_garp = steps[3][1] - steps[0][1]
+    assert dead_to_garp < 0.1, f"{dead_to_garp * 1000:.0f} ms from the death to the gratuitous ARP"

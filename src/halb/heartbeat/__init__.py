@@ -14,7 +14,10 @@ Layers (pure cores, thin shell):
 - ownership.py   who should hold each group: ipfail ping score, takeover/standby claims,
                  auto_failback on|off|legacy (legacy behaves as on), preferred node; fencing targets.
 - transport.py   bcast / mcast / ucast UDP sockets bound to their interface; ICMP for ping nodes.
-- daemon.py      the asyncio shell: beats, ticks, decisions, STONITH, control socket
+- beatloop.py    the beat path on its own real-time thread: plain sockets, one select() wake-up per
+                 tick (next beat, next tick or next deadline), beats judged on the kernel's arrival
+                 time stamps, membership ticks; hands events to the event loop.
+- daemon.py      the asyncio shell: decisions, STONITH, control socket
                  (RUN_DIR/heartbeat.sock), logs in heartbeat's words, clean shutdown (resources
                  released in reverse order, shutdown notice so peers take over at once).
 - worker.py      resource agents run in a helper process, never in the beat loop's interpreter.
@@ -24,7 +27,8 @@ Layers (pure cores, thin shell):
 Differences from heartbeat 3 worth knowing:
 - halb's own packet format (not interoperable with heartbeat nodes); node identity by name.
 - serial links, CRM/pacemaker, autojoin are not supported (serial/baud: warning; crm: error).
-- `realtime on` runs every thread of the daemon SCHED_FIFO and locks its memory; children
+- `realtime on` runs every thread of the daemon SCHED_FIFO (the beat thread one level above the
+  others) and locks its memory as it is touched (mlockall MCL_ONFAULT); children
   (scripts, the director, respawned programs) start at normal priority.
 - A node starting while its resources still run (a crash left the VIP on its interface)
   stops them before joining.
