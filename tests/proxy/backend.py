@@ -4,6 +4,9 @@
         GET /        -> "NAME\n"
         GET /big?n=N -> N bytes (a repeating pattern), for bulk transfers
     python backend.py udp NAME HOST PORT    UDP: answers "NAME:" + datagram
+    python backend.py echo NAME HOST PORT   TCP: sends back every byte it gets; once
+                                            the client has shut down its side (FIN),
+                                            finishes sending and shuts down its own
 
 Prints "ready" on stdout once listening.
 """
@@ -42,6 +45,16 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def echo(conn: socket.socket) -> None:
+    with conn:
+        while True:
+            data = conn.recv(1 << 16)
+            if not data:
+                break
+            conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+
+
 def main():
     kind, name, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -53,6 +66,17 @@ def main():
         srv.name = name
         print("ready", flush=True)
         srv.serve_forever()
+    elif kind == "echo":
+        import threading
+
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(128)
+        print("ready", flush=True)
+        while True:
+            conn, _ = s.accept()
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
     else:
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.bind((host, port))

@@ -119,7 +119,7 @@ class Backends:
 
     def start(self, kind: str, name: str, host="127.0.0.1"):
         for _ in range(5):
-            port = free_port(host, socket.SOCK_STREAM if kind == "http" else socket.SOCK_DGRAM)
+            port = free_port(host, socket.SOCK_STREAM if kind in ("http", "echo") else socket.SOCK_DGRAM)
             p = subprocess.Popen([sys.executable, str(HERE / "backend.py"), kind, name, host, str(port)],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             line = p.stdout.readline()
@@ -143,6 +143,16 @@ def web():
     b = Backends()
     try:
         yield {"N1": b.start("http", "N1"), "N2": b.start("http", "N2")}
+    finally:
+        b.stop()
+
+
+@pytest.fixture(scope="module")
+def tcp_echo():
+    """One TCP echo back end (backend.py echo): (host, port)."""
+    b = Backends()
+    try:
+        yield b.start("echo", "E1")
     finally:
         b.stop()
 

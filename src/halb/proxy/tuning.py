@@ -52,7 +52,7 @@ def _syscall(table: dict, *args) -> int:
 
 
 def get_slice_ns(pid: int = 0) -> int:
-    """The slice a SCHED_OTHER task asked for (0: the kernel's default)."""
+    """A task's scheduler slice in ns (the kernel's default unless it asked for one)."""
     buf = ctypes.create_string_buffer(_ATTR.size)
     _syscall(_SCHED_GETATTR, ctypes.c_int(pid), buf, ctypes.c_uint(_ATTR.size), ctypes.c_uint(0))
     return _ATTR.unpack(buf.raw)[5]
