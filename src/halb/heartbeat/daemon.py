@@ -327,12 +327,21 @@ class Daemon:
                     return
                 self.fenced.add(t)
                 self.log("info", f"STONITH: node {t} has been reset ({msg})")
-            self.log("info", f"Acquiring resource group: {g.describe()}")
-            self.send_beat()   # tell peers at once that the group is being taken
+            def announce(t):
+                # logged (and peers told) once the first start request is on its way: the
+                # clients are waiting for the VIP, the log can wait a few microseconds
+                self.log("info", f"Acquiring resource group: {g.describe()}", *stamp(t))
+                self.send_beat()   # tell peers at once that the group is being taken
+                if g.agents:
+                    self.log("info", f"Running {g.agents[0]} start", *stamp(t))
+            stamp = (lambda t: (t,)) if isinstance(self.log, Logger) else (lambda t: ())
+            if not g.agents:
+                announce(time.time())
             started = []
             for ri, a in enumerate(g.agents):
-                self.log("info", f"Running {a} start")
-                ok, res = await self.agent(g, ri, "start")
+                if ri:
+                    self.log("info", f"Running {a} start")
+                ok, res = await self.agent(g, ri, "start", then=announce if ri == 0 else None)
                 if not ok:
                     self.log("error", f"{a} start failed: {res}")
                     for rj in reversed(started):
@@ -487,14 +496,25 @@ class Daemon:
         return AgentWorker([list(g.group.resources) for g in self.groups], ha_dir=self.ha.dir, node=self.me,
                            run_dir=self.run_dir, engine=self.engine, rt_prio=self._rt_prio)
 
-    async def agent(self, g, ri, op):
-        """Run one agent operation in the helper process; (ok, result or error)."""
+    async def agent(self, g, ri, op, then=None):
+        """Run one agent operation in the helper process; (ok, result or error).
+        The request leaves from this thread at once; `then(t)` (logging, a beat) runs
+        after it is on its way, with `t` the wall-clock time just before it was sent."""
         if not self.worker.alive():
             self.log("error", f"the resource agent helper died (exit {self.worker.proc.returncode}): restarting it")
             old = self.worker
             self.worker = self._new_worker()
             await asyncio.to_thread(old.close)
-        ok, res, logs = await asyncio.to_thread(self.worker.call, op, g.index, ri)
+        t = time.time()
+        sent = self.worker.begin(op, g.index, ri)
+        if then is not None:
+            then(t)
+        if sent is None:
+            ok, res, logs = await asyncio.to_thread(self.worker.finish)
+        elif sent is False:      # the helper is busy with another group's request: queue behind it
+            ok, res, logs = await asyncio.to_thread(self.worker.call, op, g.index, ri)
+        else:
+            ok, res, logs = sent
         for level, msg, *when in logs:
             if when and isinstance(self.log, Logger):
                 self.log(level, msg, when[0])

@@ -94,14 +94,36 @@ class AgentWorker:
 
     def call(self, op, gi, ri, timeout=120.0):
         """Blocking: run one agent operation; returns (ok, result-or-error, logs)."""
-        with self.lock:
-            try:
-                self.conn.send((op, gi, ri))
-                if not self.conn.poll(timeout):
-                    return False, f"agent {op} did not answer in {timeout:g}s", []
-                return self.conn.recv()
-            except (EOFError, OSError, pickle.UnpicklingError) as e:
-                return False, f"resource agent helper died ({e or type(e).__name__})", []
+        self.lock.acquire()
+        err = self._send(op, gi, ri)
+        return err if err else self.finish(timeout)
+
+    def begin(self, op, gi, ri):
+        """Send a request now, from the caller's thread, without waiting for another
+        caller's request to finish: False when the helper is busy (use `call`), None when
+        sent (then `finish` must follow), or the failure as (False, error, [])."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        return self._send(op, gi, ri)
+
+    def _send(self, op, gi, ri):
+        try:
+            self.conn.send((op, gi, ri))
+            return None
+        except (OSError, ValueError) as e:
+            self.lock.release()
+            return False, f"resource agent helper died ({e or type(e).__name__})", []
+
+    def finish(self, timeout=120.0):
+        """Wait for the answer to the request `begin` or `call` sent; releases the helper."""
+        try:
+            if not self.conn.poll(timeout):
+                return False, f"agent request did not answer in {timeout:g}s", []
+            return self.conn.recv()
+        except (EOFError, OSError, pickle.UnpicklingError) as e:
+            return False, f"resource agent helper died ({e or type(e).__name__})", []
+        finally:
+            self.lock.release()
 
     def close(self):
         try:
