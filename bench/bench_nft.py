@@ -10,9 +10,14 @@ One run, bounded (~6 min), needs root:
       shared 2 cores hit every path alike; figures are medians and ratios
       are paired per round.
         throughput: wrk -t2 -c50, keep-alive and one connection per request;
+        CPU time of both cores per request (/proc/stat; the hypervisor's
+        steal time is reported, not counted);
         latency: a C probe at a light fixed rate (default 1000 req/s), one
         connection per request and keep-alive; p50/p99 pooled over rounds,
-        and the p99 difference to direct per round (median, IQR).
+        and the p99 difference to direct per round (median, IQR);
+        forwarding time inside the directors (tcpdump on their LAN
+        interface: a packet's arrival -> its departure), which the
+        machine's millisecond stalls rarely hit.
   (2) table apply, inside N1 (engine API, the path `ipvsadm -R` takes):
         1,000 services x 10 real servers in one transaction, then a single
         weight edit and a single server removal; the same edits on a table of
@@ -219,12 +224,6 @@ def build_probe(workdir: Path) -> str | None:
     return str(exe)
 
 
-def _seconds(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
-    v, u = float(m.group(1)), m.group(2)
-    return v * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[u]
-
-
 def cpu_ticks() -> tuple[int, int]:
     """(busy, steal) clock ticks of the whole machine so far (/proc/stat)."""
     with open("/proc/stat") as fh:
@@ -426,6 +425,12 @@ def data_path(lab, a, urls) -> None:
     per_round = {(p, m): [] for p in PATHS for m in ("close", "ka")}
     errors = 0
     steal0 = cpu_ticks()
+    caps = {n: (str(Path(lab.dir) / f"fwd-{n}.pcap"), None) for n in ("N1", "N3")}
+    for n, (f, _) in caps.items():
+        caps[n] = (f, lab.popen(n, ["tcpdump", "-Z", "root", "-i", lab.node(n).iface, "-nn", "-s", "96", "-B", "16384",
+                                    "--time-stamp-precision=nano", "-w", f, f"tcp port {PORT} or tcp port {PORT + 1}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)
     for _ in range(a.lat_rounds):
         for mode in ("close", "ka"):
             for p in rnd.sample(PATHS, len(PATHS)):
@@ -434,6 +439,9 @@ def data_path(lab, a, urls) -> None:
                 errors += e
                 lat[(p, mode)] += xs
                 per_round[(p, mode)].append(pct(xs, 99))
+    for _, proc in caps.values():
+        proc.terminate()
+        proc.wait(timeout=10)
     busy, steal = (y - x for x, y in zip(steal0, cpu_ticks()))
     print(f"(steal time, the hypervisor's: {100 * steal / max(1, busy + steal):.1f} % of busy time)")
     print(f"{'path':<9} {'mode':<6} {'p50 us':>7} {'p90 us':>7} {'p99 us':>7} {'p99.9 us':>8}   "
@@ -449,6 +457,58 @@ def data_path(lab, a, urls) -> None:
                   f"{statistics.median(diffs):>+8.0f} us [{q[0]:+.0f}, {q[2]:+.0f}]")
     print(f"failed requests: {errors}; target: p99 added < 200 us "
           f"(close = one connection per request: the director's new-connection path)")
+    # what the director itself adds to every packet, free of the machine's
+    # stalls (a stall rarely falls inside a few microseconds): the time
+    # between a packet's arrival on the director's LAN interface and its
+    # departure to the real server, from the capture's timestamps
+    n1, n3 = lab.node("N1"), lab.node("N3")
+    fwd = {"gate": [], "masq": [], "naive-dr": [], "bare-hop": []}
+    for name, node, pick in (("N1", n1, lambda dst, port: "gate" if port == PORT else "masq"),
+                             ("N3", n3, lambda dst, port: "naive-dr" if dst == urls["naive-dr"][0] else "bare-hop")):
+        for (dst, port), dt in forwarding_delays(caps[name][0], node.mac):
+            fwd[pick(dst, port)].append(dt)
+    print(f"\n== forwarding time in the director (capture on its LAN interface: in -> out, every packet "
+          f"of the latency slices) ==")
+    print(f"{'path':<9} {'packets':>8} {'p50 us':>7} {'p99 us':>7} {'p99.9 us':>8} {'max us':>8}")
+    for p, xs in fwd.items():
+        if xs:
+            print(f"{p:<9} {len(xs):>8} {pct(xs, 50):>7.1f} {pct(xs, 99):>7.1f} {pct(xs, 99.9):>8.1f} {max(xs):>8.1f}")
+
+
+def forwarding_delays(pcap: str, mac: str):
+    """((client-side dst addr, dst port), microseconds) for each packet seen
+    entering and then leaving the interface whose MAC is `mac` (pcap with
+    nanosecond timestamps; a packet is known by IP id, TCP seq, ack, flags,
+    which NAT leaves alone)."""
+    import struct
+    me = bytes.fromhex(mac.replace(":", ""))
+    try:
+        data = Path(pcap).read_bytes()
+    except FileNotFoundError:
+        return
+    if len(data) < 24 or data[:4] not in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+        return
+    endian = "<" if data[:4] == b"\x4d\x3c\xb2\xa1" else ">"
+    pending = {}
+    off = 24
+    while off + 16 <= len(data):
+        sec, nsec, incl, _ = struct.unpack_from(endian + "IIII", data, off)
+        pkt = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(pkt) < 54 or pkt[12:14] != b"\x08\x00":
+            continue
+        ihl = (pkt[14] & 0x0F) * 4
+        tcp = 14 + ihl
+        if len(pkt) < tcp + 14:
+            continue
+        t = sec * 1_000_000_000 + nsec
+        key = (pkt[18:20], pkt[tcp + 4:tcp + 12], pkt[tcp + 13])
+        if pkt[0:6] == me:  # arriving
+            dst = ".".join(str(b) for b in pkt[30:34])
+            pending[key] = (t, (dst, struct.unpack_from(">H", pkt, tcp + 2)[0]))
+        elif pkt[6:12] == me and key in pending:  # leaving
+            t0, where = pending.pop(key)
+            yield where, (t - t0) / 1000
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ What the kernel does (one table `inet halb`, see ruleset.py):
   when never refreshed; tests/nft/test_sched_kernel.py).
 - flows: every packet refreshes its flow in a dynamic map (5-tuple minus the
   protocol -> server), so a server-set change never moves an established
-  connection; FIN/RST marks it closing (CLOSING_BIT in the map's value,
-  tcpfin timeout: IPVS's FIN_WAIT); a new SYN on a closing flow (port reuse)
-  is scheduled as a new connection. A removed server keeps its forwarding
+  connection; FIN/RST shortens its timeout to tcpfin and marks it closing
+  (IPVS's FIN_WAIT); a new SYN on a closing flow (port reuse) is scheduled
+  as a new connection. A removed server keeps its forwarding
   while flows use it; `refresh` drops it later.
 - persistence (-p/-M): a per-service dynamic map (client & netmask -> server)
   refreshed by traffic.

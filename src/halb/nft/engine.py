@@ -35,7 +35,7 @@ STATE_FILE = "nft-state.bin"
 STATE_FORMAT = 1
 LOCK_FILE = "nft.lock"
 SAMPLES_FILE = "nft-samples.json"
-MID_BITS = rs.MID_LIMIT - 1  # a dest mark's id (flow values may carry CLOSING_BIT)
+MID_BITS = rs.MID_LIMIT - 1  # a dest mark's id
 
 
 def _skey(svc_or_key) -> str:
@@ -720,7 +720,7 @@ class _Kernel:
     @classmethod
     def read_flows(cls, st: State | None = None, services=None) -> "_Kernel":
         objs = []
-        for kind, name in (("map", "flows"), ("map", "uflows")):
+        for kind, name in (("map", "flows"), ("map", "uflows"), ("set", "closing")):
             objs += nftcli.list_json(kind, rs.FAMILY, rs.TABLE, name)
         return cls(objs)
 
@@ -749,12 +749,13 @@ class _Kernel:
     def by_mark(self) -> dict[int, list]:
         """mid -> [(key, state, expires)] of live flows."""
         if self._by_mark is None:
+            closing = {e[0]: e[1] for e in self.maps.get("closing", [])}
             out: dict[int, list] = {}
             for key, expires, timeout, mark in self.maps.get("flows", []) + self.maps.get("uflows", []):
                 if not isinstance(mark, int):
                     continue
-                state = "FIN_WAIT" if mark & rs.CLOSING_BIT else "ESTABLISHED"
-                out.setdefault(mark & MID_BITS, []).append((key, state, expires))
+                item = (key, "FIN_WAIT", closing[key]) if key in closing else (key, "ESTABLISHED", expires)
+                out.setdefault(mark & MID_BITS, []).append(item)
             self._by_mark = out
         return self._by_mark
 

@@ -10,13 +10,14 @@ One table, `inet halb`, holds everything. Per virtual service N:
                 map, SLOT_STRIDE slots per service)
 
 The per-packet work after s<N> is shared by all services of a kind, in as
-few steps as the semantics allow (every packet of a flow: one flow-map
-lookup, one refresh of its timeout, one counter, one route-mark lookup):
+few steps as the semantics allow (a packet of a known flow: one flow-map
+lookup, one closing-set lookup, one refresh of its timeout, one counter, one
+route-mark lookup):
 
     t_<kind>  a NEW connection: conns counter, flow entry (a separate rule:
               a full map never stops forwarding), ct mark for NAT, then f
-    k_<tcp|udp>[m]  a packet of a known flow: refresh its timeout, FIN/RST
-              moves it to closing, then f
+    k_<tcp|udp>[m]  a packet of a known flow: refresh its timeout; FIN/RST
+              shortens it to tcpfin and marks the flow closing; then f
     kc_tcp[m] a packet of a closing flow: a new SYN on it (port reuse) drops
               it and is scheduled as a new connection; else tcpfin refresh
     f / fm    packet counter, then Direct Return's route mark (f) or NAT (fm)
@@ -28,12 +29,15 @@ thousands of objects; set elements are not fetched.
 
 The dynamic flow maps are shared by all services (a dynamic set costs kernel
 memory of its own; one per service would not scale), keyed by VIP . port .
-client . client port (TCP and UDP in two maps), value = dest mark, with
-CLOSING_BIT set once the flow saw FIN or RST (its timeout is then tcpfin,
-as IPVS's FIN_WAIT; one entry per connection, no second map):
+client . client port (TCP and UDP in two maps), value = dest mark. One entry
+per connection; a closing one (FIN/RST seen: IPVS's FIN_WAIT, tcpfin
+timeout) also has an entry in `closing`. Entries are never deleted on the
+way (only expire), except when a new SYN reuses a closing flow's key: the
+kernel's hash tables resize over and over under steady deletions.
 
     flows   map -> dest mark (TCP; timeout tcp, or tcpfin once closing)
     uflows  map -> dest mark (UDP; timeout udp)
+    closing set              (TCP flows that saw FIN/RST; timeout tcpfin)
 
 Global objects: `svc4`/`svc4any`/`svcfw` dispatch verdict maps, `nt4` (services
 without NAT: not tracked by conntrack), `rtm` (dest mark -> route mark for
@@ -59,10 +63,8 @@ T = f"{FAMILY} {TABLE}"
 MARK_BASE = 0x4A000000
 ROUTE_BASE = 0x4B000000
 MARK_MASK = 0xFF000000
-CLOSING_BIT = 0x00800000   # in a flow map's value: the flow saw FIN/RST
-DEST_MASK = 0xFF7FFFFF     # dest mark without CLOSING_BIT
-MID_LIMIT = 1 << 23        # dest mark ids stay below CLOSING_BIT
-VERSION = 2                # of the kernel objects' layout: a state written for
+MID_LIMIT = 1 << 24        # dest mark ids
+VERSION = 3                # of the kernel objects' layout: a state written for
                            # another layout rebuilds the table in full
 # a flow lives tcpfin (120 s by default) after its FIN: 1M entries hold
 # ~8,700 new connections a second. nft sizes the hash table for `size` when
@@ -183,6 +185,7 @@ def globals_create() -> list[str]:
         f"add set {T} ostats {{ type mark; flags dynamic; size {STATS_SIZE}; counter; }}",
         f"add map {T} flows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add map {T} uflows {{ type {FLOW_TYPE} : mark; flags dynamic,timeout; size {FLOW_SIZE}; }}",
+        f"add set {T} closing {{ type {FLOW_TYPE}; flags dynamic,timeout; size {FLOW_SIZE}; }}",
         f"add chain {T} rawpre {{ type filter hook prerouting priority {PRIO_RAW}; policy accept; }}",
         f"add rule {T} rawpre ip daddr . meta l4proto . th dport @nt4 notrack",
         f"add chain {T} dispatch {{ type filter hook prerouting priority {PRIO_PRE}; policy accept; }}",
@@ -273,8 +276,6 @@ SHARED_KINDS = ("tcp", "tcpm", "udp", "udpm", "udpops", "udpopsm", "fwm", "fwmm"
 MASQ_KINDS = ("tcpm", "udpm", "udpopsm", "fwmm")
 KNOWN = ("k_tcp", "k_tcpm", "kc_tcp", "kc_tcpm", "k_udp", "k_udpm")
 FORWARD = ("f", "fm")
-CLOSING = f"0x{CLOSING_BIT:08x}"
-DMASK = f"0x{DEST_MASK:08x}"
 
 
 def shared_create() -> list[str]:
@@ -294,22 +295,27 @@ def shared_rules(t: Timeouts, fresh: bool) -> list[str]:
     # (masq: natpre DNATs the first packet, conntrack the others; Local: the
     # dest mark has no route, the local rule delivers it)
     for f in FORWARD:
-        cmds.append(f"add rule {T} {f} update @dstats {{ meta mark & {DMASK} }}")
+        cmds.append(f"add rule {T} {f} update @dstats {{ meta mark }}")
         if f == "f":
-            cmds.append(f"add rule {T} {f} meta mark set meta mark & {DMASK} map @rtm accept")
+            cmds.append(f"add rule {T} {f} meta mark set meta mark map @rtm accept")
         cmds.append(f"add rule {T} {f} accept")
     for m in ("", "m"):
         fwd = f"f{m}"
         k, kc = f"k_tcp{m}", f"kc_tcp{m}"
         cmds += [
-            f"add rule {T} {k} meta mark & {CLOSING} == {CLOSING} goto {kc}",
-            f"add rule {T} {k} tcp flags & (fin|rst) != 0 delete @flows {{ {key} : meta mark }} "
-            f"add @flows {{ {key} timeout {t.tcpfin}s : meta mark | {CLOSING} }} goto {fwd}",
+            f"add rule {T} {k} {key} @closing goto {kc}",
+            # FIN/RST: the flow's entry now expires after tcpfin, and it is
+            # marked closing (no entry is deleted: deletions make the
+            # kernel's hash table resize over and over)
+            f"add rule {T} {k} tcp flags & (fin|rst) != 0 update @flows {{ {key} timeout {t.tcpfin}s : meta mark }} "
+            f"update @closing {{ {key} timeout {t.tcpfin}s }} goto {fwd}",
             f"add rule {T} {k} update @flows {{ {key} timeout {t.tcp}s : meta mark }} goto {fwd}",
             f"add rule {T} {k} goto {fwd}",
             # a new SYN on a closing flow: a new connection (the caller schedules it)
-            f"add rule {T} {kc} tcp flags & (syn|ack) == syn delete @flows {{ {key} : meta mark }} return",
-            f"add rule {T} {kc} update @flows {{ {key} timeout {t.tcpfin}s : meta mark }} goto {fwd}",
+            f"add rule {T} {kc} tcp flags & (syn|ack) == syn delete @flows {{ {key} : meta mark }} "
+            f"delete @closing {{ {key} }} return",
+            f"add rule {T} {kc} update @flows {{ {key} timeout {t.tcpfin}s : meta mark }} "
+            f"update @closing {{ {key} timeout {t.tcpfin}s }} goto {fwd}",
             f"add rule {T} {kc} goto {fwd}",
             f"add rule {T} k_udp{m} update @uflows {{ {key} timeout {t.udp}s : meta mark }} goto {fwd}",
             f"add rule {T} k_udp{m} goto {fwd}",
@@ -351,8 +357,7 @@ def service_rules(plan: ServicePlan, t: Timeouts, fresh: bool, had_t: bool = Fal
         base = slot_base(n)
         elems = ", ".join(f"{base + i} : 0x{dmark(mid):x}" for i, mid in plan.sequence)
         cmds.append(f"add element {T} q {{ {elems} }}")
-    refresh = (f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark & {DMASK} }}"
-               if svc.persistent else "")
+    refresh = f" update @p{n} {{ {src} timeout {svc.timeout}s : meta mark }}" if svc.persistent else ""
     m = "m" if plan.has_masq else ""
     if not svc.ops:
         # a known flow keeps its server (k_* accept it; a new SYN on a
