@@ -61,7 +61,7 @@ from halb.model import Conn, Op, Stats, Table, fmt_hostport, op_from_dict, to_di
 from halb.proxy import tuning
 from halb.proxy.estimator import INTERVAL
 from halb.proxy.persist import PersistTable, client_network
-from halb.proxy.runtime import DestRT, SvcRT, conn_inactive, inactive_gone, bind_socket
+from halb.proxy.runtime import DestRT, SvcRT, bind_socket, conn_inactive, inactive_gone
 from halb.proxy.tcp import (CLOSE_TIMEOUT, LINGER_MAX, PIPE_POOL_MAX, SPLICE, SYN_RECV_TIMEOUT,
                             TIME_WAIT_TIMEOUT, Poller, TcpConn, TcpListener, set_rst)
 from halb.proxy.udp import UdpFlow, UdpListener

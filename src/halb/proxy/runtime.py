@@ -73,7 +73,6 @@ def inactive_gone(drt: DestRT) -> None:
     update_overload(d)
 
 
-
 class Listener:
     """A virtual service's bound socket, read by the event loop."""
 
@@ -88,8 +87,8 @@ class Listener:
         self.sock.close()
 
 
-
 def bind_socket(key) -> socket.socket:
+    """The bound (and, for TCP, listening) non-blocking socket of a virtual service."""
     fam = socket.AF_INET6 if key.af == 6 else socket.AF_INET
     typ = socket.SOCK_STREAM if key.proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(fam, typ)

@@ -518,7 +518,6 @@ class TcpConn:
         px.linger(self, state)
 
 
-
 class TcpListener(Listener):
     def __init__(self, px: "ProxyDaemon", svc: SvcRT, sock):
         super().__init__(px, svc, sock)

@@ -18,7 +18,6 @@ class UdpFlow:
         self.tpl = tpl
 
 
-
 class UdpListener(Listener):
     def start(self):
         self.px.loop.add_reader(self.fd, self.on_readable)
