@@ -68,6 +68,8 @@ def set_slice(us: int, pid: int = 0) -> bool:
         attr = _ATTR.pack(_ATTR.size, SCHED_OTHER, 0, nice, 0, us * 1000, 0, 0, 0, 0)
         _syscall(_SCHED_SETATTR, ctypes.c_int(pid), ctypes.create_string_buffer(attr, _ATTR.size),
                  ctypes.c_uint(0))
+        if us and get_slice_ns(pid) != us * 1000:
+            raise OSError(0, "this kernel has no per-task slice")
     except (OSError, AttributeError) as e:
         log.info("scheduler slice not set (%s): the kernel's default applies", e.strerror or e)
         return False
