@@ -398,11 +398,12 @@ def main():
                 if vals:
                     entry[f"median_{k}"] = statistics.median(vals)
             report[sysm.name] = entry
-        base_gap = report.get("keepalived-0.01", {}).get("median_gap_s")
-        for name in ("halb-fast", "halb-article"):
+        for name, ref in (("halb-fast", "keepalived-0.01"), ("halb-article", "keepalived-1")):
             g = report.get(name, {}).get("median_gap_s")
+            base_gap = report.get(ref, {}).get("median_gap_s")
             if base_gap and g:
-                report[f"ratio_{name}_vs_keepalived_0.01"] = round(g / base_gap, 2)
+                report[f"ratio_{name}_vs_{ref}"] = round(g / base_gap, 2)
+                print(f"{name} / {ref}: {g * 1000:.1f} ms / {base_gap * 1000:.1f} ms = {g / base_gap:.2f}", flush=True)
         fast = report.get("halb-fast")
         if fast and fast.get("median_gap_s") is not None:
             report["targets"] = {"gap_le_30ms": fast["median_gap_s"] <= 0.030,
