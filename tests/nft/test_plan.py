@@ -98,3 +98,18 @@ def test_merge_elements_keeps_deletes_before_adds():
     assert out[0].startswith("delete element") and "add element inet halb q1 { 0 : 1 }" in out
     assert "add element inet halb rtm { 0x4a000001 : 0x4b000002, 0x4a000004 : 0x4b000002 }" in out
     assert out.index("add element inet halb rtm { 0x4a000001 : 0x4b000002, 0x4a000004 : 0x4b000002 }") > 0
+
+
+def test_flow_rules_never_delete_on_the_way():
+    """FIN/RST shortens the flow's timeout and marks it closing; only a new
+    SYN on a closing flow deletes (steady deletions make the kernel's hash
+    tables resize over and over)."""
+    rules = rs.shared_rules(Timeouts(900, 120, 300), fresh=True)
+    k = [r for r in rules if " k_tcp " in r]
+    fin = next(r for r in k if "fin|rst" in r)
+    assert "delete" not in fin
+    assert "update @flows" in fin and "timeout 120s" in fin and "update @closing" in fin
+    assert not any("delete" in r for r in rules if " kc_tcp" not in r)
+    syn = next(r for r in rules if " kc_tcp " in r and "delete" in r)
+    assert "(syn|ack) == syn" in syn and syn.endswith("return")
+    assert "add set inet halb closing" in "\n".join(rs.globals_create())
