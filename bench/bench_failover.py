@@ -18,10 +18,14 @@ daemon counted whole: its process and the resource-agent helper, next to
 two bare loops doing the same sends/receives (uvloop; a plain select loop
 with one wake-up per beat); and a bounded soak at the fastest timers with
 both cores loaded by busy loops, counting false failovers (deaths seen by
-either node, VIP samples on the wrong node) and the longest silence seen.
+either node, VIP seen on the wrong node or on both: `ip -o addr` in both nodes
+every 0.1 s) and the longest silence seen; with --soak-keepalived ADVERT the
+same soak (same load, same length, same VIP sampling) of keepalived, its false
+failovers also read from its logs (N2 entering MASTER, N1 leaving it).
 
     sudo python3 bench/bench_failover.py [--trials 3] [--soak 60] [--skip-slow]
     sudo python3 bench/bench_failover.py --trials 5 --soak 600 --skip-slow   # every target, 10-min soak
+    sudo python3 bench/bench_failover.py --trials 3 --skip-slow --cpu-seconds 0 --soak 600 --soak-keepalived 0.01
 """
 from __future__ import annotations
 
@@ -319,35 +323,171 @@ def cpu_rss(lab, base, seconds):
     return out
 
 
-def soak(lab, base, seconds, timers):
+class VipSampler:
+    """Who holds the VIP, as a user would see it: `ip -o -4 addr` run inside both nodes at
+    once, every `interval` s (on a fixed grid; a late round is counted, never made up).
+    A sample is wrong unless `expect` alone holds the VIP; consecutive wrong samples
+    are one episode (what a user notices as one false failover)."""
+
+    def __init__(self, lab, expect="N1", interval=0.1, nodes=("N1", "N2")):
+        self.lab, self.expect, self.interval, self.nodes = lab, expect, interval, nodes
+        self.samples = self.wrong = self.both = self.none = self.episodes = 0
+        self.on_other = 0
+        self.longest_interval = 0.0
+        self.first_wrong = []          # (seconds into the soak, holders) of the first few wrong samples
+
+    def holders(self):
+        procs = {n: subprocess.Popen(self.lab.nsenter_prefix(n) + ["ip", "-o", "-4", "addr", "show", "dev",
+                                                                   self.lab.node(n).iface],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for n in self.nodes}
+        held = []
+        for n, p in procs.items():
+            out, _ = p.communicate(timeout=30)
+            if any(f" {self.lab.vip}/" in line for line in out.splitlines()):
+                held.append(n)
+        return held
+
+    def run(self, seconds):
+        t0 = time.monotonic()
+        t_end, nxt, last, was_wrong = t0 + seconds, t0, None, False
+        while True:
+            now = time.monotonic()
+            if now >= t_end:
+                break
+            if now < nxt:
+                time.sleep(nxt - now)
+            t = time.monotonic()
+            held = self.holders()
+            if last is not None:
+                self.longest_interval = max(self.longest_interval, t - last)
+            last = t
+            self.samples += 1
+            wrong = held != [self.expect]
+            if wrong:
+                self.wrong += 1
+                self.both += len(held) > 1
+                self.none += not held
+                self.on_other += any(n != self.expect for n in held)
+                self.episodes += not was_wrong
+                if len(self.first_wrong) < 10:
+                    self.first_wrong.append((round(t - t0, 2), held))
+            was_wrong = wrong
+            nxt += self.interval
+            if nxt < time.monotonic():     # fell behind (loaded machine): next round now, grid kept
+                nxt += self.interval * int((time.monotonic() - nxt) / self.interval + 1)
+        return self.result()
+
+    def result(self):
+        return {"vip_samples": self.samples, "vip_sample_interval_s": self.interval,
+                "longest_sample_interval_ms": round(1000 * self.longest_interval, 1),
+                "samples_with_wrong_holder": self.wrong, "wrong_holder_episodes": self.episodes,
+                "samples_vip_on_both": self.both, "samples_vip_on_other_node": self.on_other,
+                "samples_vip_nowhere": self.none, "first_wrong_samples": self.first_wrong}
+
+
+def _busy_loops():
+    """One busy loop per core, normal priority (the same load for every soak)."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+
+
+def _stop(procs):
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def soak(lab, base, seconds, timers, interval=0.1):
     """`seconds` at the given timers with a busy loop per core (normal priority); stops by itself."""
     reset_lab(lab)
     s = HalbSystem(lab, base, "soak", **timers)
     s.start()
-    wait_for(lambda: vip_on(lab, "N1", lab.vip), 20, 0.05, "N1 holds")
-    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
-    samples = wrong = 0
+    wait_for(lambda: vip_on(lab, "N1", lab.vip) and not vip_on(lab, "N2", lab.vip), 20, 0.05, "N1 alone holds")
+    time.sleep(1.0)
+    load = _busy_loops()
     try:
-        t_end = time.monotonic() + seconds
-        while time.monotonic() < t_end:
-            time.sleep(0.5)
-            samples += 1
-            if not vip_on(lab, "N1", lab.vip) or vip_on(lab, "N2", lab.vip):
-                wrong += 1
+        vip = VipSampler(lab, "N1", interval).run(seconds)
     finally:
-        for p in load:
-            p.kill()
-            p.wait()
+        _stop(load)
     st1, st2 = s.c.status("N1"), s.c.status("N2")
-    res = {"seconds": seconds, "timers": timers,
+    res = {"system": "halb", "seconds": seconds, "timers": timers,
            "deaths_seen_by_N1": st1["nodes"]["N2"]["deaths"], "deaths_seen_by_N2": st2["nodes"]["N1"]["deaths"],
            "late_beats": st1["nodes"]["N2"]["late"] + st2["nodes"]["N1"]["late"],
            "longest_silence_ms": round(1000 * max(st1["nodes"]["N2"].get("max_interval", 0),
                                                   st2["nodes"]["N1"].get("max_interval", 0)), 1),
-           "own_stalls": st1["stalls"] + st2["stalls"], "vip_samples": samples,
-           "samples_with_wrong_holder": wrong}
+           "own_stalls": st1["stalls"] + st2["stalls"], **vip}
     res["false_failovers"] = res["deaths_seen_by_N1"] + res["deaths_seen_by_N2"]
     s.c.close()
+    return res
+
+
+def _sched_policy(pid):
+    try:
+        pol = os.sched_getscheduler(pid)
+        prio = os.sched_getparam(pid).sched_priority
+    except OSError:
+        return None
+    names = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+    return f"{names.get(pol, pol)}/{prio}"
+
+
+def _node_keepalived_pids(lab, node):
+    out = []
+    for pid in lab.pids(node):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "keepalived":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def soak_keepalived(lab, base, seconds, advert, interval=0.1):
+    """keepalived (VRRP only, default scheduling) at `advert` for `seconds`, same load and the
+    same VIP sampling as soak(); false failovers from the VIP seen on the wrong node or on
+    both, and from keepalived's own state changes in its logs (N2 entering MASTER, N1
+    leaving it). Stops by itself; leaves no keepalived process and no VIP behind."""
+    reset_lab(lab)
+    s = KeepalivedSystem(lab, base, f"soak-keepalived-{advert}", advert)
+    logs = {n: s.base / n / "keepalived.log" for n in ("N1", "N2")}
+    for f in logs.values():
+        f.unlink(missing_ok=True)
+    res = {"system": "keepalived", "seconds": seconds, "advert_int": advert}
+    try:
+        s.start()
+        wait_for(lambda: "Entering BACKUP STATE" in logs["N2"].read_text(errors="replace")
+                 and vip_on(lab, "N1", lab.vip) and not vip_on(lab, "N2", lab.vip), 30, 0.05,
+                 "keepalived N1 master, N2 backup")
+        time.sleep(1.0)
+        res["sched"] = {n: sorted({_sched_policy(p) for p in _node_keepalived_pids(lab, n)} - {None})
+                        for n in ("N1", "N2")}
+        offset = {n: len(f.read_bytes()) for n, f in logs.items()}
+        load = _busy_loops()
+        try:
+            res.update(VipSampler(lab, "N1", interval).run(seconds))
+        finally:
+            _stop(load)
+        time.sleep(0.2)
+        new = {n: f.read_bytes()[offset[n]:].decode(errors="replace").splitlines() for n, f in logs.items()}
+        n2_master = [ln for ln in new["N2"] if "Entering MASTER STATE" in ln]
+        n1_left = [ln for ln in new["N1"] if "Entering BACKUP STATE" in ln or "Entering FAULT STATE" in ln]
+        res.update({"N2_entered_master": len(n2_master), "N1_left_master": len(n1_left),
+                    "state_lines": (n2_master + n1_left)[:10],
+                    "log_lines_during_soak": {n: len(v) for n, v in new.items()}})
+        res["false_failovers"] = len(n2_master) + len(n1_left)
+    finally:
+        s.stop()
+        left = {n: _node_keepalived_pids(lab, n) for n in ("N1", "N2")}
+        for n, pids in left.items():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        reset_lab(lab)      # removes the VIP from both nodes
+        res["cleanup"] = {"keepalived_left_after_sigterm": sum(map(len, left.values())),
+                          "vip_left": [n for n in ("N1", "N2") if vip_on(lab, n, lab.vip)]}
     return res
 
 
@@ -355,6 +495,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--soak", type=float, default=60)
+    ap.add_argument("--soak-keepalived", metavar="ADVERT_INT",
+                    help="after halb's soak, the same soak (same load, same length) of keepalived at this "
+                         "advert_int, e.g. 0.01")
+    ap.add_argument("--soak-interval", type=float, default=0.1, help="VIP sampling interval in the soaks (s)")
     ap.add_argument("--cpu-seconds", type=float, default=20)
     ap.add_argument("--skip-slow", action="store_true", help="skip the 1 s / article-timer systems")
     ap.add_argument("--debian-heartbeat", action="store_true",
@@ -414,11 +558,25 @@ def main():
         if args.soak > 0:
             soak_s = min(args.soak, 900)       # bounded: the soak stops by itself
             report["soak_fast_timers_cores_loaded"] = soak(lab, base, soak_s,
-                                                           dict(keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"))
+                                                           dict(keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"),
+                                                           args.soak_interval)
             print("soak:", report["soak_fast_timers_cores_loaded"], flush=True)
             report.setdefault("targets", {})["zero_false_failovers_in_soak"] = (
                 report["soak_fast_timers_cores_loaded"]["false_failovers"] == 0
                 and report["soak_fast_timers_cores_loaded"]["samples_with_wrong_holder"] == 0)
+            if args.soak_keepalived:
+                k = soak_keepalived(lab, base, soak_s, args.soak_keepalived, args.soak_interval)
+                report[f"soak_keepalived_{args.soak_keepalived}_cores_loaded"] = k
+                print(f"soak keepalived {args.soak_keepalived}:", k, flush=True)
+                h = report["soak_fast_timers_cores_loaded"]
+                print(f"soak {soak_s:.0f} s, both cores loaded, VIP sampled every {args.soak_interval} s:\n"
+                      f"  halb {ka}/{dt}: {h['false_failovers']} false node deaths, "
+                      f"{h['wrong_holder_episodes']} wrong-holder episodes ({h['samples_with_wrong_holder']} of "
+                      f"{h['vip_samples']} samples), longest silence {h['longest_silence_ms']} ms\n"
+                      f"  keepalived {args.soak_keepalived}: {k.get('false_failovers')} state changes "
+                      f"(N2 to MASTER {k.get('N2_entered_master')}, N1 out of MASTER {k.get('N1_left_master')}), "
+                      f"{k.get('wrong_holder_episodes')} wrong-holder episodes ({k.get('samples_with_wrong_holder')} "
+                      f"of {k.get('vip_samples')} samples)", flush=True)
     shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
