@@ -42,6 +42,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def read_to_end(s: socket.socket) -> bytes:
+    """Everything the peer sends on s until it closes its side."""
+    chunks = []
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
 def wait_for(pred, timeout=15.0, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
     while True:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from proxy_helpers import Proxy, free_port, halb, wait_for
+from proxy_helpers import Proxy, free_port, halb, read_to_end, wait_for
 from halb.errors import EngineUnavailable, IpvsError
 from halb.model import Dest, Op, Service, ServiceKey, Timeouts
 
@@ -25,14 +25,8 @@ def fetch(addr, port, path="/", source="127.0.0.1"):
     req = f"GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n".encode()
     s.sendall(req)
     cport = s.getsockname()[1]
-    chunks = []
-    while True:
-        b = s.recv(1 << 16)
-        if not b:
-            break
-        chunks.append(b)
+    data = read_to_end(s)
     s.close()
-    data = b"".join(chunks)
     return data.split(b"\r\n\r\n", 1)[1], cport, len(req), len(data)
 
 

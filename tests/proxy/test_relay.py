@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from proxy_helpers import Proxy, wait_for
+from proxy_helpers import Proxy, read_to_end, wait_for
 from halb.model import Dest, Service, ServiceKey
 
 pytestmark = pytest.mark.timeout(120)
@@ -31,15 +31,7 @@ def echo_through(vip, payload: bytes, chunk: int = 1 << 16) -> bytes:
     """Send payload, shut down the sending side, read everything back until EOF."""
     s = socket.create_connection(vip, timeout=30)
     got = []
-
-    def reader():
-        while True:
-            b = s.recv(1 << 16)
-            if not b:
-                return
-            got.append(b)
-
-    t = threading.Thread(target=reader)
+    t = threading.Thread(target=lambda: got.append(read_to_end(s)))
     t.start()
     for i in range(0, len(payload), chunk):
         s.sendall(payload[i:i + chunk])
@@ -119,14 +111,9 @@ def test_the_back_end_closing_first_is_passed_on(proxy, web, vip):
     s = socket.create_connection(vip, timeout=30)
     n = 3 << 20
     s.sendall(f"GET /big?n={n} HTTP/1.0\r\n\r\n".encode())
-    buf = []
-    while True:
-        b = s.recv(1 << 16)
-        if not b:
-            break
-        buf.append(b)
+    data = read_to_end(s)
     s.close()
-    body = b"".join(buf).split(b"\r\n\r\n", 1)[1]
+    body = data.split(b"\r\n\r\n", 1)[1]
     assert body == (bytes(range(256)) * 256 * (n // 65536 + 1))[:n]
     wait_for(lambda: [c.state for c in eng.connections() if not c.template] == ["TIME_WAIT"],
              what="the entry to be TIME_WAIT")
