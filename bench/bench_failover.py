@@ -386,6 +386,17 @@ class VipSampler:
                 "samples_vip_nowhere": self.none, "first_wrong_samples": self.first_wrong}
 
 
+def _cpu_ticks():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[7], sum(v[:8])          # steal, total (user..steal)
+
+
+def _steal_pct(t0):
+    s1, tot1 = _cpu_ticks()
+    return round(100 * (s1 - t0[0]) / max(1, tot1 - t0[1]), 2)
+
+
 def _busy_loops():
     """One busy loop per core, normal priority (the same load for every soak)."""
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
@@ -405,10 +416,12 @@ def soak(lab, base, seconds, timers, interval=0.1):
     wait_for(lambda: vip_on(lab, "N1", lab.vip) and not vip_on(lab, "N2", lab.vip), 20, 0.05, "N1 alone holds")
     time.sleep(1.0)
     load = _busy_loops()
+    ticks = _cpu_ticks()
     try:
         vip = VipSampler(lab, "N1", interval).run(seconds)
     finally:
         _stop(load)
+    vip["steal_pct"] = _steal_pct(ticks)     # the VM's steal time over the soak, % of all CPU time
     st1, st2 = s.c.status("N1"), s.c.status("N2")
     res = {"system": "halb", "seconds": seconds, "timers": timers,
            "deaths_seen_by_N1": st1["nodes"]["N2"]["deaths"], "deaths_seen_by_N2": st2["nodes"]["N1"]["deaths"],
@@ -464,16 +477,19 @@ def soak_keepalived(lab, base, seconds, advert, interval=0.1):
                         for n in ("N1", "N2")}
         offset = {n: len(f.read_bytes()) for n, f in logs.items()}
         load = _busy_loops()
+        ticks = _cpu_ticks()
         try:
             res.update(VipSampler(lab, "N1", interval).run(seconds))
         finally:
             _stop(load)
+        res["steal_pct"] = _steal_pct(ticks)
         time.sleep(0.2)
         new = {n: f.read_bytes()[offset[n]:].decode(errors="replace").splitlines() for n, f in logs.items()}
         n2_master = [ln for ln in new["N2"] if "Entering MASTER STATE" in ln]
         n1_left = [ln for ln in new["N1"] if "Entering BACKUP STATE" in ln or "Entering FAULT STATE" in ln]
         res.update({"N2_entered_master": len(n2_master), "N1_left_master": len(n1_left),
                     "state_lines": (n2_master + n1_left)[:10],
+                    "log_during_soak": {n: v[:20] for n, v in new.items()},
                     "log_lines_during_soak": {n: len(v) for n, v in new.items()}})
         res["false_failovers"] = len(n2_master) + len(n1_left)
     finally:
@@ -572,11 +588,12 @@ def main():
                 print(f"soak {soak_s:.0f} s, both cores loaded, VIP sampled every {args.soak_interval} s:\n"
                       f"  halb {ka}/{dt}: {h['false_failovers']} false node deaths, "
                       f"{h['wrong_holder_episodes']} wrong-holder episodes ({h['samples_with_wrong_holder']} of "
-                      f"{h['vip_samples']} samples), longest silence {h['longest_silence_ms']} ms\n"
+                      f"{h['vip_samples']} samples), longest silence {h['longest_silence_ms']} ms, "
+                      f"steal {h['steal_pct']} %\n"
                       f"  keepalived {args.soak_keepalived}: {k.get('false_failovers')} state changes "
                       f"(N2 to MASTER {k.get('N2_entered_master')}, N1 out of MASTER {k.get('N1_left_master')}), "
                       f"{k.get('wrong_holder_episodes')} wrong-holder episodes ({k.get('samples_with_wrong_holder')} "
-                      f"of {k.get('vip_samples')} samples)", flush=True)
+                      f"of {k.get('vip_samples')} samples), steal {k.get('steal_pct')} %", flush=True)
     shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
