@@ -82,8 +82,8 @@ class State:
         self.kernel = False
         self.layout = 0  # rs.VERSION of the kernel objects halb made
         self.sched_state: dict[str, str] = {}
-        self.gc_at: dict[str, float] = {}
-        self.slots: dict[str, tuple] = {}  # service -> its slot numbers in the global q map  # service -> when to look for its retired servers' flows
+        self.gc_at: dict[str, float] = {}  # service -> when to look for its retired servers' flows
+        self.slots: dict[str, tuple] = {}  # service -> its slot numbers in the global q map
         self._cache: dict[str, Service] = {}
 
     def __getstate__(self):
