@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Failover gap seen by a client, halb heartbeat vs keepalived (VRRP), same lab, same run.
+"""Failover gap seen by a client, halb heartbeat vs keepalived (VRRP) and Debian's heartbeat 3,
+same lab, same run.
 
 A client in the lab starts GET http://VIP/testcluster.html every 10 ms
 without waiting for the previous one. After 1 s the active node N1 is
@@ -10,7 +11,15 @@ first one; "errors after" counts requests started after it that failed or
 were slow; "worst gap after" is the longest pause between prompt successes
 after the failover (probe and machine jitter, not the failover). For halb,
 the takeover path is read from N2's log: fault -> "is dead" -> VIP up
-(netlink) -> gratuitous ARP -> the client's first answer from N2.
+(netlink) -> gratuitous ARP -> the client's first answer from N2; for every system, the
+first gratuitous ARP from N2 as the client's tcpdump stamps it ("garp_wire_ms"), and whether N2
+holds the VIP at the end (`ip addr` inside N2).
+
+With --debian-heartbeat (needs `apt-get install -y heartbeat`; see debian_heartbeat.py),
+Debian's heartbeat 3 runs the article's ha.cf, md5 authkeys and haresources (`N1 IPaddr2::VIP`)
+at the article's timers (2 s / 10 s / 6 s, unless --skip-slow) and at --hb-floor (10/30/20 ms);
+its takeover steps (dead, mach_down, IPaddr2 start, address added, send_arp) are read from its
+log, each line stamped as it reaches the file.
 
 Also measured: CPU (% of one core, from the scheduler's run time of every
 thread) and RSS of a halb daemon at 100 beats/s (keepalive 10 ms), the
@@ -26,6 +35,7 @@ failovers also read from its logs (N2 entering MASTER, N1 leaving it).
     sudo python3 bench/bench_failover.py [--trials 3] [--soak 60] [--skip-slow]
     sudo python3 bench/bench_failover.py --trials 5 --soak 600 --skip-slow   # every target, 10-min soak
     sudo python3 bench/bench_failover.py --trials 3 --skip-slow --cpu-seconds 0 --soak 600 --soak-keepalived 0.01
+    sudo python3 bench/bench_failover.py --trials 3 --slow-trials 3 --soak 0 --cpu-seconds 0 --debian-heartbeat
 """
 from __future__ import annotations
 
@@ -44,9 +54,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests" / "heartbeat"))
+# the daemons started in the lab (python -m halb) run this checkout's halb too, whatever
+# halb the interpreter has installed (an editable install may point at another tree)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src")] + [x for x in [os.environ.get("PYTHONPATH")] if x])
 
 from hb_cluster import Cluster, wait_for  # noqa: E402
 from halb.lab import Lab, article  # noqa: E402
+import debian_heartbeat  # noqa: E402
 
 PROMPT = 0.5   # a request answered slower than this counts as an error
 
@@ -87,29 +101,77 @@ def run_probe(lab, duration):
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def trial(lab, start_fn, stop_fn, post, timeline=None):
+class ArpWatch:
+    """tcpdump in the client: kernel stamps of the ARP packets it sees, to place the new
+    holder's first gratuitous ARP (ARP naming the VIP as sender, from the new holder's MAC)
+    after the fault, the same way for every system."""
+
+    def __init__(self, lab, client="client0"):
+        self.lab, self.client = lab, client
+        self.p = None
+        if shutil.which("tcpdump"):
+            self.p = lab.popen(client, ["tcpdump", "-i", lab.client(0).iface, "-n", "-e", "-tt", "-l", "arp"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def stop(self):
+        if self.p is None:
+            return ""
+        self.p.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            out, _ = self.p.communicate()
+        return out
+
+    def first_garp_ms(self, out, fault_wall, node="N2"):
+        mac, vip = self.lab.node(node).mac.lower(), self.lab.vip
+        for line in out.splitlines():
+            f = line.split()
+            try:
+                t = float(f[0])
+            except (IndexError, ValueError):
+                continue
+            if t >= fault_wall and f[1].lower() == mac and (f"tell {vip}," in line or f"Reply {vip} is-at" in line):
+                return round((t - fault_wall) * 1000, 1)
+        return None
+
+
+def trial(lab, sysm, post):
+    """One failover of `sysm` seen by the client. Whatever happens, the system is stopped
+    (its processes on both nodes ended) before returning or raising."""
     reset_lab(lab)
-    start_fn()
-    wait_for(lambda: vip_on(lab, "N1", lab.vip) and not vip_on(lab, "N2", lab.vip), 90, 0.05, "N1 to hold the VIP")
-    wait_for(lambda: lab.http_get("client0", "http://VIP/testcluster.html")[1] == "N1\n", 20, 0.1, "VIP answers")
-    time.sleep(0.3)
-    probe = run_probe(lab, 1.0 + post)
-    time.sleep(1.0)
-    fault_wall, fault_t = time.time(), time.monotonic()
-    lab.freeze("N1")
-    lab.cut_link("N1")
-    lab.kill_node("N1")
-    out, err = probe.communicate(timeout=post + 30)
+    arp = None
     try:
-        results = json.loads(out)["results"]
-    except ValueError:
-        stop_fn()
-        raise SystemExit(f"probe failed: {err.strip()[-400:]}")
-    r = analyse(results, fault_t)
-    if timeline is not None:
-        r.update(timeline(fault_wall, r))
-    stop_fn()
-    return r
+        sysm.start()
+        wait_for(lambda: vip_on(lab, "N1", lab.vip) and not vip_on(lab, "N2", lab.vip), 90, 0.05, "N1 to hold the VIP")
+        wait_for(lambda: lab.http_get("client0", "http://VIP/testcluster.html")[1] == "N1\n", 20, 0.1, "VIP answers")
+        arp = ArpWatch(lab)
+        if hasattr(sysm, "arm"):
+            sysm.arm()
+        time.sleep(0.3)
+        probe = run_probe(lab, 1.0 + post)
+        time.sleep(1.0)
+        fault_wall, fault_t = time.time(), time.monotonic()
+        lab.freeze("N1")
+        lab.cut_link("N1")
+        lab.kill_node("N1")
+        out, err = probe.communicate(timeout=post + 30)
+        try:
+            results = json.loads(out)["results"]
+        except ValueError:
+            raise RuntimeError(f"probe failed: {err.strip()[-400:]}") from None
+        r = analyse(results, fault_t)
+        r["N2_holds_vip_after"] = vip_on(lab, "N2", lab.vip)       # ip addr inside N2
+        r["garp_wire_ms"] = arp.first_garp_ms(arp.stop(), fault_wall)
+        arp = None
+        if hasattr(sysm, "timeline"):
+            r.update(sysm.timeline(fault_wall, r))
+        return r
+    finally:
+        if arp is not None:
+            arp.stop()
+        sysm.stop()
 
 
 # ------------------------------------------------------------------ systems
@@ -129,8 +191,13 @@ class HalbSystem:
         self.c.start("N2")
 
     def stop(self):
-        self.c.procs.pop("N1", None)
+        if self.c is None:
+            return
+        p = self.c.procs.get("N1")
+        if p is not None and p.poll() is not None:      # killed with its node
+            self.c.procs.pop("N1")
         self.c.close()
+        self.c = None
 
     def timeline(self, fault_wall, r):
         """ms from the fault to each step of N2's takeover, from N2's log."""
@@ -202,50 +269,6 @@ class KeepalivedSystem:
                 except subprocess.TimeoutExpired:
                     p.kill()
         self.procs = []
-
-
-class DebianHeartbeatSystem:
-    """Debian's heartbeat 3 (apt-get install heartbeat) with the article's ha.cf: per node a
-    private mount namespace with its own /etc/ha.d, /var/lib/heartbeat and /run."""
-
-    BIN = "/usr/libexec/heartbeat/heartbeat"
-
-    def __init__(self, lab, base, name, keepalive="2", deadtime="10", warntime="6", initdead="60"):
-        self.lab, self.name = lab, name
-        self.base = Path(base) / name
-        self.timers = dict(keepalive=keepalive, deadtime=deadtime, warntime=warntime, initdead=initdead)
-
-    @classmethod
-    def available(cls):
-        return os.path.exists(cls.BIN) and os.path.isdir("/etc/ha.d/resource.d")
-
-    def start(self):
-        for node in ("N1", "N2"):
-            d = self.base / node
-            if d.exists():
-                shutil.rmtree(d)
-            shutil.copytree("/etc/ha.d", d / "ha.d", symlinks=True)
-            shutil.copytree("/var/lib/heartbeat", d / "lib", symlinks=True)
-            for f in ("hb_uuid", "hostcache", "delhostcache"):
-                try:
-                    (d / "lib" / f).unlink()
-                except FileNotFoundError:
-                    pass
-            iface = self.lab.node(node).iface
-            (d / "ha.d" / "ha.cf").write_text(article.ha_cf(iface, d / "ha.log", debugfile="/dev/null",
-                                                            logfacility=None, tail="use_logd no\ncrm no\n",
-                                                            **self.timers))
-            (d / "ha.d" / "authkeys").write_text('auth 1\n1 md5 "secret"\n')
-            (d / "ha.d" / "authkeys").chmod(0o600)
-            (d / "ha.d" / "haresources").write_text(f"N1 IPaddr2::{self.lab.vip}/{self.lab.prefixlen}/{iface}\n")
-            script = (f"set -e; mount --bind {d}/ha.d /etc/ha.d; mount --bind {d}/lib /var/lib/heartbeat; "
-                      "mount -t tmpfs tmpfs /run; mkdir -p /run/heartbeat/ccm /run/heartbeat/dopd "
-                      "/run/heartbeat/rsctmp /run/resource-agents /run/lock; "
-                      f"exec {self.BIN} >{d}/stdout.log 2>&1")
-            self.lab.popen(node, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
-
-    def stop(self):
-        self.lab.kill_node("N2")     # heartbeat daemonizes: end every process of the node
 
 
 # ------------------------------------------------------------------ cpu / soak
@@ -516,54 +539,93 @@ def main():
                          "advert_int, e.g. 0.01")
     ap.add_argument("--soak-interval", type=float, default=0.1, help="VIP sampling interval in the soaks (s)")
     ap.add_argument("--cpu-seconds", type=float, default=20)
-    ap.add_argument("--skip-slow", action="store_true", help="skip the 1 s / article-timer systems")
+    ap.add_argument("--skip-slow", action="store_true",
+                    help="skip the 1 s / article-timer systems (halb-article, keepalived-1, "
+                         "debian-heartbeat-article)")
+    ap.add_argument("--slow-trials", type=int, default=1,
+                    help="trials for each 1 s / article-timer system (≈ 20-40 s each)")
     ap.add_argument("--debian-heartbeat", action="store_true",
-                    help="also Debian's heartbeat package with the article's timers (apt-get install heartbeat)")
+                    help="also Debian's heartbeat 3 (apt-get install heartbeat) with the article's ha.cf and "
+                         "haresources (IPaddr2 VIP): at the article's timers 2 s/10 s/6 s (a slow system) and "
+                         "at the timers of --hb-floor")
+    ap.add_argument("--hb-floor", default="10ms,30ms,20ms",
+                    help="Debian heartbeat's fast timers keepalive,deadtime,warntime ('none': skip)")
+    ap.add_argument("--keep", action="store_true", help="keep the configs and logs of every system (path printed)")
     ap.add_argument("--only", help="comma-separated system names to run (e.g. debian-heartbeat-article)")
     ap.add_argument("--fast", default="5ms,25ms,15ms", help="halb's fastest timers: keepalive,deadtime,warntime")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_failover needs root (network namespaces)")
+    if args.debian_heartbeat and debian_heartbeat.missing():
+        raise SystemExit(debian_heartbeat.INSTALL_HINT.format(missing=", ".join(debian_heartbeat.missing())))
+    # a SIGTERM (timeout, kill) unwinds like ^C: every system stopped, the lab torn down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ka, dt, wt = args.fast.split(",")
     base = Path(tempfile.mkdtemp(prefix="hbbench"))
     report = {"probe": "GET every 10 ms, no waiting; gap = last prompt (<0.5 s) success before N2's first "
-                       "answer -> that answer (request start times)"}
+                       "answer -> that answer (request start times)",
+              "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "argv": sys.argv[1:]}
     with Lab(nodes=2, clients=1, apache=True) as lab:
         systems = [
             (HalbSystem(lab, base, "halb-fast", keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"), args.trials, 3),
             (KeepalivedSystem(lab, base, "keepalived-0.01", "0.01"), args.trials, 3),
         ]
-        if not args.skip_slow and args.debian_heartbeat and DebianHeartbeatSystem.available():
-            systems.append((DebianHeartbeatSystem(lab, base, "debian-heartbeat-article"), 1, 15))
+        if args.debian_heartbeat and args.hb_floor != "none":
+            hka, hdt, hwt = args.hb_floor.split(",")
+            systems.append((debian_heartbeat.DebianHeartbeatSystem(
+                lab, base, "debian-heartbeat-floor", keepalive=hka, deadtime=hdt, warntime=hwt, initdead="60"),
+                args.trials, 6))
         if not args.skip_slow:
             systems += [
-                (HalbSystem(lab, base, "halb-article", keepalive="2", deadtime="10", warntime="6", initdead="60"), 1, 15),
-                (KeepalivedSystem(lab, base, "keepalived-1", "1"), 1, 8),
+                (HalbSystem(lab, base, "halb-article", keepalive="2", deadtime="10", warntime="6", initdead="60"),
+                 args.slow_trials, 15),
+                (KeepalivedSystem(lab, base, "keepalived-1", "1"), args.slow_trials, 8),
             ]
+            if args.debian_heartbeat:
+                systems.append((debian_heartbeat.DebianHeartbeatSystem(lab, base, "debian-heartbeat-article"),
+                                args.slow_trials, 15))
         if args.only:
             keep = set(args.only.split(","))
             systems = [x for x in systems if x[0].name in keep]
         for sysm, trials, post in systems:
             runs = []
             for i in range(trials):
-                r = trial(lab, sysm.start, sysm.stop, post, getattr(sysm, "timeline", None))
+                try:
+                    r = trial(lab, sysm, post)
+                except Exception as e:          # recorded, the run goes on (the system was stopped)
+                    r = {"gap": None, "errors_after": None, "failed": f"{type(e).__name__}: {e}"}
                 runs.append(r)
                 print(f"{sysm.name} trial {i + 1}: {r}", flush=True)
             gaps = [r["gap"] for r in runs if r["gap"] is not None]
             entry = {"median_gap_s": statistics.median(gaps) if gaps else None,
                      "gaps": gaps, "errors_after": [r["errors_after"] for r in runs],
-                     "worst_gap_after_s": max((r.get("worst_gap_after", 0) for r in runs), default=None)}
-            for k in ("dead_ms", "vip_up_ms", "garp_ms", "first_answer_ms"):
+                     "worst_gap_after_s": max((r.get("worst_gap_after", 0) for r in runs), default=None),
+                     "N2_held_vip_after": [r.get("N2_holds_vip_after") for r in runs],
+                     "failed_trials": [r["failed"] for r in runs if "failed" in r]}
+            for k in ("dead_ms", "takeover_ms", "rsc_start_ms", "vip_up_ms", "send_arp_ms", "garp_ms", "garp_wire_ms",
+                      "first_answer_ms"):
                 vals = [r[k] for r in runs if r.get(k) is not None]
                 if vals:
                     entry[f"median_{k}"] = statistics.median(vals)
             report[sysm.name] = entry
-        for name, ref in (("halb-fast", "keepalived-0.01"), ("halb-article", "keepalived-1")):
+        for name, ref in (("halb-fast", "keepalived-0.01"), ("halb-article", "keepalived-1"),
+                          ("halb-article", "debian-heartbeat-article"), ("halb-fast", "debian-heartbeat-floor")):
             g = report.get(name, {}).get("median_gap_s")
             base_gap = report.get(ref, {}).get("median_gap_s")
             if base_gap and g:
-                report[f"ratio_{name}_vs_{ref}"] = round(g / base_gap, 2)
-                print(f"{name} / {ref}: {g * 1000:.1f} ms / {base_gap * 1000:.1f} ms = {g / base_gap:.2f}", flush=True)
+                report[f"ratio_{name}_vs_{ref}"] = round(g / base_gap, 3)
+                print(f"{name} / {ref}: {g * 1000:.1f} ms / {base_gap * 1000:.1f} ms = {g / base_gap:.3f}", flush=True)
+        print("\nsystem | median gap ms (range) | errors after | N2 held VIP | median ms after fault: "
+              "dead / VIP up / GARP on the wire / first answer", flush=True)
+        for sysm, _, _ in systems:
+            e = report[sysm.name]
+            g = e["gaps"]
+            rng = f"{1000 * min(g):.1f}-{1000 * max(g):.1f}" if g else "-"
+            med = f"{1000 * e['median_gap_s']:.1f}" if e["median_gap_s"] is not None else "-"
+            steps = " / ".join(str(e.get(f"median_{k}", "-")) for k in ("dead_ms", "vip_up_ms", "garp_wire_ms",
+                                                                         "first_answer_ms"))
+            print(f"{sysm.name} | {med} ({rng}), {len(g)} trials | {e['errors_after']} | {e['N2_held_vip_after']} | "
+                  f"{steps}" + (f" | FAILED: {e['failed_trials']}" if e["failed_trials"] else ""), flush=True)
         fast = report.get("halb-fast")
         if fast and fast.get("median_gap_s") is not None:
             report["targets"] = {"gap_le_30ms": fast["median_gap_s"] <= 0.030,
@@ -594,7 +656,21 @@ def main():
                       f"(N2 to MASTER {k.get('N2_entered_master')}, N1 out of MASTER {k.get('N1_left_master')}), "
                       f"{k.get('wrong_holder_episodes')} wrong-holder episodes ({k.get('samples_with_wrong_holder')} "
                       f"of {k.get('vip_samples')} samples), steal {k.get('steal_pct')} %", flush=True)
-    shutil.rmtree(base, ignore_errors=True)
+    if args.keep:
+        print(f"configs and logs kept in {base}", flush=True)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+    if args.debian_heartbeat:            # after the lab is gone: none of heartbeat's processes may be left
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"heartbeat:"):
+                        left.append(int(pid))
+            except OSError:
+                pass
+        report["debian_heartbeat_processes_left"] = left
+        print(f"Debian heartbeat processes left after the run: {left or 'none'}", flush=True)
     print(json.dumps(report, indent=2))
 
 
