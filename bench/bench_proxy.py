@@ -226,6 +226,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     ap.add_argument("--bulk-mib", type=int, default=100, help="size of the bulk file in MiB (default 100)")
     ap.add_argument("--bulk-n", type=int, default=3, help="downloads per path (default 3)")
+    ap.add_argument("--host-slice-us", type=int, default=0,
+                    help="give every process of the bench (probe, nginx, HAProxy, halb: they inherit it) this "
+                         "scheduler slice, as on a host tuned for latency (default 0: the kernel's)")
     a = ap.parse_args()
     for tool in ("wrk", "nginx", "haproxy", "curl", "cc"):
         if not shutil.which(tool):
@@ -234,6 +237,12 @@ def main() -> int:
 
     from halb.proxy.tuning import DEFAULT_SLICE_US
 
+    if a.host_slice_us:
+        from halb.proxy.tuning import set_slice
+
+        if not set_slice(a.host_slice_us):
+            print("bench_proxy: this kernel cannot set a scheduler slice (--host-slice-us)", file=sys.stderr)
+            return 2
     tmp = Path(tempfile.mkdtemp(prefix="halb-bench-"))
     os.chmod(tmp, 0o755)
     st = Stack(tmp, a.bulk_mib)
