@@ -607,6 +607,9 @@ def main():
                 vals = [r[k] for r in runs if r.get(k) is not None]
                 if vals:
                     entry[f"median_{k}"] = statistics.median(vals)
+            if any("false_starts_so_far" in r for r in runs):       # Debian heartbeat
+                entry["false_failovers_at_start"] = getattr(sysm, "false_starts", 0)
+                entry["deaths_before_fault"] = [r.get("deaths_before_fault") for r in runs]
             report[sysm.name] = entry
         for name, ref in (("halb-fast", "keepalived-0.01"), ("halb-article", "keepalived-1"),
                           ("halb-article", "debian-heartbeat-article"), ("halb-fast", "debian-heartbeat-floor")):
@@ -625,7 +628,10 @@ def main():
             steps = " / ".join(str(e.get(f"median_{k}", "-")) for k in ("dead_ms", "vip_up_ms", "garp_wire_ms",
                                                                          "first_answer_ms"))
             print(f"{sysm.name} | {med} ({rng}), {len(g)} trials | {e['errors_after']} | {e['N2_held_vip_after']} | "
-                  f"{steps}" + (f" | FAILED: {e['failed_trials']}" if e["failed_trials"] else ""), flush=True)
+                  f"{steps}" + (f" | FAILED: {e['failed_trials']}" if e["failed_trials"] else "")
+                  + (f" | false failovers at start-up {e['false_failovers_at_start']}, deaths declared "
+                     f"before the fault {e['deaths_before_fault']}" if "false_failovers_at_start" in e else ""),
+                  flush=True)
         fast = report.get("halb-fast")
         if fast and fast.get("median_gap_s") is not None:
             report["targets"] = {"gap_le_30ms": fast["median_gap_s"] <= 0.030,
