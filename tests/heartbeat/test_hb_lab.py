@@ -312,7 +312,10 @@ def test_takeover_survives_a_dead_agent_helper(cluster_factory):
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
-    helpers = psutil.Process(c.status("N2")["pid"]).children()
+    def helpers_of(st):
+        lanes = {ln.get("pid") for ln in st["lanes"]}
+        return [p for p in psutil.Process(st["pid"]).children() if p.pid not in lanes]
+    helpers = helpers_of(c.status("N2"))
     assert len(helpers) == 1
     helpers[0].kill()
     wait_for(lambda: not helpers[0].is_running() or helpers[0].status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD),
@@ -321,7 +324,7 @@ def test_takeover_survives_a_dead_agent_helper(cluster_factory):
     c.procs.pop("N1")
     wait_for(lambda: c.vip_on("N2"), 10, what="N2 to take over with a new helper")
     assert "the resource agent helper died" in c.log("N2")
-    assert len(psutil.Process(c.status("N2")["pid"]).children()) == 1
+    assert len(helpers_of(c.status("N2"))) == 1
 
 
 def _log_time(line: str) -> float:
@@ -333,8 +336,8 @@ def _log_time(line: str) -> float:
 
 @pytest.mark.timeout(120)
 def test_lean_daemon_memory_and_takeover_path(cluster_factory):
-    """At 100 beats/s the whole daemon (its process and the agent helper) stays under
-    60 MB; after a crash the VIP is up and announced within milliseconds of the death
+    """At 100 beats/s the whole daemon (its process, the agent helper and its beat
+    lane) stays under 60 MB; after a crash the VIP is up and announced within milliseconds of the death
     being declared, and the log tells each step in that order."""
     import psutil
 
@@ -346,9 +349,10 @@ def test_lean_daemon_memory_and_takeover_path(cluster_factory):
     st = c.status("N2")
     assert "halb-heartbeat-beat" in st["threads"]
     tree = [psutil.Process(st["pid"])] + psutil.Process(st["pid"]).children(recursive=True)
-    assert len(tree) == 2, tree                      # the daemon and its resource-agent helper
+    assert len(tree) == 3, tree                      # the daemon, its resource-agent helper, lane 1
+    assert [ln["pid"] for ln in st["lanes"][1:]] == [p.pid for p in tree if p.pid in {ln.get("pid") for ln in st["lanes"]}]
     rss = sum(p.memory_info().rss for p in tree) / 2**20
-    assert rss < 60, f"daemon + helper RSS {rss:.1f} MB"
+    assert rss < 60, f"daemon + helper + lane RSS {rss:.1f} MB"
     time.sleep(0.5)
     st = c.status("N2")
     assert 0 < st["nodes"]["N1"]["max_interval"] < 0.05 and st["nodes"]["N1"]["deaths"] == 0

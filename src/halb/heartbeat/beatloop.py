@@ -14,6 +14,11 @@ What the daemon must act on (membership events, a peer's new payload)
 goes to `deliver(items)` in the order it happened, from this thread: the
 daemon hands it to its event loop. The membership core is shared with
 the daemon under `lock`.
+
+With beat lanes (lane.py) this thread is lane 0, pinned to the first CPU:
+it sends every lanes x keepalive, the lanes in between, and it stamps the
+lanes' shared page at every wake-up (their lease). A peer's body older
+than the newest taken (payload "v") only counts as a beat.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ _ANC = 64                    # room for one timespec control message
 class BeatLoop:
     def __init__(self, *, me, auth, generation, channels, mem, keepalive, tick_interval, accept_crc,
                  deliver, counters, ping_sock=None, ping_targets=None, ping_ident=0, rt_prio=0,
-                 log=None):
+                 log=None, lanes=None):
         self.me, self.auth, self.generation = me, auth, generation
         self.channels = channels
         self.mem = mem
@@ -57,6 +62,9 @@ class BeatLoop:
         self.ping_seq = 0
         self.body = b"{}"
         self.last_payload: dict = {}
+        self.body_v: dict = {}      # node -> (generation, "v") of the newest body taken
+        self.lanes = lanes
+        self.sent_at = 0.0
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
@@ -68,8 +76,10 @@ class BeatLoop:
 
     # ------------------------------------------------------------ from the daemon's thread
     def set_body(self, body: bytes) -> None:
-        """What our beats say from now on (the encoded payload)."""
+        """What our beats say from now on (the encoded payload); the lanes send it at once."""
         self.body = body
+        if self.lanes is not None:
+            self.lanes.set_body(body)
 
     def send_now(self) -> None:
         """Send a beat at once (a transition started or ended: peers should know now)."""
@@ -80,7 +90,10 @@ class BeatLoop:
         self.thread.start()
 
     def stop(self, final_body: bytes | None = None, count: int = 3, timeout: float = 5.0) -> None:
-        """Stop the thread; it sends `final_body` (the shutdown notice) `count` times first."""
+        """Stop the lanes, then the thread; it sends `final_body` (the shutdown notice)
+        `count` times first: no lane's beat can follow it."""
+        if self.lanes is not None:
+            self.lanes.stop()
         self._final = (final_body, count) if final_body is not None else None
         self._stop = True
         self._poke(b"q")
@@ -105,6 +118,7 @@ class BeatLoop:
         enc.set_body(body)
         data = enc.packet(self.seq)
         c = self.counters
+        self.sent_at = time.monotonic()
         for ch in self.channels:
             c["tx"] += len(ch.dests)
             errors = ch.send(data)
@@ -155,7 +169,7 @@ class BeatLoop:
             if node not in mem.state:
                 self.counters["unknown_node"] += 1
                 continue
-            why = self.replay.check(node, pkt.generation, pkt.seq)
+            why = self.replay.check(node, pkt.generation, pkt.seq, pkt.lane)
             if why:
                 self._count(why)
                 continue
@@ -164,9 +178,19 @@ class BeatLoop:
                 try:
                     {int(x) for x in p.get("held", ())}
                     int(p.get("claim", 0)), int(p.get("ping", 0))
+                    ver = (pkt.generation, int(p.get("v", 0)))
                 except (TypeError, ValueError):
                     self._count("malformed")
                     continue
+                if ver < self.body_v.get(node, ver):
+                    # a lane's beat with the body before the newest: alive, nothing new to say
+                    self.counters["rx"] += 1
+                    self.counters["old_body"] = self.counters.get("old_body", 0) + 1
+                    ev = mem.beat(node, link, t)
+                    if ev:
+                        items.append(("events", ev))
+                    continue
+                self.body_v[node] = ver
             self.counters["rx"] += 1
             if p.get("st") == "shutdown":
                 self.last_payload[node] = p
@@ -191,6 +215,16 @@ class BeatLoop:
                     items.append(("events", ev))
 
     def _run(self) -> None:
+        lanes = self.lanes
+        period = self.keepalive
+        if lanes is not None:
+            period = self.keepalive * lanes.n
+            cpu = lanes.cpu_of(0)
+            if cpu is not None:
+                try:
+                    os.sched_setaffinity(0, {cpu})      # this thread only
+                except OSError:
+                    pass
         if self.rt_prio:
             try:
                 os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_prio))
@@ -209,10 +243,12 @@ class BeatLoop:
                 if send_now or now >= next_beat - 0.0002:
                     self._send(self.body)
                     if now >= next_beat - 0.0002:
-                        next_beat += self.keepalive
+                        next_beat += period
                         if next_beat < now:
-                            next_beat = now + self.keepalive
+                            next_beat = now + period
                     send_now = False
+                if lanes is not None:
+                    lanes.stamp(now, self.sent_at)
                 if self.ping_sock is not None and now >= next_ping:
                     self._send_pings()
                     next_ping = now + self.ping_interval

@@ -116,6 +116,7 @@ class HaConfig:
     respawn: list = field(default_factory=list)       # (user, command)
     stonith: list = field(default_factory=list)       # Stonith
     realtime: bool = True
+    beat_lanes: int | None = None   # halb_beat_lanes: None = auto (see BeatLanes.wanted)
     logfile: str | None = None
     debugfile: str | None = None
     logfacility: str | None = None
@@ -179,7 +180,7 @@ _UNSUPPORTED = {
 _KNOWN = {"keepalive", "deadtime", "warntime", "initdead", "udpport", "bcast", "mcast", "ucast",
           "node", "auto_failback", "nice_failback", "ping", "ping_group", "deadping", "respawn",
           "stonith_host", "stonith", "realtime", "logfile", "debugfile", "logfacility", "use_logd",
-          "halb_allow_crc"}
+          "halb_allow_crc", "halb_beat_lanes"}
 
 _AUTO_FAILBACK = {"on": "on", "off": "off", "legacy": "legacy"}
 
@@ -313,6 +314,14 @@ def parse_hacf(text: str, path="ha.cf") -> HaConfig:
         elif key == "halb_allow_crc":
             need(1, 1, "on or off")
             cfg.allow_crc = parse_bool(args[0], path, ln, key)
+        elif key == "halb_beat_lanes":
+            need(1, 1, "auto, or a number of beat senders from 1 to 4")
+            if args[0] == "auto":
+                cfg.beat_lanes = None
+            elif args[0] in ("1", "2", "3", "4"):
+                cfg.beat_lanes = int(args[0])
+            else:
+                raise ConfigError(path, ln, f"halb_beat_lanes: {args[0]!r} is not auto or a number from 1 to 4")
         elif key in ("logfile", "debugfile", "logfacility"):
             need(1, 1, f"one value")
             setattr(cfg, key, args[0])
@@ -371,7 +380,7 @@ def _read(path) -> str:
 
 # ---------------------------------------------------------------- authkeys
 
-AUTH_METHODS = {"crc": 4, "md5": 16, "sha1": 20, "sha256": 32}   # method -> MAC length
+from halb.heartbeat.packet import AUTH_METHODS  # noqa: E402  (method -> MAC length)
 
 
 @dataclass(frozen=True)

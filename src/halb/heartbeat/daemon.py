@@ -24,6 +24,7 @@ from pathlib import Path
 from halb.errors import ConfigError, HalbError
 from halb.heartbeat import stonith
 from halb.heartbeat.beatloop import BeatLoop
+from halb.heartbeat.lane import Lanes, lock_memory, usable_cpus, wanted
 from halb.heartbeat.membership import Membership
 from halb.heartbeat.ownership import NodeView, decide, fence_targets
 from halb.heartbeat.packet import encode_body
@@ -170,6 +171,8 @@ class Daemon:
         self._wake = None
         self.started_at = time.monotonic()
         self._last_payload = None
+        self.body_v = 0
+        self.lanes = None
         self.worker = None
 
     # ------------------------------------------------------------ helpers
@@ -192,9 +195,15 @@ class Daemon:
         p = self.payload()
         if p != self._last_payload:
             self._last_payload = p
-            self.beats.set_body(encode_body(p))
+            self.beats.set_body(self.body(p))
         if now:
             self.beats.send_now()
+
+    def body(self, p: dict) -> bytes:
+        """A payload as our beats carry it, numbered: receivers drop a body older than
+        the newest they took (a beat lane may still send the previous one)."""
+        self.body_v += 1
+        return encode_body({**p, "v": self.body_v})
 
     def views(self) -> dict:
         v = {self.me: NodeView(True, self.held(), self.claim, self.mem.ping_score(), True)}
@@ -398,6 +407,8 @@ class Daemon:
             "groups": [{"group": g.describe(), "preferred": g.group.node, "state": g.state,
                         "holders": holders[g.index]} for g in self.groups],
             "counters": dict(self.counters),
+            "lanes": ([{"lane": 0, "cpu": self.lanes.cpu_of(0), "thread": "halb-heartbeat-beat"},
+                       *self.lanes.status()] if self.lanes is not None else []),
             "fencing": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
             "threads": {t.name: t.native_id for t in threading.enumerate()},
         }
@@ -462,7 +473,7 @@ class Daemon:
                         pass
             self.realtime = True
             self.log("info", f"beat loop runs at real-time priority (SCHED_FIFO {prio})")
-            _lock_memory(self.log)
+            lock_memory(self.log)
         except (OSError, AttributeError) as e:
             self.log("warn", f"realtime on, but real-time priority is not allowed here "
                              f"({getattr(e, 'strerror', e)}): running at normal priority")
@@ -568,11 +579,17 @@ class Daemon:
         beat_prio = 0
         if self.realtime:
             beat_prio = min(os.sched_get_priority_max(os.SCHED_FIFO), os.sched_getparam(0).sched_priority + 1)
+        cpus = usable_cpus()
+        n_lanes = wanted(cfg.beat_lanes, self.realtime, cfg.keepalive, len(cpus))
+        if n_lanes > 1:
+            self.lanes = Lanes(n_lanes, me=self.me, auth=self.ha.auth, generation=self.generation,
+                               channels=self.channels, keepalive=cfg.keepalive, deadtime=cfg.deadtime,
+                               prio=beat_prio, cpus=cpus, log=self.log)
         self.beats = BeatLoop(me=self.me, auth=self.ha.auth, generation=self.generation, channels=self.channels,
                               mem=self.mem, keepalive=cfg.keepalive, tick_interval=self.tick_interval,
                               accept_crc=cfg.allow_crc, deliver=deliver, counters=self.counters,
                               ping_sock=self.ping_sock, ping_targets=cfg.ping_targets, ping_ident=self.ping_ident,
-                              rt_prio=beat_prio, log=self.log)
+                              rt_prio=beat_prio, log=self.log, lanes=self.lanes)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spath = socket_path(self.run_dir)
         if spath.exists():
@@ -594,6 +611,8 @@ class Daemon:
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
         self.send_beat(now=False)
         self.beats.start()
+        if self.lanes is not None:
+            self.lanes.start(self.beats.body)
         try:
             await self._stop_ev.wait()
         finally:
@@ -620,7 +639,9 @@ class Daemon:
         for g in reversed(self.groups):
             if g.state != "idle":
                 await self.release(g)
-        self.beats.stop(encode_body(self.payload("shutdown")), 3)
+        self.beats.stop(self.body(self.payload("shutdown")), 3)
+        if self.lanes is not None:
+            self.lanes.close()
         if respawn:
             respawn.cancel()
         for p in self.respawned.values():
@@ -653,22 +674,6 @@ def normal_priority(argv: list) -> list:
     if os.sched_getscheduler(0) != os.SCHED_OTHER and shutil.which("chrt"):
         return ["chrt", "--other", "0", *argv]
     return list(argv)
-
-
-def _lock_memory(log):
-    """mlockall, as heartbeat does: no page of ours is swapped out under a beat.
-    MCL_ONFAULT locks pages as they are first touched instead of loading every
-    mapping at once (the 8 MB stack of each thread, every library page): the
-    same guarantee for what the daemon uses, at the memory it really uses."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mlockall(1 | 2 | 4) != 0:      # MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT (Linux 4.4)
-            if ctypes.get_errno() != 22 or libc.mlockall(1 | 2) != 0:
-                log("warn", f"cannot lock ourselves into memory: {os.strerror(ctypes.get_errno())}")
-    except (OSError, AttributeError) as e:
-        log("warn", f"cannot lock ourselves into memory: {e}")
 
 
 def _socket_alive(path) -> bool:

@@ -2,7 +2,7 @@
 
 Layout (network byte order):
 
-    magic "HALB" | version u8 | type u8 | key u8 | flags u8
+    magic "HALB" | version u8 | type u8 | key u8 | flags u8 (low 2 bits: the lane)
     generation u64 | sequence u64
     node-name length u8 | node name (UTF-8)
     payload length u16 | payload (compact JSON object)
@@ -10,29 +10,38 @@ Layout (network byte order):
     of authkeys (16/20/32 bytes) or CRC32 (4 bytes, forgeable).
 
 The generation is fixed per daemon start (a boot counter: wall-clock
-nanoseconds at start), the sequence grows by one per packet. A receiver
-keeps, per node, the newest (generation, sequence) it accepted: anything
-not newer is a replay or arrived out of order and is dropped.
+nanoseconds at start), the sequence grows by one per packet and per lane
+(a node may send its beats from several processes, "lanes", each with its
+own sequence; see lane.py). A receiver keeps, per node, the newest
+generation and, per lane, the newest sequence it accepted: anything not
+newer is a replay or arrived out of order and is dropped.
 
 `decode` never raises anything but DecodeError, whatever the bytes.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
+import importlib
 import json
 import struct
 import zlib
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from halb.heartbeat.config import AUTH_METHODS, AuthKeys
+try:    # hmac.compare_digest without importing hmac, hashlib and OpenSSL (see _hash)
+    from _operator import _compare_digest as _same_mac
+except ImportError:  # pragma: no cover - other Pythons
+    from hmac import compare_digest as _same_mac
+
+if TYPE_CHECKING:        # this module stays light: the beat lanes (lane.py) import it alone
+    from halb.heartbeat.config import AuthKeys
 
 MAGIC = b"HALB"
 VERSION = 1
 T_BEAT = 1
 _HEAD = struct.Struct("!4sBBBBQQ")     # 24 bytes
 MAX_PAYLOAD = 1200
+AUTH_METHODS = {"crc": 4, "md5": 16, "sha1": 20, "sha256": 32}   # method -> MAC length
+LANE_MASK = 0x03
 
 
 class DecodeError(Exception):
@@ -44,17 +53,39 @@ class DecodeError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-@dataclass
 class Packet:
-    node: str
-    generation: int
-    seq: int
-    payload: dict = field(default_factory=dict)
-    type: int = T_BEAT
-    key: int = 0
+    __slots__ = ("node", "generation", "seq", "payload", "type", "key", "lane")
+
+    def __init__(self, node: str, generation: int, seq: int, payload: dict | None = None, type: int = T_BEAT,
+                 key: int = 0, lane: int = 0):
+        self.node, self.generation, self.seq = node, generation, seq
+        self.payload = payload if payload is not None else {}
+        self.type, self.key, self.lane = type, key, lane
+
+    def _t(self):
+        return (self.node, self.generation, self.seq, self.payload, self.type, self.key, self.lane)
+
+    def __eq__(self, other):
+        return isinstance(other, Packet) and self._t() == other._t()
+
+    def __repr__(self):
+        return "Packet(" + ", ".join(f"{k}={v!r}" for k, v in zip(self.__slots__, self._t())) + ")"
 
 
 _KEYED: dict = {}
+
+
+def _hash(method: str):
+    """The hash constructor for an HMAC: CPython's built-in one (_md5, _sha1, _sha256),
+    so that a process that only signs beats (a beat lane) does not load OpenSSL
+    (3.5 MB of its memory); hashlib's where there is none."""
+    try:
+        return getattr(importlib.import_module({"md5": "_md5", "sha1": "_sha1", "sha256": "_sha256"}[method]),
+                       method)
+    except (ImportError, AttributeError):
+        import hashlib
+
+        return getattr(hashlib, method)
 
 
 def _keyed(method: str, secret: bytes):
@@ -63,7 +94,7 @@ def _keyed(method: str, secret: bytes):
     name and no HMAC object set up per packet."""
     k = _KEYED.get((method, secret))
     if k is None:
-        new = getattr(hashlib, method)
+        new = _hash(method)
         key = secret if len(secret) <= 64 else new(secret).digest()   # md5, sha1, sha256: 64-byte blocks
         key = key.ljust(64, b"\0")
         k = _KEYED[(method, secret)] = (new(bytes(b ^ 0x36 for b in key)), new(bytes(b ^ 0x5C for b in key)))
@@ -103,8 +134,9 @@ class BeatEncoder:
     """Our beats, made fast: the header, node name and body are packed once per body;
     per beat only the sequence number goes in and the MAC is computed."""
 
-    def __init__(self, node: str, generation: int, auth: AuthKeys, ptype: int = T_BEAT):
+    def __init__(self, node: str, generation: int, auth: AuthKeys, ptype: int = T_BEAT, lane: int = 0):
         self.node, self.generation, self.auth, self.ptype = node, generation, auth, ptype
+        self.lane = lane
         self.method, self.secret = auth.keys[auth.active]
         self.buf = bytearray()
         self.body = None
@@ -113,6 +145,7 @@ class BeatEncoder:
         if body is not self.body and body != self.body:
             buf = bytearray(encode(Packet(self.node, self.generation, 0, type=self.ptype), self.auth, body))
             del buf[len(buf) - AUTH_METHODS[self.method]:]
+            buf[7] = self.lane & LANE_MASK
             self.buf, self.body = buf, body
 
     def packet(self, seq: int) -> bytes:
@@ -140,7 +173,7 @@ def decode(data: bytes, auth: AuthKeys, *, accept_crc: bool = False) -> Packet:
 def _decode(data: bytes, auth: AuthKeys, accept_crc: bool) -> Packet:
     if len(data) < _HEAD.size + 1 + 2:
         raise DecodeError("truncated", f"{len(data)} bytes")
-    magic, version, ptype, key, _flags, gen, seq = _HEAD.unpack_from(data, 0)
+    magic, version, ptype, key, flags, gen, seq = _HEAD.unpack_from(data, 0)
     if magic != MAGIC:
         raise DecodeError("malformed", "bad magic")
     if version != VERSION:
@@ -165,7 +198,7 @@ def _decode(data: bytes, auth: AuthKeys, accept_crc: bool) -> Packet:
     if method == "crc" and not accept_crc:
         raise DecodeError("weak_auth", "crc-signed packet refused on UDP")
     signed = data[:off + plen]
-    if not hmac.compare_digest(_mac(method, secret, signed), data[off + plen:]):
+    if not _same_mac(_mac(method, secret, signed), data[off + plen:]):
         raise DecodeError("bad_auth", "signature mismatch")
     # authenticated from here on: a peer with the key; still parse defensively
     try:
@@ -175,7 +208,7 @@ def _decode(data: bytes, auth: AuthKeys, accept_crc: bool) -> Packet:
         raise DecodeError("malformed", "payload") from None
     if not isinstance(payload, dict) or not name:
         raise DecodeError("malformed", "payload")
-    return Packet(name, gen, seq, payload, ptype, key)
+    return Packet(name, gen, seq, payload, ptype, key, flags & LANE_MASK)
 
 
 @functools.lru_cache(maxsize=64)
@@ -186,22 +219,29 @@ def _parse_body(body: bytes):
 
 
 class ReplayGuard:
-    """Per-node newest (generation, sequence): older or equal is refused."""
+    """Per node the newest generation, per (node, lane) the newest sequence:
+    an older generation, or a sequence not above the lane's newest, is refused."""
 
     def __init__(self):
-        self.last: dict[str, tuple[int, int]] = {}
+        self.gen: dict[str, int] = {}
+        self.last: dict[tuple[str, int], int] = {}
 
-    def check(self, node: str, gen: int, seq: int) -> str | None:
-        """None when (gen, seq) is new (and record it), else the drop reason."""
-        prev = self.last.get(node)
-        if prev is not None:
-            pgen, pseq = prev
+    def check(self, node: str, gen: int, seq: int, lane: int = 0) -> str | None:
+        """None when (gen, lane, seq) is new (and record it), else the drop reason."""
+        pgen = self.gen.get(node)
+        if pgen is not None:
             if gen < pgen:
                 return "old_generation"
             if gen == pgen:
-                if seq == pseq:
-                    return "replayed"
-                if seq < pseq:
-                    return "reordered"
-        self.last[node] = (gen, seq)
+                pseq = self.last.get((node, lane))
+                if pseq is not None:
+                    if seq == pseq:
+                        return "replayed"
+                    if seq < pseq:
+                        return "reordered"
+            else:       # the node restarted: its lanes start afresh
+                for k in [k for k in self.last if k[0] == node]:
+                    del self.last[k]
+        self.gen[node] = gen
+        self.last[(node, lane)] = seq
         return None
