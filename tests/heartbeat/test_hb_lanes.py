@@ -154,3 +154,47 @@ def test_no_lane_beat_after_the_shutdown_notice_and_no_lane_left(cluster_factory
     n1 = c.status("N2")["nodes"]["N1"]
     assert n1["status"] != "up", n1
     assert not psutil.pid_exists(lane_pid) or psutil.Process(lane_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_lane_beat_with_the_previous_body_is_only_a_beat():
+    """Lane 0 says the new body first, lane 1 still the old one a moment later: the
+    receiver keeps the new body (no flip back), yet counts the old-body beat as life."""
+    import socket
+
+    from halb.heartbeat.beatloop import BeatLoop
+    from halb.heartbeat.membership import Membership
+    from halb.heartbeat.transport import Channel
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mem = Membership("N2", ["N1", "N2"], keepalive=0.01, deadtime=0.05, initdead=1.0, now=0.0)
+    counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0}
+    loop = BeatLoop(me="N2", auth=AUTH, generation=1, channels=[Channel("lo", rx, [])], mem=mem, keepalive=0.01,
+                    tick_interval=0.01, accept_crc=False, deliver=lambda items: None, counters=counters)
+    try:
+        e0, e1 = BeatEncoder("N1", 7, AUTH), BeatEncoder("N1", 7, AUTH, lane=1)
+        old = encode_body({"st": "up", "held": [0], "claim": 0, "v": 1})
+        new = encode_body({"st": "up", "held": [], "claim": 0, "v": 2})
+        e0.set_body(old)
+        e1.set_body(old)
+        sent = [e0.packet(1), e1.packet(1)]
+        e0.set_body(new)
+        sent += [e0.packet(2), e1.packet(2)]        # lane 1 has not heard of the change yet
+        e1.set_body(new)
+        sent += [e1.packet(3)]
+        for d in sent:
+            tx.sendto(d, rx.getsockname())
+        time.sleep(0.05)
+        items: list = []
+        now = time.monotonic()
+        loop._drain(loop.channels[0], now, time.time() - now, now - 1, items)
+        payloads = [(it[2]["held"], it[2]["v"]) for it in items if it[0] == "payload"]
+        assert payloads == [([0], 1), ([], 2)]            # the old body never comes back
+        assert counters["rx"] == 5 and counters["old_body"] == 1
+        assert loop.last_payload["N1"]["v"] == 2
+    finally:
+        rx.close()
+        tx.close()
+        loop.stop()
