@@ -17,6 +17,10 @@ Layers (pure cores, thin shell):
 - beatloop.py    the beat path on its own real-time thread: plain sockets, one select() wake-up per
                  tick (next beat, next tick or next deadline), beats judged on the kernel's arrival
                  time stamps, membership ticks; hands events to the event loop.
+- lane.py        beat lanes: with sub-second timers and `realtime on`, a small process pinned to
+                 another CPU sends every other beat (per-lane sequence, numbered bodies), on a
+                 lease from the beat thread's stamps: a held vCPU or paused daemon is not a dead
+                 node, a hung one still is (lease + deadtime). `halb_beat_lanes 1` turns it off.
 - daemon.py      the asyncio shell: decisions, STONITH, control socket
                  (RUN_DIR/heartbeat.sock), logs in heartbeat's words, clean shutdown (resources
                  released in reverse order, shutdown notice so peers take over at once).
@@ -33,4 +37,6 @@ Differences from heartbeat 3 worth knowing:
 - A node starting while its resources still run (a crash left the VIP on its interface)
   stops them before joining.
 - `halb_allow_crc on` is halb's addition (crc keys are otherwise refused on UDP links).
+- `halb_beat_lanes auto|1..4` is halb's addition: how many processes send the beats (auto: 2
+  with `realtime on`, keepalive < 1 s and two CPUs or more; else 1).
 """
