@@ -149,8 +149,7 @@ class Daemon:
         self.stopping = False
         self.realtime = False
         self.keepalive = self.cfg.keepalive
-        # one wake-up per beat, more often only when deadtime needs the precision
-        self.tick_interval = max(0.002, min(self.cfg.keepalive, self.cfg.deadtime / 5, 0.1))
+        self.tick_interval = max(0.002, min(self.cfg.keepalive, 0.1))     # set again in run()
         stonith.check_devices(self.cfg)
         self.fence_devices = stonith.devices_for(self.cfg, node)
         self.groups = []
@@ -565,6 +564,11 @@ class Daemon:
         for ln in cfg.links:
             where = f"{ln.addr}:{ln.port}" if ln.addr else f"port {ln.port}"
             self.log("info", f"{ln.kind} heartbeat started on {ln.dev} ({where})")
+        cpus = usable_cpus()
+        n_lanes = wanted(cfg.beat_lanes, self.realtime, cfg.keepalive, len(cpus))
+        # the beat thread wakes when it sends (every lanes x keepalive) and at the deadlines
+        # the membership core names; arrival stamps make more wake-ups useless
+        self.tick_interval = max(0.002, min(cfg.keepalive * n_lanes, 0.1))
         now = self.now()
         self.mem = Membership(self.me, self.nodes, keepalive=cfg.keepalive, deadtime=cfg.deadtime,
                               warntime=cfg.effective_warntime, initdead=cfg.effective_initdead,
@@ -579,8 +583,6 @@ class Daemon:
         beat_prio = 0
         if self.realtime:
             beat_prio = min(os.sched_get_priority_max(os.SCHED_FIFO), os.sched_getparam(0).sched_priority + 1)
-        cpus = usable_cpus()
-        n_lanes = wanted(cfg.beat_lanes, self.realtime, cfg.keepalive, len(cpus))
         if n_lanes > 1:
             self.lanes = Lanes(n_lanes, me=self.me, auth=self.ha.auth, generation=self.generation,
                                channels=self.channels, keepalive=cfg.keepalive, deadtime=cfg.deadtime,
