@@ -93,7 +93,10 @@ BAD = [
     ("-C extra", "unexpected argument extra"),
     ("-C -t 10.0.0.1:80", "Illegal 'service-address' option with the 'flush' command"),
     ("-A --sctp-service 10.0.0.9:80", "SCTP"),
-    ("--start-daemon master", "connection-sync daemon"),
+    ("--start-daemon master -n", "Illegal 'numeric' option with the 'start-daemon' command"),
+    ("--start-daemon master --mcast-port 0", "illegal mcast-port specified"),
+    ("--start-daemon backup --mcast-group 10.0.0.1", "invalid IPv4 mcast-group `10.0.0.1'"),
+    ("--stop-daemon master --mcast-ttl 2", "Illegal 'mcast-ttl' option with the 'stop-daemon' command"),
     ("--start-daemon primary", "illegal start-daemon parameter specified"),
     # refused by the table, with libipvs's wording
     ("-A -t 10.0.0.1:80", "Service already exists"),
@@ -196,7 +199,7 @@ def test_engine_default_gate_forces_the_service_port(monkeypatch, tmp_path):
 
 def test_listing_variants_through_the_cli(eng):
     rc, out, _ = run(eng, ["-L", "--daemon"])
-    assert rc == 0 and out == ""  # no sync daemon runs
+    assert rc == 0 and out == ""  # no sync daemon runs: ipvsadm prints nothing
     rc, out, _ = run(eng, [])  # bare `ipvsadm` lists the table
     assert rc == 0 and out.startswith("IP Virtual Server version 1.2.1 (size=4096)\n")
     rc, out, _ = run(eng, ["-Ln", "-t", "10.0.0.1:80", "--thresholds"])

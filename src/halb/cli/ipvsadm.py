@@ -31,6 +31,10 @@ Usage:
   halb ipvsadm -L|-l [virtual-service] [-n] [-c] [--stats|--rate|--thresholds|--persistent-conn|--timeout] [--exact] [--nosort]
   halb ipvsadm -Z [virtual-service]
   halb ipvsadm --set tcp tcpfin udp
+  halb ipvsadm --start-daemon master|backup [--mcast-interface IF] [--syncid N] [--mcast-group G]
+               [--mcast-port P] [--mcast-ttl T] [--sync-maxlen L] [--sync-key-file FILE]
+  halb ipvsadm --stop-daemon master|backup
+  halb ipvsadm -L --daemon
 
 virtual-service:
   -t, --tcp-service host[:port]     -u, --udp-service host[:port]
@@ -49,6 +53,10 @@ Options:
   -x, --u-threshold N     -y, --l-threshold N
   -n, --numeric           -c, --connection      --stats  --rate  --thresholds
   --persistent-conn       --timeout             --exact  --nosort  --sort
+Connection sync (nft engine): --mcast-interface defaults to eth0, the group to
+224.0.0.81, port 8848, ttl 1, maxlen 1472; --sync-key-file (halb's own) signs
+every datagram (HMAC-SHA256) with the key in FILE (or the active key of a
+heartbeat authkeys file); both directors must use the same one.
 The engine is chosen with `halb --engine proxy|nft` or HALB_ENGINE.
 """
 
@@ -96,6 +104,24 @@ def main(ctx, argv: list[str]) -> int:
     if cmd.cmd == "version":
         print(f"ipvsadm v1.31 (halb {__version__}, IPVS v1.2.1 compatible, engine {ctx.engine})")
         return 0
+    if cmd.cmd in ("start-daemon", "stop-daemon"):
+        from halb.cli import sync
+
+        try:
+            if cmd.cmd == "start-daemon":
+                sync.start_daemon(ctx, cmd.daemon)
+            else:
+                sync.stop_daemon(ctx, cmd.daemon["role"])
+        except IpvsError:
+            raise
+        except UsageError as e:
+            raise UsageError(f"ipvsadm: {e}") from None
+        return 0
+    if cmd.cmd == "list" and cmd.list_kind == "daemon":
+        from halb.cli import sync
+
+        sys.stdout.write(sync.daemon_lines(ctx))
+        return 0
 
     engine = open_engine(ctx)
     try:
@@ -121,8 +147,6 @@ def main(ctx, argv: list[str]) -> int:
                 sys.stdout.write(format_conns(engine.connections(), names, fmt.persistent_conn))
             elif kind == "timeout":
                 sys.stdout.write(format_timeout(engine.timeouts()))
-            elif kind == "daemon":
-                pass  # no connection-sync daemon runs: ipvsadm prints nothing then
             elif kind == "service":
                 svc = engine.get_service(cmd.key)
                 if svc is None:

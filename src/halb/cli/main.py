@@ -20,6 +20,7 @@ COMMANDS = {
     "realserver": "Direct Return real-server set-up (the article's lvsdr)",
     "lab": "the article's network in namespaces (N1, N2, clients, Apache)",
     "director": "ldirectord-compatible health checking",
+    "sync": "connection-state sync daemons (ipvsadm --start-daemon)",
     "heartbeat": "membership and failover of the VIP and the director",
     "dsh": "run a command on every node, in parallel",
     "demo": "the whole cluster on this machine, in one command",

@@ -11,7 +11,9 @@ service"...). Differences, on purpose:
   picks its own default (proxy: masq, nft: gate);
 - options whose meaning depends on order in ipvsadm (-M before/after -t,
   -r without port before -t) are resolved after the whole line is read;
-- the connection-sync daemon and non-ipip tunnels are refused clearly.
+- non-ipip tunnels are refused clearly;
+- --start-daemon/--stop-daemon (the connection-sync daemon, halb.sync) take
+  one more option, halb's own: --sync-key-file FILE (sign the datagrams).
 
 Host and service names go through a `Resolver` (ipvsadm's gethostbyname /
 getservbyname), so the parser stays pure when given `NumericResolver()`.
@@ -66,6 +68,7 @@ _OPTIONS = [
     (None, "tun-info", "none", "tun-info"), (None, "tun-type", "req", "tun-type"),
     (None, "tun-port", "req", "tun-port"), (None, "tun-nocsum", "none", "tun-nocsum"),
     (None, "tun-csum", "none", "tun-csum"), (None, "tun-remcsum", "none", "tun-remcsum"),
+    (None, "sync-key-file", "req", "sync-key-file"),
 ]
 _SHORT = {o[0]: o for o in _OPTIONS if o[0]}
 _LONG = {o[1]: o for o in _OPTIONS if o[1]}
@@ -83,7 +86,7 @@ OPTNAMES = ["numeric", "connection", "service-address", "scheduler", "persistent
             "mcast-interface", "timeout", "daemon", "stats", "rate", "thresholds",
             "persistent-conn", "nosort", "syncid", "exact", "ops", "pe", "sched-flags",
             "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
-            "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum"]
+            "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "sync-key-file"]
 
 # commands_v_options[]: '+' compulsory, 'x' illegal, '1' exclusive, ' ' optional
 _TABLE = {
@@ -100,6 +103,16 @@ _TABLE = {
     "save":           " " + "x" * 33,
     "zero":           "xx " + "x" * 31,
 }
+_TABLE = {k: v + "x" for k, v in _TABLE.items()}  # sync-key-file: only for the daemon
+
+
+def _daemon_row(allowed) -> str:
+    return "".join(" " if OPTNAMES[j] in allowed else "x" for j in range(len(OPTNAMES)))
+
+
+_TABLE["start-daemon"] = _daemon_row({"mcast-interface", "syncid", "mcast-group", "mcast-port", "mcast-ttl",
+                                      "sync-maxlen", "sync-key-file"})
+_TABLE["stop-daemon"] = _daemon_row({"syncid"})
 for _row in _TABLE.values():
     assert len(_row) == len(OPTNAMES)
 
@@ -110,7 +123,7 @@ _OPT_OF_TAG = {
     "daemon": 13, "stats": 14, "rate": 15, "thresholds": 16, "persistent-conn": 17,
     "nosort": 18, "syncid": 19, "X": 20, "o": 21, "pe": 22, "b": 23, "mcast-group": 24,
     "mcast-port": 25, "mcast-ttl": 26, "sync-maxlen": 27, "tun-info": 28, "tun-type": 29,
-    "tun-port": 30, "tun-nocsum": 31, "tun-csum": 32, "tun-remcsum": 33,
+    "tun-port": 30, "tun-nocsum": 31, "tun-csum": 32, "tun-remcsum": 33, "sync-key-file": 34,
 }
 
 EDIT_COMMANDS = ("add-service", "edit-service", "delete-service", "flush", "add-server",
@@ -353,6 +366,7 @@ class Command:
     service: Service | None = None  # add/edit-service
     dest: Dest | None = None  # add/edit/delete-server
     timeouts: Timeouts | None = None  # set
+    daemon: dict | None = None  # start-daemon / stop-daemon: role and options
 
     @property
     def fmt(self) -> ListFormat:
@@ -437,6 +451,7 @@ def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
     proto = None  # tcp | udp | fwm
     fwd = None
     ipv6_flag = False
+    role = None
 
     for tag, val, spelling in _tokens(argv):
         if tag == "arg":
@@ -450,6 +465,7 @@ def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
                 if val not in ("master", "backup"):
                     raise UsageError("illegal start-daemon parameter specified" if tag == "start-daemon"
                                      else "illegal start_daemon specified")
+                role = val
             continue
         if tag == "sort":
             continue  # a no-op kept for compatibility, as in ipvsadm
@@ -484,6 +500,19 @@ def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
             raise UsageError("illegal tunnel port specified")
         if tag == "syncid" and string_to_number(val, 0, 255) is None:
             raise UsageError("illegal syncid specified")
+        if tag == "mcast-group" and not _is_mcast4(val):
+            raise UsageError(f"invalid IPv4 mcast-group `{val}' (halb's sync daemon takes an IPv4 "
+                             f"multicast address, 224.0.0.0/4)")
+        if tag == "mcast-port" and string_to_number(val, 1, 65535) is None:
+            raise UsageError("illegal mcast-port specified")
+        if tag == "mcast-ttl" and string_to_number(val, 1, 255) is None:
+            raise UsageError("illegal mcast-ttl specified")
+        if tag == "sync-maxlen" and string_to_number(val, 1, 65535 - 20 - 8) is None:
+            raise UsageError("illegal sync-maxlen specified")
+        if tag == "mcast-interface" and not _ifname_ok(val):
+            raise UsageError(f"illegal mcast-interface `{val}' (an interface name, at most 15 characters)")
+        if tag == "sync-key-file" and not val:
+            raise UsageError("--sync-key-file needs a file name")
 
     if cmd is None:
         raise UsageError("no command given (one of -A -E -D -C -R -S -a -e -d -L -Z --set); "
@@ -491,7 +520,10 @@ def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
     if cmd in ("help", "version"):
         return Command(cmd)
     if cmd in ("start-daemon", "stop-daemon"):
-        raise UsageError(f"--{cmd}: the IPVS connection-sync daemon is not part of halb ipvsadm")
+        if positional:
+            raise UsageError(f"unexpected argument {positional[0]}")
+        _generic_opt_check(cmd, given)
+        return Command(cmd, options={OPTNAMES[j] for j in given}, daemon=_daemon_args(role, vals))
 
     if cmd == "set":
         if len(positional) < 3:
@@ -595,6 +627,31 @@ def _parse_argv(argv: list[str], resolver: Resolver | None) -> Command:
         if (conflict_a and given & {14, 15, 16}) or (given & {12, 13} and 17 in given):
             raise UsageError("options conflicts in the list command")
     return out
+
+
+def _is_mcast4(s: str | None) -> bool:
+    a = inet_aton(s or "")
+    return a is not None and a == s and ipaddress.IPv4Address(a).is_multicast
+
+
+def _ifname_ok(s: str | None) -> bool:
+    return bool(s) and len(s) < 16 and "/" not in s and not any(c.isspace() for c in s) and s not in (".", "..")
+
+
+DEFAULT_MCAST_IFN = "eth0"   # ipvsadm's default
+SYNC_MAXLEN_MIN = 20 + 36 + 16  # one halb sync entry, signed
+
+
+def _daemon_args(role: str, vals: dict) -> dict:
+    """--start-daemon/--stop-daemon's role and options, with IPVS's defaults."""
+    maxlen = int(vals["sync-maxlen"]) if vals.get("sync-maxlen") else 1472
+    if maxlen < SYNC_MAXLEN_MIN:
+        raise UsageError(f"illegal sync-maxlen specified (halb needs at least {SYNC_MAXLEN_MIN} bytes: "
+                         f"one entry and its signature)")
+    return {"role": role, "ifname": vals.get("mcast-interface") or DEFAULT_MCAST_IFN,
+            "syncid": int(vals.get("syncid") or 0), "group": vals.get("mcast-group") or "224.0.0.81",
+            "port": int(vals.get("mcast-port") or 8848), "ttl": int(vals.get("mcast-ttl") or 1),
+            "maxlen": maxlen, "key_file": vals.get("sync-key-file") or ""}
 
 
 # ---------------------------------------------------------------------------

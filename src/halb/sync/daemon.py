@@ -1,0 +1,442 @@
+"""The sync daemons' I/O shell (asyncio): multicast sockets, the kernel's
+maps through halb.nft.syncio, a JSON-lines control socket, the pid file.
+
+Run dir files (per role: master, backup):
+    sync-<role>.pid   the daemon's pid, flock-held while it runs
+    sync-<role>.sock  control socket (0600): {"cmd": "status"} / {"cmd": "stop"}
+    sync-<role>.log   its log (when started by `halb ipvsadm --start-daemon`)
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass
+
+from halb.errors import HalbError
+from halb.sync import codec, core
+
+log = logging.getLogger("halb.sync")
+
+DEFAULT_GROUP = "224.0.0.81"
+DEFAULT_PORT = 8848
+DEFAULT_TTL = 1
+POLL = float(os.environ.get("HALB_SYNC_POLL", "0.2"))      # s between two reads of the master's maps
+FLUSH = 0.05            # s: the backup adds what it received at least this often
+FLUSH_MAX = 4096        # entries: ...or as soon as this many wait
+PENDING_MAX = 262144    # entries waiting on the backup beyond this are dropped (counted)
+RATE = float(os.environ.get("HALB_SYNC_RATE", "2000"))     # datagrams per second at most
+
+
+@dataclass
+class SyncConfig:
+    role: str                        # master | backup
+    ifname: str = "eth0"
+    syncid: int = 0
+    group: str = DEFAULT_GROUP
+    port: int = DEFAULT_PORT
+    ttl: int = DEFAULT_TTL
+    maxlen: int = codec.DEFAULT_MAXLEN
+    key_file: str = ""
+
+    def public(self) -> dict:
+        return asdict(self)
+
+
+def paths(run_dir, role: str) -> dict:
+    return {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
+
+
+def load_key(path: str) -> bytes:
+    """The signing key: a heartbeat authkeys file (the secret of its active
+    method) or a file holding the key; readable by its owner only."""
+    import stat as st_
+
+    from halb.errors import ConfigError
+
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            raw = f.read(65536)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read the sync key: {e.strerror}") from None
+    mode = st_.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(path, None, f"mode is {mode:04o}: a key must be readable by its owner only (chmod 600 it)")
+    text = raw.decode("utf-8", errors="replace")
+    if any(ln.split()[:1] == ["auth"] for ln in text.splitlines()):
+        from halb.heartbeat.config import parse_authkeys
+
+        ak = parse_authkeys(text, path)
+        method, secret = ak.keys[ak.active]
+        if not secret:
+            raise ConfigError(path, None, f"the active key ({ak.active} {method}) has no secret to sign with")
+        return secret
+    key = raw.strip()
+    if len(key) < 8:
+        raise ConfigError(path, None, "the sync key is shorter than 8 bytes")
+    return key
+
+
+def _mreqn(group: str, ifindex: int) -> bytes:
+    return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("@i", ifindex)
+
+
+def open_socket(cfg: SyncConfig) -> socket.socket:
+    try:
+        ifindex = socket.if_nametoindex(cfg.ifname)
+    except OSError:
+        raise HalbError(f"mcast-interface {cfg.ifname}: no such interface") from None
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if cfg.role == "master":
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        else:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, cfg.ifname.encode())
+            except OSError:
+                pass
+            s.bind((cfg.group, cfg.port))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(cfg.group, ifindex))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    except OSError as e:
+        s.close()
+        raise HalbError(f"cannot open the {cfg.role} sync socket on {cfg.ifname} "
+                        f"({cfg.group}:{cfg.port}): {e.strerror}") from None
+    s.setblocking(False)
+    return s
+
+
+class Daemon:
+    def __init__(self, ctx, cfg: SyncConfig, key: bytes | None):
+        from halb.nft import syncio
+
+        self.ctx, self.cfg, self.key = ctx, cfg, key
+        self.syncio = syncio
+        self.source = syncio.TableSource(ctx)
+        self.paths = paths(ctx.run_dir, cfg.role)
+        self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.counters = {"entries_sent": 0, "packets_sent": 0, "send_errors": 0, "polls": 0,
+                         "entries_applied": 0, "entries_dropped": 0, "apply_errors": 0, "batches": 0}
+        self.drops: dict[str, int] = {}
+        self.logged: dict[str, int] = {}
+        self.last_poll_s = 0.0
+        self.last_apply_s = 0.0
+        self.tracker = core.Tracker()
+        self.sender = None
+        self.receiver = None
+        self.pending: list = []
+        self.flush_now = asyncio.Event()
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def drop(self, reason: str, n: int = 1, detail: str = "", entries: bool = True) -> None:
+        """Count (and log, the first time and every 1000th) n entries dropped
+        for `reason` (entries=False: an event that dropped no entry)."""
+        if n <= 0:
+            return
+        self.drops[reason] = self.drops.get(reason, 0) + n
+        if entries:
+            self.counters["entries_dropped"] += n
+        seen = self.logged.get(reason, 0)
+        self.logged[reason] = seen + 1
+        if seen == 0 or (seen + 1) % 1000 == 0:
+            log.warning("dropped %d (%s)%s%s", n, reason, f": {detail}" if detail else "",
+                        "" if seen == 0 else f" [{seen + 1} times so far]")
+
+    def status(self) -> dict:
+        d = {"role": self.cfg.role, "pid": os.getpid(), "node": self.ctx.node, "config": self.cfg.public(),
+             "signed": bool(self.key), "uptime": round(time.time() - self.started, 1),
+             "counters": dict(self.counters), "drops": dict(self.drops)}
+        if self.cfg.role == "master":
+            d["flows_tracked"] = self.tracker.live
+            d["dirty"] = len(self.tracker.dirty)
+            d["epoch"] = self.sender.epoch if self.sender else 0
+            d["seq"] = self.sender.seq if self.sender else 0
+            d["last_poll_s"] = round(self.last_poll_s, 4)
+        else:
+            r = self.receiver
+            drops = dict(self.drops)
+            if r:
+                for k, v in r.drops.items():
+                    drops[k] = drops.get(k, 0) + v
+                d["counters"].update(r.counters)
+                d["counters"]["entries_dropped"] += sum(v for k, v in r.drops.items() if k.startswith("entry_"))
+                d["peers"] = {src: {"epoch": p.epoch, "seq": p.top, "packets": p.packets, "entries": p.entries,
+                                    "last_seen_s_ago": round(time.monotonic() - p.last_seen, 2)}
+                              for src, p in r.peers.items()}
+            d["drops"] = drops
+            d["pending"] = len(self.pending)
+            d["last_apply_s"] = round(self.last_apply_s, 4)
+        return d
+
+    # -- master ------------------------------------------------------------------------
+    async def master(self, sock):
+        loop = asyncio.get_running_loop()
+        dest = (self.cfg.group, self.cfg.port)
+        self.sender = core.Sender(syncid=self.cfg.syncid, epoch=core.new_epoch(time.time(), random.getrandbits(16)),
+                                  key=self.key, maxlen=self.cfg.maxlen, rate=RATE)
+        next_poll = 0.0
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                t0 = time.monotonic()
+                try:
+                    view = self.source.view()
+                    flows, uflows, closing, templates = await asyncio.to_thread(self.syncio.read_kernel, view)
+                except HalbError as e:
+                    self.drop("read_errors", 1, str(e), entries=False)
+                    flows, uflows, closing, templates = [], [], [], {}
+                    view = None
+                self.last_poll_s = time.monotonic() - t0
+                self.counters["polls"] += 1
+                if view is not None:
+                    items = core.to_entries(view, flows, uflows, closing, templates)
+                    n = self.tracker.observe(items, time.monotonic())
+                    if n:
+                        log.debug("%d new or changed entries (%d live)", n, len(items))
+                # reading costs: never spend more than a third of the time on it
+                next_poll = time.monotonic() + max(POLL, 2 * self.last_poll_s)
+            for data in self.sender.poll(self.tracker, time.monotonic()):
+                try:
+                    sock.sendto(data, dest)
+                    self.counters["packets_sent"] += 1
+                    self.counters["entries_sent"] += (len(data) - codec.HEADER_LEN
+                                                      - (codec.MAC_LEN if self.key else 0)) // codec.ENTRY_LEN
+                except BlockingIOError:
+                    self.counters["send_errors"] += 1
+                    await asyncio.sleep(0.005)
+                except OSError as e:
+                    self.counters["send_errors"] += 1
+                    self.drop("send_errors", 1, e.strerror or str(e), entries=False)
+            wait = 0.005 if self.tracker.dirty else max(0.0, min(next_poll - time.monotonic(), core.KEEPALIVE / 2))
+            try:
+                await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- backup ------------------------------------------------------------------------
+    async def backup(self, sock):
+        loop = asyncio.get_running_loop()
+        self.receiver = core.Receiver(key=self.key, syncid=self.cfg.syncid)
+        known_peers = set()
+
+        def readable():
+            for _ in range(256):
+                try:
+                    data, (src, _port) = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                entries = self.receiver.receive(data, src, time.monotonic())
+                p = self.receiver.peers.get(src)
+                if p is not None and (src, p.epoch) not in known_peers:
+                    known_peers.add((src, p.epoch))
+                    log.info("master %s (epoch %x) heard", src, p.epoch)
+                if entries:
+                    if len(self.pending) + len(entries) > PENDING_MAX:
+                        self.drop("backlog", len(entries), "the backup cannot add entries fast enough")
+                        continue
+                    self.pending.extend(entries)
+                    if len(self.pending) >= FLUSH_MAX:
+                        self.flush_now.set()
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    await asyncio.wait_for(self.flush_now.wait(), timeout=FLUSH)
+                except asyncio.TimeoutError:
+                    pass
+                self.flush_now.clear()
+                if self.pending:
+                    batch, self.pending = self.pending, []
+                    await self.apply(batch)
+        finally:
+            loop.remove_reader(sock.fileno())
+
+    async def apply(self, batch) -> None:
+        t0 = time.monotonic()
+        try:
+            view = self.source.view()
+        except HalbError as e:
+            self.drop("no_table", len(batch), str(e))
+            return
+        adds, refused = core.plan_apply(batch, view)
+        for reason, n in refused.items():
+            self.drop(reason, n, "not in this node's table" if reason.startswith("unknown") else "")
+        if not adds:
+            return
+        try:
+            await asyncio.to_thread(self.syncio.apply, core.render(adds))
+        except HalbError as e:
+            if "File exists" not in str(e):
+                if not await asyncio.to_thread(self.syncio.table_present):
+                    self.drop("no_table", len(adds), "halb's nft table is not there")
+                else:
+                    self.counters["apply_errors"] += 1
+                    self.drop("apply_failed", len(adds), str(e))
+                return
+            # some keys exist here with another server: replace those
+            try:
+                existing = await asyncio.to_thread(self.syncio.current_marks, {a.map for a in adds})
+                await asyncio.to_thread(self.syncio.apply, core.render(adds, core.clashes(adds, existing)))
+            except HalbError as e2:
+                self.counters["apply_errors"] += 1
+                self.drop("apply_failed", len(adds), str(e2))
+                return
+        self.counters["entries_applied"] += len(adds)
+        self.counters["batches"] += 1
+        self.last_apply_s = time.monotonic() - t0
+
+    # -- control -------------------------------------------------------------------------
+    async def control(self, reader, writer):
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                try:
+                    req = json.loads(line)
+                    cmd = req.get("cmd") if isinstance(req, dict) else None
+                except ValueError:
+                    cmd = None
+                if cmd == "status":
+                    reply = {"ok": True, "status": self.status()}
+                elif cmd == "stop":
+                    reply = {"ok": True}
+                    self.stopping.set()
+                else:
+                    reply = {"ok": False, "error": "unknown command (status, stop)"}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def _lock_pid(path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise HalbError(f"a sync daemon already runs ({path} is locked)") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def run(ctx, cfg: SyncConfig) -> int:
+    """Foreground: run until SIGTERM/SIGINT or a "stop" on the control socket."""
+    from halb.nft.engine import check_namespace
+
+    check_namespace()
+    key = load_key(cfg.key_file) if cfg.key_file else None
+    ctx.ensure_run_dir()
+    p = paths(ctx.run_dir, cfg.role)
+    pid_fd = _lock_pid(p["pid"])
+    sock = open_socket(cfg)
+    try:
+        return asyncio.run(_main(ctx, cfg, key, sock, p))
+    finally:
+        sock.close()
+        for f in (p["sock"], p["pid"]):
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                pass
+        os.close(pid_fd)
+
+
+async def _main(ctx, cfg, key, sock, p) -> int:
+    d = Daemon(ctx, cfg, key)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, d.stopping.set)
+    try:
+        p["sock"].unlink()
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o077)
+    try:
+        server = await asyncio.start_unix_server(d.control, path=str(p["sock"]))
+    finally:
+        os.umask(old)
+    os.chmod(p["sock"], 0o600)
+    how = f"signed (HMAC-SHA256, key from {cfg.key_file})" if key else "NOT signed (no --sync-key-file)"
+    log.info("%s sync daemon started (mcast=%s, syncid=%d, maxlen=%d, group=%s, port=%d, ttl=%d); datagrams %s",
+             cfg.role, cfg.ifname, cfg.syncid, cfg.maxlen, cfg.group, cfg.port, cfg.ttl, how)
+    try:
+        await (d.master(sock) if cfg.role == "master" else d.backup(sock))
+    finally:
+        server.close()
+        st = d.status()
+        c = st["counters"]
+        if cfg.role == "master":
+            log.info("master sync daemon stopping: %d entries sent in %d datagrams", c["entries_sent"],
+                     c["packets_sent"])
+        else:
+            log.info("backup sync daemon stopping: %d entries received, %d applied, %d dropped %s",
+                     c.get("entries_received", 0), c["entries_applied"], c["entries_dropped"], st["drops"])
+    return 0
+
+
+# -- client side (the CLI) ------------------------------------------------------------
+
+
+def query(run_dir, role: str, cmd: str = "status", timeout: float = 3.0) -> dict | None:
+    """The running daemon's answer, or None when none runs."""
+    path = paths(run_dir, role)["sock"]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except (OSError, socket.timeout):
+        return None
+    finally:
+        s.close()
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        return None
+    return reply if reply.get("ok") else None
+
+
+def locked_pid(run_dir, role: str) -> int | None:
+    path = paths(run_dir, role)["pid"]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.read(fd, 32).decode().strip())
+            except ValueError:
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
