@@ -141,7 +141,7 @@ def check_entry(e: Entry) -> None:
     if e.kind != TEMPLATE:
         if e.vaddr == "0.0.0.0" or e.caddr == "0.0.0.0" or not e.vport or not e.cport:
             raise Drop("bad_entry", "flow with an empty address or port")
-    if e.daddr == "0.0.0.0" or not 0 < e.dport < 65536:
+    if e.daddr == "0.0.0.0" or not (0 if e.svc_proto == "fwm" else 1) <= e.dport < 65536:
         raise Drop("bad_entry", "no real server")
     if not 0 <= e.timeout_ms <= MAX_TIMEOUT_MS:
         raise Drop("bad_entry", "timeout out of range")
