@@ -189,3 +189,108 @@ def test_without_sync_the_same_move_breaks_connections(sync_lab):
     assert any(v != "ok" for v in results.values()), results
     for s, f in conns:
         s.close()
+
+
+def _mcast_sender(lab, node):
+    s = lab.socket(node, type=socket.SOCK_DGRAM)
+    idx = lab.run(node, [sys.executable, "-c", "import socket,sys; print(socket.if_nametoindex(sys.argv[1]))",
+                         lab.node(node).iface]).stdout.strip()
+    import struct
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                 socket.inet_aton("0.0.0.0") * 2 + struct.pack("@i", int(idx)))
+    return s
+
+
+def _status(lab, node, role):
+    return json.loads(halb(lab, node, "sync", "status", role, "--json").stdout)[role]
+
+
+def test_backup_drops_bad_datagrams_and_syncs_udp_and_persistence(sync_lab):
+    from halb.sync import codec
+    from halb.sync.codec import ESTABLISHED, TCP, Entry
+
+    lab, key, started = sync_lab
+    vip = lab.vip
+    n1if, n2if = lab.node("N1").iface, lab.node("N2").iface
+    rip3 = lab.node("N3").ip
+    for d in ("N1", "N2"):  # a UDP service and a persistent one, on both directors
+        halb(lab, d, "ipvsadm", "-A", "-u", f"{vip}:53", "-s", "rr")
+        halb(lab, d, "ipvsadm", "-a", "-u", f"{vip}:53", "-r", f"{rip3}:53", "-g")
+        halb(lab, d, "ipvsadm", "-A", "-t", f"{vip}:443", "-s", "rr", "-p", "300")
+        halb(lab, d, "ipvsadm", "-a", "-t", f"{vip}:443", "-r", f"{rip3}:443", "-g")
+    halb(lab, "N2", "ipvsadm", "--start-daemon", "backup", "--mcast-interface", n2if, "--sync-key-file", key)
+    started.append(("N2", "backup"))
+    # ipvsadm's refusals: a second daemon of a role, stopping one that does not run
+    r = halb(lab, "N2", "ipvsadm", "--start-daemon", "backup", "--mcast-interface", n2if, check=False)
+    assert r.returncode == 1 and "a backup sync daemon is already running" in r.stderr, r.stderr
+    r = halb(lab, "N2", "ipvsadm", "--stop-daemon", "master", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "halb: no master sync daemon is running", r.stderr
+    r = halb(lab, "N2", "ipvsadm", "--start-daemon", "master", "--mcast-interface", "nosuch0", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "halb: mcast-interface nosuch0: no such interface"
+    os.chmod(key, 0o644)
+    r = halb(lab, "N1", "ipvsadm", "--start-daemon", "master", "--mcast-interface", n1if, "--sync-key-file", key,
+             check=False)
+    assert r.returncode == 1 and "readable by its owner only" in r.stderr, r.stderr
+    os.chmod(key, 0o600)
+    # junk, unsigned, forged, replayed and unknown-service datagrams from a client
+    s = _mcast_sender(lab, "client0")
+    dst = ("224.0.0.81", 8848)
+    good = Entry(TCP, ESTABLISHED, "tcp", 0, vip, 9999, vip, 9999, "10.9.9.9", 1234, rip3, 9999, 60000)
+    secret = key.read_bytes().strip()
+    epoch = 1 << 60
+    s.sendto(os.urandom(300), dst)
+    s.sendto(b"HLBS" + os.urandom(50), dst)
+    s.sendto(codec.encode_packet([good], syncid=0, epoch=epoch, seq=1), dst)
+    s.sendto(codec.encode_packet([good], syncid=0, epoch=epoch, seq=1, key=b"not the key"), dst)
+    signed = codec.encode_packet([good], syncid=0, epoch=epoch, seq=1, key=secret)
+    s.sendto(signed, dst)
+    s.sendto(signed, dst)
+    s.close()
+
+    def drops():
+        return _status(lab, "N2", "backup")["drops"]
+    want = {"packet_malformed": 2, "packet_unsigned": 1, "packet_bad_mac": 1, "packet_replay": 1,
+            "unknown_service": 1}
+    deadline = time.monotonic() + 5
+    while drops() != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert drops() == want
+    # the master: a UDP flow and a persistent connection reach the backup, in its own marks
+    halb(lab, "N1", "ipvsadm", "--start-daemon", "master", "--mcast-interface", n1if, "--sync-key-file", key)
+    started.append(("N1", "master"))
+    u = lab.socket("client0", type=socket.SOCK_DGRAM)
+    u.sendto(b"query", (vip, 53))
+    t = lab.socket("client0")
+    t.settimeout(1)
+    try:
+        t.connect((vip, 443))   # nothing listens on N3:443: the flow and template exist all the same
+    except OSError:
+        pass
+    cport = u.getsockname()[1]
+    deadline = time.monotonic() + 5
+    want_lines = [f"UDP", f"{lab.client().ip}:{cport}", "NONE"]
+    while time.monotonic() < deadline:
+        listing = halb(lab, "N2", "ipvsadm", "-L", "-n", "-c").stdout
+        if all(w in listing for w in want_lines):
+            break
+        time.sleep(0.1)
+    udp = [ln.split() for ln in listing.splitlines() if ln.startswith("UDP")]
+    assert [(x[3], x[5]) for x in udp] == [(f"{lab.client().ip}:{cport}", f"{rip3}:53")], listing
+    tmpl = [ln.split() for ln in listing.splitlines() if " NONE " in ln]
+    assert [(x[3], x[4], x[5]) for x in tmpl] == [(f"{lab.client().ip}:0", f"{vip}:443", f"{rip3}:443")], listing
+    st = _status(lab, "N2", "backup")
+    assert st["counters"]["entries_applied"] >= 2 and lab.node("N1").ip in st["peers"], st
+    text = halb(lab, "N2", "sync", "status").stdout
+    assert "backup sync daemon: running" in text and "signed" in text and "packet_replay=1" in text, text
+    u.close()
+    t.close()
+    # stop: nothing left behind, -L --daemon prints nothing
+    for node, role in (("N1", "master"), ("N2", "backup")):
+        halb(lab, node, "ipvsadm", "--stop-daemon", role)
+        started.remove((node, role))
+        assert halb(lab, node, "ipvsadm", "-L", "--daemon").stdout == ""
+        left = sorted(p.name for p in lab.node_run_dir(node).iterdir() if p.name.startswith("sync-"))
+        assert left == [f"sync-{role}.log"], left
+    log = (lab.node_run_dir("N2") / "sync-backup.log").read_text()
+    assert "backup sync daemon started" in log and "backup sync daemon stopping" in log, log
+    assert "Traceback" not in log and f"from {lab.client().ip} (packet_replay)" in log, log

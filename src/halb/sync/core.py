@@ -244,16 +244,19 @@ class Peer:
 class Receiver:
     """Validates datagrams from masters; counts every drop by reason."""
 
-    def __init__(self, *, key: bytes | None, syncid: int = 0, max_peers: int = 64):
+    def __init__(self, *, key: bytes | None, syncid: int = 0, max_peers: int = 64, on_drop=None):
         self.key = key
+        self.on_drop = on_drop   # (reason, src, detail) -> None: the shell logs
         self.syncid = syncid
         self.max_peers = max_peers
         self.peers: dict[str, Peer] = {}
         self.counters = {"packets_received": 0, "packets_accepted": 0, "entries_received": 0}
         self.drops: dict[str, int] = {}
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: str, n: int = 1, src: str = "", detail: str = "") -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+        if self.on_drop is not None:
+            self.on_drop(reason, src, detail)
 
     def receive(self, data: bytes, src: str, now: float) -> list[Entry]:
         self.counters["packets_received"] += 1
@@ -263,12 +266,12 @@ class Receiver:
                 raise Drop("syncid", f"syncid {pkt.syncid}, this daemon takes {self.syncid}")
             self._replay_check(pkt, src, now)
         except Drop as d:
-            self.drop("packet_" + d.reason)
+            self.drop("packet_" + d.reason, 1, src, d.detail)
             return []
         self.counters["packets_accepted"] += 1
         self.counters["entries_received"] += len(pkt.entries) + len(bad)
         for d in bad:
-            self.drop("entry_" + d.reason)
+            self.drop("entry_" + d.reason, 1, src, d.detail)
         p = self.peers[src]
         p.packets += 1
         p.entries += len(pkt.entries)

@@ -228,7 +228,15 @@ class Daemon:
     # -- backup ------------------------------------------------------------------------
     async def backup(self, sock):
         loop = asyncio.get_running_loop()
-        self.receiver = core.Receiver(key=self.key, syncid=self.cfg.syncid)
+        def on_drop(reason, src, detail):
+            seen = self.logged.get(reason, 0)
+            self.logged[reason] = seen + 1
+            if seen == 0 or (seen + 1) % 1000 == 0:
+                log.warning("dropped a datagram%s from %s (%s)%s%s", "'s entry" if reason.startswith("entry_") else "",
+                            src, reason, f": {detail}" if detail else "",
+                            "" if seen == 0 else f" [{seen + 1} times so far]")
+
+        self.receiver = core.Receiver(key=self.key, syncid=self.cfg.syncid, on_drop=on_drop)
         known_peers = set()
 
         def readable():
