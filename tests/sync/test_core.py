@@ -215,3 +215,24 @@ def test_end_to_end_without_sockets():
         got += r.receive(data, "10.0.0.1", 0.0)
     adds, refused = core.plan_apply(got, backup_view())
     assert len(adds) == 5 and refused == {"unknown_service": 1}
+
+
+def test_held_entries_wait_for_their_service_and_expire():
+    from halb.sync.core import Held
+
+    h = Held(limit=3)
+    e = Entry(TCP, ESTABLISHED, "tcp", 0, VIP, 80, VIP, 80, "10.0.0.100", 1, "10.0.0.3", 80, 10000)
+    other = e._replace(svc_port=81, vport=81, cport=2, timeout_ms=100000)
+    h.add([e, other, e._replace(cport=3, timeout_ms=1000), e._replace(cport=4)], 1000.0)
+    assert len(h) == 3 and h.overflow == 1
+    adds, refused = h.place(TableView({}), 1000.0)         # no table yet: all stay
+    assert adds == [] and len(h) == 3
+    adds, refused = h.place(backup_view(), 1002.0)         # the table appears 2 s later
+    assert [(a.key, a.expires_ms) for a in adds] == [(f"{VIP} . 80 . 10.0.0.100 . 1", 8000)]
+    assert refused == {"unknown_service": 1}             # port 81: still held; cport 3 expired
+    assert list(h.items) == [other.flow_key]
+    # handed over through a file, the time left counted from the wall clock
+    h2 = Held()
+    assert h2.load(h.dump(1010.0), 1050.0) == 1
+    assert h2.alive(1050.0)[0].timeout_ms == 50000        # it expires at 1100
+    assert h2.load(b"junk", 0) == 0 and h2.load(h.dump(1010.0)[:-5], 1050.0) == 0

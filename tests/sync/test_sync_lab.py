@@ -39,7 +39,7 @@ while True:
 def halb(lab, node, *args, check=True, timeout=30):
     r = lab.run(node, [sys.executable, "-m", "halb", "--engine", "nft", *args], timeout=timeout)
     if check and r.returncode != 0:
-        raise AssertionError(f"{node}: halb {' '.join(args)} -> {r.returncode}: {r.stderr.strip()}")
+        raise AssertionError(f"{node}: halb {' '.join(map(str, args))} -> {r.returncode}: {r.stderr.strip()}")
     return r
 
 
@@ -290,7 +290,54 @@ def test_backup_drops_bad_datagrams_and_syncs_udp_and_persistence(sync_lab):
         started.remove((node, role))
         assert halb(lab, node, "ipvsadm", "-L", "--daemon").stdout == ""
         left = sorted(p.name for p in lab.node_run_dir(node).iterdir() if p.name.startswith("sync-"))
-        assert left == [f"sync-{role}.log"], left
+        # the backup hands what it could not place (the unknown service's entry) to the next master
+        assert left == [f"sync-{role}.log"] + (["sync-held.bin"] if role == "backup" else []), left
     log = (lab.node_run_dir("N2") / "sync-backup.log").read_text()
     assert "backup sync daemon started" in log and "backup sync daemon stopping" in log, log
     assert "Traceback" not in log and f"from {lab.client().ip} (packet_replay)" in log, log
+    assert "1 entries not placed here handed over to the next master sync daemon" in log, log
+
+
+def test_article_takeover_backup_without_a_table(sync_lab):
+    """§6.3.8 of the article: `--start-daemon backup` on both nodes at boot;
+    the node taking over stops its backup daemon, starts a master one, then
+    ldirectord fills its table. N2's table does not exist while it is the
+    backup: the entries wait in its backup daemon, are handed to its master
+    daemon and placed when the table appears."""
+    lab, key, started = sync_lab
+    n1if, n2if = lab.node("N1").iface, lab.node("N2").iface
+    halb(lab, "N2", "nft", "flush")
+    halb(lab, "N2", "ipvsadm", "--start-daemon", "backup", "--mcast-interface", n2if, "--sync-key-file", key)
+    started.append(("N2", "backup"))
+    halb(lab, "N1", "ipvsadm", "--start-daemon", "master", "--mcast-interface", n1if, "--sync-key-file", key)
+    started.append(("N1", "master"))
+    conns, servers = _connect_all(lab)
+    deadline = time.monotonic() + 10
+    while _status(lab, "N2", "backup")["held"] < NCONN and time.monotonic() < deadline:
+        time.sleep(0.05)
+    st = _status(lab, "N2", "backup")
+    assert st["held"] == NCONN and st["drops"] == {"unknown_service": NCONN}, st
+    # takeover on N2 (the ldirectord resource script of the article), N1 steps down
+    halb(lab, "N1", "ipvsadm", "--stop-daemon", "master")
+    halb(lab, "N1", "ipvsadm", "--start-daemon", "backup", "--mcast-interface", n1if, "--sync-key-file", key)
+    started[:] = [("N2", "backup"), ("N1", "backup")]
+    halb(lab, "N2", "ipvsadm", "--stop-daemon", "backup")
+    halb(lab, "N2", "ipvsadm", "--start-daemon", "master", "--mcast-interface", n2if, "--sync-key-file", key)
+    started[:] = [("N2", "master"), ("N1", "backup")]
+    _move_vip(lab)
+    vip = lab.vip
+    halb(lab, "N2", "ipvsadm", "-A", "-t", f"{vip}:{PORT}", "-s", "rr")
+    for rs in ("N3", "N4"):
+        halb(lab, "N2", "ipvsadm", "-a", "-t", f"{vip}:{PORT}", "-r", f"{lab.node(rs).ip}:{PORT}", "-g")
+    deadline = time.monotonic() + 10
+    while len(_flows(lab, "N2")) < NCONN and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(_flows(lab, "N2")) == NCONN, _status(lab, "N2", "master")
+    results = _after_move(conns, servers)
+    assert all(v == "ok" for v in results.values()), results
+    log = (lab.node_run_dir("N2") / "sync-master.log").read_text()
+    assert f"{NCONN} entries handed over by the backup sync daemon" in log, log
+    # placed as the table grows (each real server's entries once it is there)
+    assert "held entries placed now that the table has their services (0 still held)" in log, log
+    for s, f in conns:
+        s.close()

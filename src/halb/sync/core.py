@@ -21,6 +21,7 @@ Backup side
 """
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -316,9 +317,11 @@ class Add:
     flow: tuple = ()  # the kernel's key tuple, to match a listing
 
 
-def plan_apply(entries, view: TableView) -> tuple[list[Add], dict[str, int]]:
+def plan_apply(entries, view: TableView, unplaced: list | None = None) -> tuple[list[Add], dict[str, int]]:
     """Entries -> element additions in this node's marks, and the entries
-    refused by reason (unknown_service, unknown_server, expired)."""
+    refused by reason (unknown_service, unknown_server, expired...). The
+    entries refused for want of their service or real server are appended
+    to `unplaced` when given (see Held)."""
     adds: list[Add] = []
     refused: dict[str, int] = {}
 
@@ -329,10 +332,14 @@ def plan_apply(entries, view: TableView) -> tuple[list[Add], dict[str, int]]:
         sv = view.services.get(e.svc_ident)
         if sv is None:
             no("unknown_service")
+            if unplaced is not None:
+                unplaced.append(e)
             continue
         mid = sv.dests.get((e.daddr, e.dport))
         if mid is None:
             no("unknown_server")
+            if unplaced is not None:
+                unplaced.append(e)
             continue
         if e.timeout_ms < MIN_LEFT_MS:
             no("expired")
@@ -396,3 +403,81 @@ def clashes(adds: list[Add], existing: dict[str, dict]) -> set:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+HELD_MAX = 262144
+HELD = struct.Struct("!Q")
+
+
+class Held:
+    """Entries this node could not place yet (its table lacks their service
+    or real server: in the article's set-up the backup's table only appears
+    when ldirectord starts there, at takeover). Kept until they expire, at
+    most `limit` of them (the newest version of a connection wins); placed
+    when the table changes; handed from the stopping backup daemon to the
+    master daemon that replaces it through a file (dump/load), as IPVS's
+    synced connections outlive its backup thread in the kernel."""
+
+    def __init__(self, limit: int = HELD_MAX):
+        self.limit = limit
+        self.items: dict[tuple, tuple] = {}   # flow key -> (Entry, expiry: wall-clock s)
+        self.overflow = 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def add(self, entries, now: float) -> None:
+        for e in entries:
+            k = e.flow_key
+            if k not in self.items and len(self.items) >= self.limit:
+                self.overflow += 1
+                continue
+            self.items[k] = (e, now + e.timeout_ms / 1000.0)
+
+    def alive(self, now: float) -> list[Entry]:
+        """The held entries with their time left at `now` (expired ones go)."""
+        out = []
+        for k, (e, exp) in list(self.items.items()):
+            left = int((exp - now) * 1000)
+            if left < MIN_LEFT_MS:
+                del self.items[k]
+                continue
+            out.append(e._replace(timeout_ms=left))
+        return out
+
+    def place(self, view: TableView, now: float) -> tuple[list[Add], dict[str, int]]:
+        """Additions for the held entries this table can now take; those stay
+        held that it still cannot."""
+        entries = self.alive(now)
+        still: list = []
+        adds, refused = plan_apply(entries, view, still)
+        keep = {e.flow_key for e in still}
+        for k in [k for k in self.items if k not in keep]:
+            del self.items[k]
+        return adds, refused
+
+    def dump(self, now: float) -> bytes:
+        """The alive entries with their expiry (ms, wall clock), for load()."""
+        out = bytearray(b"HLBH")
+        for e in self.alive(now):
+            out += HELD.pack(int((now * 1000) + e.timeout_ms)) + codec.pack_entry(e)
+        return bytes(out)
+
+    def load(self, data: bytes, now: float) -> int:
+        """Entries from dump(); a damaged file yields what it holds up to the
+        damage. Returns the number taken."""
+        if not data.startswith(b"HLBH"):
+            return 0
+        n = 0
+        step = HELD.size + codec.ENTRY_LEN
+        for off in range(4, len(data) - step + 1, step):
+            (exp_ms,) = HELD.unpack_from(data, off)
+            try:
+                e = codec.unpack_entry(data, off + HELD.size)
+            except (codec.Drop, struct.error):
+                break
+            left = exp_ms - int(now * 1000)
+            if left >= MIN_LEFT_MS:
+                self.add([e._replace(timeout_ms=left)], now)
+                n += 1
+        return n

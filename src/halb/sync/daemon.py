@@ -51,7 +51,9 @@ class SyncConfig:
 
 
 def paths(run_dir, role: str) -> dict:
-    return {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
+    d = {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
+    d["held"] = run_dir / "sync-held.bin"   # the backup's unplaced entries, for the next master
+    return d
 
 
 def load_key(path: str) -> bytes:
@@ -138,6 +140,8 @@ class Daemon:
         self.receiver = None
         self.pending: list = []
         self.flush_now = asyncio.Event()
+        self.held = core.Held()
+        self.held_stamp = None
 
     # -- bookkeeping ---------------------------------------------------------------
     def drop(self, reason: str, n: int = 1, detail: str = "", entries: bool = True) -> None:
@@ -178,6 +182,7 @@ class Daemon:
             d["drops"] = drops
             d["pending"] = len(self.pending)
             d["last_apply_s"] = round(self.last_apply_s, 4)
+        d["held"] = len(self.held)
         return d
 
     # -- master ------------------------------------------------------------------------
@@ -200,6 +205,8 @@ class Daemon:
                     view = None
                 self.last_poll_s = time.monotonic() - t0
                 self.counters["polls"] += 1
+                if view is not None and len(self.held) and self.source.stamp != self.held_stamp:
+                    await self.place_held()
                 if view is not None:
                     items = core.to_entries(view, flows, uflows, closing, templates)
                     n = self.tracker.observe(items, time.monotonic())
@@ -271,21 +278,51 @@ class Daemon:
                 if self.pending:
                     batch, self.pending = self.pending, []
                     await self.apply(batch)
+                if len(self.held):
+                    try:
+                        self.source.view()
+                    except HalbError:
+                        continue
+                    if self.source.stamp != self.held_stamp:
+                        await self.place_held()
         finally:
             loop.remove_reader(sock.fileno())
 
+    async def place_held(self) -> None:
+        """The table changed: add the held entries it can now take."""
+        view = self.source.view()
+        self.held_stamp = self.source.stamp
+        before = len(self.held)
+        adds, refused = self.held.place(view, time.time())
+        if adds:
+            n = await self.add(adds)
+            log.info("%d held entries placed now that the table has their services (%d still held)",
+                     n, len(self.held))
+        expired = before - len(adds) - len(self.held)
+        if expired > 0:
+            self.counters["held_expired"] = self.counters.get("held_expired", 0) + expired
+
     async def apply(self, batch) -> None:
-        t0 = time.monotonic()
         try:
             view = self.source.view()
         except HalbError as e:
             self.drop("no_table", len(batch), str(e))
             return
-        adds, refused = core.plan_apply(batch, view)
+        unplaced: list = []
+        adds, refused = core.plan_apply(batch, view, unplaced)
         for reason, n in refused.items():
-            self.drop(reason, n, "not in this node's table" if reason.startswith("unknown") else "")
-        if not adds:
-            return
+            self.drop(reason, n, "not in this node's table (held until it is, or until it expires)"
+                      if reason.startswith("unknown") else "")
+        if unplaced:
+            self.held.add(unplaced, time.time())
+            self.held_stamp = self.source.stamp
+        if adds:
+            await self.add(adds)
+
+    async def add(self, adds) -> int:
+        """Add elements in one nft transaction (clashing keys replaced);
+        returns how many were added."""
+        t0 = time.monotonic()
         try:
             await asyncio.to_thread(self.syncio.apply, core.render(adds))
         except HalbError as e:
@@ -295,7 +332,7 @@ class Daemon:
                 else:
                     self.counters["apply_errors"] += 1
                     self.drop("apply_failed", len(adds), str(e))
-                return
+                return 0
             # some keys exist here with another server: replace those
             try:
                 existing = await asyncio.to_thread(self.syncio.current_marks, {a.map for a in adds})
@@ -303,10 +340,11 @@ class Daemon:
             except HalbError as e2:
                 self.counters["apply_errors"] += 1
                 self.drop("apply_failed", len(adds), str(e2))
-                return
+                return 0
         self.counters["entries_applied"] += len(adds)
         self.counters["batches"] += 1
         self.last_apply_s = time.monotonic() - t0
+        return len(adds)
 
     # -- control -------------------------------------------------------------------------
     async def control(self, reader, writer):
@@ -387,10 +425,29 @@ async def _main(ctx, cfg, key, sock, p) -> int:
     how = f"signed (HMAC-SHA256, key from {cfg.key_file})" if key else "NOT signed (no --sync-key-file)"
     log.info("%s sync daemon started (mcast=%s, syncid=%d, maxlen=%d, group=%s, port=%d, ttl=%d); datagrams %s",
              cfg.role, cfg.ifname, cfg.syncid, cfg.maxlen, cfg.group, cfg.port, cfg.ttl, how)
+    if cfg.role == "master":
+        try:
+            data = p["held"].read_bytes()
+            p["held"].unlink()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            n = d.held.load(data, time.time())
+            log.info("%d entries handed over by the backup sync daemon, placed when the table has "
+                     "their services", n)
     try:
         await (d.master(sock) if cfg.role == "master" else d.backup(sock))
     finally:
         server.close()
+        if cfg.role == "backup" and len(d.held):
+            data = d.held.dump(time.time())
+            tmp = p["held"].with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, p["held"])
+            log.info("%d entries not placed here handed over to the next master sync daemon (%s)",
+                     (len(data) - 4) // (core.HELD.size + codec.ENTRY_LEN), p["held"])
         st = d.status()
         c = st["counters"]
         if cfg.role == "master":
