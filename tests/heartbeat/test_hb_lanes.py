@@ -106,6 +106,9 @@ def test_a_lane_covers_a_paused_daemon_until_its_lease_runs_out(cluster_factory)
     assert os.sched_getscheduler(lane_pid) == os.SCHED_FIFO
     wait_for(lambda: c.status("N1")["lanes"][1]["tx"] > 20, 5, what="lane 1 to send beats")
     assert "beat lane 1 started on CPU" in c.log("N1")
+    r = c.lab.run("N1", [sys.executable, "-m", "halb", "--node", "N1", "--run-dir", str(c.run_dir("N1")),
+                         "heartbeat", "status"], timeout=20)
+    assert r.returncode == 0 and f"beat lane 1: pid {lane_pid}, CPU {lanes[1]['cpu']}, running" in r.stdout, r
 
     # the daemon (every thread of it) paused for 80 ms > deadtime: lane 1 goes on, N1 is not dead
     _pause(st["pid"], 0.08)

@@ -88,6 +88,13 @@ def print_status(s):
         print(f"  ping node {p}: {st}")
     for g in s["groups"]:
         print(f"  group [{g['group']}]: {g['state']} here; held by {', '.join(g['holders']) or 'nobody'}")
+    for ln in s.get("lanes", []):
+        if ln["lane"] == 0:
+            print(f"  beat lane 0: the beat thread, CPU {ln['cpu']}")
+        else:
+            print(f"  beat lane {ln['lane']}: pid {ln['pid']}, CPU {ln['cpu']}, "
+                  f"{'running' if ln['alive'] else 'DEAD'}, {ln['tx']} beats sent, "
+                  f"{ln['held_back']} held back (beat thread silent past the lease)")
     c = s["counters"]
     print("  packets: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
 
