@@ -21,21 +21,6 @@ pytestmark = [pytest.mark.root]
 pytest_plugins = ["halb.lab.testing"]
 
 
-@pytest.fixture
-def cluster_factory(make_lab, tmp_path):
-    made = []
-
-    def factory(apache=True, **kw):
-        lab = make_lab(nodes=2, clients=1, apache=apache)
-        c = Cluster(lab, tmp_path / f"c{len(made)}", **kw)
-        made.append(c)
-        return c
-
-    yield factory
-    for c in made:
-        c.close()
-
-
 def neigh_mac(lab, node, ip):
     r = lab.run(node, ["ip", "-j", "neigh", "show", ip])
     for e in json.loads(r.stdout or "[]"):

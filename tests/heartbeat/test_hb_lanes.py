@@ -16,7 +16,7 @@ from halb.heartbeat.lane import lease_for, wanted
 from halb.heartbeat.packet import BeatEncoder, ReplayGuard, decode, encode_body
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from hb_cluster import Cluster, wait_for  # noqa: E402
+from hb_cluster import wait_for  # noqa: E402
 
 pytest_plugins = ["halb.lab.testing"]
 AUTH = parse_authkeys('auth 1\n1 md5 "secret"\n')
@@ -67,21 +67,6 @@ def test_halb_beat_lanes_directive(tmp_path):
 
 
 # ---------------------------------------------------------------- in the lab
-@pytest.fixture
-def cluster_factory(make_lab, tmp_path):
-    made = []
-
-    def factory(**kw):
-        lab = make_lab(nodes=2, clients=0, apache=False)
-        c = Cluster(lab, tmp_path / f"c{len(made)}", **kw)
-        made.append(c)
-        return c
-
-    yield factory
-    for c in made:
-        c.close()
-
-
 def _pause(pid: int, seconds: float) -> None:
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -93,7 +78,7 @@ def _pause(pid: int, seconds: float) -> None:
 @pytest.mark.root
 @pytest.mark.timeout(120)
 def test_a_lane_covers_a_paused_daemon_until_its_lease_runs_out(cluster_factory):
-    c = cluster_factory(keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
+    c = cluster_factory(apache=False, clients=0, keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
@@ -130,7 +115,7 @@ def test_a_lane_covers_a_paused_daemon_until_its_lease_runs_out(cluster_factory)
 @pytest.mark.timeout(120)
 def test_without_lanes_the_same_pause_is_a_death(cluster_factory):
     """The control: halb_beat_lanes 1, the same 80 ms pause kills N1 in N2's eyes."""
-    c = cluster_factory(keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s",
+    c = cluster_factory(apache=False, clients=0, keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s",
                         extra="halb_beat_lanes 1")
     c.start("N1")
     c.start("N2")
@@ -146,7 +131,7 @@ def test_without_lanes_the_same_pause_is_a_death(cluster_factory):
 def test_no_lane_beat_after_the_shutdown_notice_and_no_lane_left(cluster_factory):
     """A clean stop: N2 takes over at once on the shutdown notice and N1 stays
     left (a late lane beat would bring it back), the lane process is gone."""
-    c = cluster_factory(keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
+    c = cluster_factory(apache=False, clients=0, keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
