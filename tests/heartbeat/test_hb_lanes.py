@@ -128,14 +128,22 @@ def test_without_lanes_the_same_pause_is_a_death(cluster_factory):
 
 @pytest.mark.root
 @pytest.mark.timeout(120)
-def test_no_lane_beat_after_the_shutdown_notice_and_no_lane_left(cluster_factory):
-    """A clean stop: N2 takes over at once on the shutdown notice and N1 stays
+def test_a_dead_lane_is_restarted_and_none_outlives_a_clean_stop(cluster_factory):
+    """A lane killed is restarted by the daemon within a second or so. A clean stop: N2 takes over at once on the shutdown notice and N1 stays
     left (a late lane beat would bring it back), the lane process is gone."""
     c = cluster_factory(apache=False, clients=0, keepalive="10ms", deadtime="50ms", warntime="30ms", initdead="1s")
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
     lane_pid = c.status("N1")["lanes"][1]["pid"]
+    # a lane that dies is restarted (and said so)
+    os.kill(lane_pid, signal.SIGKILL)
+    wait_for(lambda: c.status("N1")["lanes"][1]["pid"] not in (None, lane_pid)
+             and c.status("N1")["lanes"][1]["alive"], 5, what="lane 1 restarted")
+    assert f"beat lane 1 (pid {lane_pid}) exited with code -9: restarting it" in c.log("N1")
+    lane_pid = c.status("N1")["lanes"][1]["pid"]
+    tx = c.status("N1")["lanes"][1]["tx"]
+    wait_for(lambda: c.status("N1")["lanes"][1]["tx"] > tx + 10, 5, what="the new lane to send")
     c.stop("N1")
     wait_for(lambda: c.holders() == ["N2"], 10, what="N2 to take the VIP")
     time.sleep(0.3)

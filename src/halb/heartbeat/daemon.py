@@ -477,6 +477,12 @@ class Daemon:
             self.log("warn", f"realtime on, but real-time priority is not allowed here "
                              f"({getattr(e, 'strerror', e)}): running at normal priority")
 
+    async def lanes_watch(self):
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            if not self.stopping:
+                self.lanes.watch()
+
     async def respawn_loop(self):
         while not self.stopping:
             for i, (user, argv) in enumerate(self.cfg.respawn):
@@ -613,11 +619,15 @@ class Daemon:
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
         self.send_beat(now=False)
         self.beats.start()
+        watch = None
         if self.lanes is not None:
             self.lanes.start(self.beats.body)
+            watch = loop.create_task(self.lanes_watch())
         try:
             await self._stop_ev.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
             await self.shutdown(server, respawn)
 
     def _delivered(self, items):

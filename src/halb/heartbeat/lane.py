@@ -100,7 +100,8 @@ class Lanes:
         self.prio = prio
         self.cpus = cpus
         self.log = log
-        self.procs: list = []      # subprocess.Popen (imported here only: the lane stays light)
+        self.procs: list = []      # per lane 1.. : subprocess.Popen (imported here only) or None
+        self.body = b""
         self.ctls: list[socket.socket] = []
         fd = os.memfd_create("halb-beat-lanes", os.MFD_CLOEXEC)
         os.ftruncate(fd, PAGE)
@@ -111,32 +112,49 @@ class Lanes:
         return self.cpus[lane % len(self.cpus)] if self.n > 1 else None
 
     def start(self, body: bytes) -> None:
-        method, secret = self.auth.keys[self.auth.active]
+        self.body = body
         for lane in range(1, self.n):
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            fds = [theirs.fileno(), self.page_fd] + [ch.sock.fileno() for ch in self.channels]
-            cfg = {"lane": lane, "lanes": self.n, "node": self.me, "generation": self.generation,
-                   "key": self.auth.active, "method": method, "secret": secret.hex(),
-                   "keepalive": self.keepalive, "lease": self.lease, "prio": self.prio,
-                   "cpu": self.cpu_of(lane), "page": self.page_fd, "parent": os.getpid(),
-                   "channels": [[ch.sock.fileno(), [list(d) for d in ch.dests]] for ch in self.channels]}
-            import subprocess
+            self.procs.append(None)
+            self.ctls.append(None)
+            self._spawn(lane)
 
-            try:
-                p = subprocess.Popen(_lane_argv(theirs.fileno()), pass_fds=fds, stdin=subprocess.DEVNULL)
-            except OSError as e:
-                self.log("warn", f"beat lane {lane} not started ({e}): beats from lane 0 only")
-                mine.close()
-                theirs.close()
-                continue
+    def _spawn(self, lane: int) -> None:
+        import subprocess
+
+        method, secret = self.auth.keys[self.auth.active]
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds = [theirs.fileno(), self.page_fd] + [ch.sock.fileno() for ch in self.channels]
+        cfg = {"lane": lane, "lanes": self.n, "node": self.me, "generation": self.generation,
+               "key": self.auth.active, "method": method, "secret": secret.hex(),
+               "keepalive": self.keepalive, "lease": self.lease, "prio": self.prio,
+               "cpu": self.cpu_of(lane), "page": self.page_fd, "parent": os.getpid(),
+               "channels": [[ch.sock.fileno(), [list(d) for d in ch.dests]] for ch in self.channels]}
+        try:
+            p = subprocess.Popen(_lane_argv(theirs.fileno()), pass_fds=fds, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            self.log("warn", f"beat lane {lane} not started ({e}): its beats are missing")
+            mine.close()
             theirs.close()
-            mine.send(json.dumps(cfg).encode())
-            mine.send(b"B" + body)
-            mine.setblocking(False)
-            self.procs.append(p)
-            self.ctls.append(mine)
-            self.log("info", f"beat lane {lane} started on CPU {cfg['cpu']} (pid {p.pid}, "
-                             f"lease {self.lease * 1000:g} ms)")
+            return
+        theirs.close()
+        mine.send(json.dumps(cfg).encode())
+        mine.send(b"B" + self.body)
+        mine.setblocking(False)
+        self.procs[lane - 1], self.ctls[lane - 1] = p, mine
+        self.log("info", f"beat lane {lane} started on CPU {cfg['cpu']} (pid {p.pid}, "
+                         f"lease {self.lease * 1000:g} ms)")
+
+    def watch(self) -> None:
+        """Restart a lane that died (called about once a second by the daemon)."""
+        for i, p in enumerate(self.procs):
+            if p is not None and p.poll() is None:
+                continue
+            if p is not None:
+                self.log("warn", f"beat lane {i + 1} (pid {p.pid}) exited with code {p.returncode}: restarting it")
+            if self.ctls[i] is not None:
+                self.ctls[i].close()
+                self.ctls[i] = None
+            self._spawn(i + 1)
 
     # -- from lane 0 (the beat thread): no syscall, a store in the shared page
     def stamp(self, wake: float, sent: float) -> None:
@@ -145,28 +163,34 @@ class Lanes:
     # -- from the daemon
     def set_body(self, body: bytes) -> None:
         """A new body: every lane says it from now on, and sends one beat with it at once."""
+        self.body = body
         for c in self.ctls:
+            if c is None:
+                continue
             try:
                 c.send(b"B" + body)
             except OSError:
-                pass       # a lane that died is reported by status(); lane 0 goes on
+                pass       # a lane that died: watch() restarts it with the body of the day
 
     def status(self) -> list[dict]:
         out = []
         for i, p in enumerate(self.procs):
             tx, held = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * (i + 1))
-            out.append({"lane": i + 1, "pid": p.pid, "cpu": self.cpu_of(i + 1), "alive": p.poll() is None,
-                        "tx": tx, "held_back": held})
+            out.append({"lane": i + 1, "pid": p.pid if p is not None else None, "cpu": self.cpu_of(i + 1),
+                        "alive": p is not None and p.poll() is None, "tx": tx, "held_back": held})
         return out
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop every lane (before the shutdown notice: no beat may follow it)."""
         for c in self.ctls:
-            c.close()
+            if c is not None:
+                c.close()
         import subprocess
 
         end = time.monotonic() + timeout
         for p in self.procs:
+            if p is None:
+                continue
             try:
                 p.wait(max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
