@@ -24,6 +24,8 @@ COMMANDS = {
     "heartbeat": "membership and failover of the VIP and the director",
     "dsh": "run a command on every node, in parallel",
     "demo": "the whole cluster on this machine, in one command",
+    "gmond": "Ganglia-style monitoring agent (per node, XML on port 8649)",
+    "gmetad": "Ganglia-style collector with web dashboard and graphs",
 }
 
 USAGE = """usage: halb [--node NAME] [--run-dir DIR] [--engine proxy|nft] COMMAND [ARGS...]
