@@ -153,9 +153,13 @@ class Series:
         return max(self.archives, key=lambda a: a.span)
 
     def fetch(self, period: float, now: float) -> tuple[float, list[tuple[float, float]]]:
-        """(resolution, points) covering [now - period, now]."""
+        """(resolution, points) covering [now - period, now], from the first known one."""
         a = self.archive_for(period)
-        return a.res, a.points(now - period, now)
+        pts = a.points(now - period, now)
+        i = 0
+        while i < len(pts) and math.isnan(pts[i][1]):
+            i += 1
+        return a.res, pts[i:]
 
 
 class Store:

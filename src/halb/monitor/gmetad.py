@@ -1,0 +1,341 @@
+"""`halb gmetad -c gmetad.conf`: polls every data source each step, keeps
+the series in round-robin stores (one file per data source in the data
+dir, written atomically, reloaded on restart) and serves the web front end:
+
+    /                       grid overview (clusters, hosts up/down, load, CPU)
+    /host/CLUSTER/HOST      a host's graphs (?r=hour|day|week|month, ?m=metric ...)
+    /graph.svg?c=&h=&m=&r=  one graph
+    /api/state              clusters, sources, hosts, current values (JSON)
+    /api/series?c=&h=&m=&r= one series (JSON)
+    /metrics                Prometheus text format
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from halb.errors import HalbError
+from halb.monitor import gxml, pages, svg
+from halb.monitor.conf import GmetadConf
+from halb.monitor.rrd import PERIODS, Store, StoreError, default_layout, layout_from_rras
+from halb.monitor.state import SourceView, end_round, keep_polling, merge_answer, record_failure
+
+log = logging.getLogger("halb.gmetad")
+
+SAVE_EVERY = 60.0
+
+
+def store_file(data_dir: Path, source: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source)
+    return data_dir / f"{safe}.rrd"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+@dataclass
+class GmetadOptions:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 8080
+    save_every: float = SAVE_EVERY
+
+
+class Gmetad:
+    def __init__(self, conf: GmetadConf, opts: GmetadOptions):
+        self.conf, self.opts = conf, opts
+        self.sources = [SourceView.of(ds) for ds in conf.sources]
+        self.stores: dict[str, Store] = {}
+        for ds in conf.sources:
+            lay = layout_from_rras(ds.step, conf.rras) if conf.rras else default_layout(ds.step)
+            self.stores[ds.name] = Store(ds.step, lay)
+        self.started = time.time()
+        self.saves = 0
+        self.save_errors = 0
+        self._stop: asyncio.Event | None = None
+
+    def source(self, name: str) -> SourceView | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    # ------------------------------------------------------------ persistence
+    def load(self) -> None:
+        for name, st in self.stores.items():
+            path = store_file(self.opts.data_dir, name)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.error("%s: cannot read (%s); starting with empty series", path, e.strerror)
+                continue
+            try:
+                loaded, reset = st.loads(data)
+            except StoreError as e:
+                bad = path.with_name(path.name + f".corrupt-{int(time.time())}")
+                log.error("%s: %s; kept as %s, starting with empty series", path, e, bad.name)
+                st.series.clear()
+                try:
+                    os.replace(path, bad)
+                except OSError:
+                    pass
+                continue
+            log.info("data source \"%s\": %d series reloaded from %s%s", name, loaded, path,
+                     f" ({reset} started again: their archive layout changed)" if reset else "")
+
+    def save(self) -> None:
+        for name, st in self.stores.items():
+            path = store_file(self.opts.data_dir, name)
+            try:
+                write_atomic(path, st.dumps())
+            except OSError as e:
+                self.save_errors += 1
+                log.error("%s: cannot write (%s)", path, e.strerror)
+        self.saves += 1
+
+    async def save_loop(self):
+        while True:
+            await asyncio.sleep(self.opts.save_every)
+            await asyncio.to_thread(self.save)
+
+    # ------------------------------------------------------------ polling
+    @staticmethod
+    async def fetch(addr, timeout: float) -> bytes:
+        async def go():
+            reader, writer = await asyncio.open_connection(addr.host, addr.port)
+            try:
+                chunks, size = [], 0
+                while True:
+                    c = await reader.read(65536)
+                    if not c:
+                        break
+                    chunks.append(c)
+                    size += len(c)
+                    if size > gxml.MAX_XML_BYTES:
+                        raise gxml.XmlError(f"the dump is larger than {gxml.MAX_XML_BYTES} bytes")
+                return b"".join(chunks)
+            finally:
+                writer.close()
+
+        return await asyncio.wait_for(go(), timeout)
+
+    def log_events(self, src: SourceView, events) -> None:
+        for kind, what in events:
+            if kind == "addr_down":
+                log.warning("data_thread() for [%s] failed to contact node %s", src.name, what)
+            elif kind == "addr_up":
+                log.info("data_thread() for [%s]: node %s answers", src.name, what)
+            elif kind == "source_down":
+                log.warning("data_thread() got no answer from any [%s] datasource", src.name)
+            elif kind == "source_up":
+                log.info("data source [%s] is up", src.name)
+            elif kind == "host_down":
+                log.warning("[%s] host %s is down", src.name, what)
+            elif kind == "host_up":
+                log.info("[%s] host %s is up", src.name, what)
+            elif kind == "host_expired":
+                log.info("[%s] host %s removed (older than its DMAX)", src.name, what)
+
+    async def poll_once(self, src: SourceView, t: float) -> None:
+        store = self.stores[src.name]
+        timeout = min(10.0, max(0.5, src.step * 0.8))
+        answered = False
+        events = []
+        for st in src.addrs:
+            try:
+                data = await self.fetch(st.addr, timeout)
+                _, clusters = gxml.parse(data)
+            except gxml.XmlError as e:
+                events += record_failure(src, st.addr, f"bad XML: {e}", t, xml=True)
+                continue
+            except asyncio.TimeoutError:
+                events += record_failure(src, st.addr, f"no answer within {timeout:g} s", t)
+                continue
+            except OSError as e:
+                events += record_failure(src, st.addr, e.strerror or str(e), t)
+                continue
+            ev, fresh = merge_answer(src, st.addr, clusters, t)
+            events += ev
+            answered = True
+            for hname, h in fresh:
+                for m in h.metrics.values():
+                    v = m.number()
+                    if v is not None:
+                        store.update((src.name, hname, m.name), t, v, m.units, m.type)
+            if not keep_polling(clusters):
+                break
+        events += end_round(src, answered, time.time())
+        self.log_events(src, events)
+
+    async def poll_loop(self, src: SourceView) -> None:
+        step = src.step
+        while True:
+            now = time.time()
+            # polls on the step's grid, so every poll has its own row in the finest archive
+            tick = (math.floor(now / step) + 1) * step
+            await asyncio.sleep(max(0.0, tick - now))
+            try:
+                await self.poll_once(src, tick)
+            except Exception as e:  # noqa: BLE001 - a bug in one round must not stop polling
+                log.error("polling [%s] failed: %s: %s", src.name, type(e).__name__, e)
+
+    # ------------------------------------------------------------ views
+    def graph(self, cluster: str, host: str, metric: str, period: str) -> str:
+        now = time.time()
+        span = PERIODS.get(period, 3600)
+        st = self.stores.get(cluster)
+        s = st.get((cluster, host, metric)) if st else None
+        pts = s.fetch(span, now)[1] if s else []
+        units = s.units.strip() if s else ""
+        return svg.render(pts, now - span, now, f"{host} {metric} (last {period})", units,
+                          graph_id=f"g-{host}-{metric}")
+
+    def state(self) -> dict:
+        now = time.time()
+        out = []
+        for src in self.sources:
+            hosts = []
+            for h in sorted(src.hosts.values(), key=lambda h: h.name):
+                hosts.append({"name": h.name, "ip": h.ip, "up": h.alive(now), "age": round(h.age(now), 3),
+                              "tmax": h.tmax, "dmax": h.dmax, "reported": h.reported,
+                              "gmond_started": h.gmond_started,
+                              "metrics": {m.name: {"val": m.val, "type": m.type, "units": m.units.strip(),
+                                                   "tn": m.tn} for m in h.metrics.values()}})
+            st = self.stores[src.name]
+            out.append({"name": src.name, "step": src.step, "up": src.up, "xml_errors": src.xml_errors,
+                        "hosts_up": src.hosts_up(now), "hosts_down": len(src.hosts) - src.hosts_up(now),
+                        "sources": [{"address": str(a.addr), "up": a.up, "polls": a.polls, "failures": a.failures,
+                                     "last_error": a.last_error} for a in src.addrs],
+                        "series": len(st.series), "rows": st.memory_rows(), "hosts": hosts})
+        return {"grid": self.conf.gridname, "config": self.conf.path, "data_dir": str(self.opts.data_dir),
+                "uptime": round(now - self.started, 3), "saves": self.saves, "save_errors": self.save_errors,
+                "clusters": out}
+
+    # ------------------------------------------------------------ web
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.h_index)
+        app.router.add_get("/host/{cluster}/{host}", self.h_host)
+        app.router.add_get("/graph.svg", self.h_graph)
+        app.router.add_get("/api/state", self.h_state)
+        app.router.add_get("/api/series", self.h_series)
+        app.router.add_get("/metrics", self.h_metrics)
+        return app
+
+    @staticmethod
+    def _period(req) -> str:
+        p = req.query.get("r", "hour")
+        if p not in PERIODS:
+            raise web.HTTPBadRequest(text=f"unknown period {p!r} (hour, day, week or month)\n")
+        return p
+
+    def _refresh(self) -> float:
+        return max(5.0, min(s.step for s in self.sources))
+
+    async def h_index(self, req):
+        html = pages.overview(self.conf.gridname, self.sources, time.time(), self._period(req), self.graph,
+                              self._refresh())
+        return web.Response(text=html, content_type="text/html")
+
+    async def h_host(self, req):
+        cluster, host = req.match_info["cluster"], req.match_info["host"]
+        src = self.source(cluster)
+        period = self._period(req)
+        st = self.stores.get(cluster)
+        if src is None or (host not in src.hosts and not (st and st.metrics_of(cluster, host))):
+            return web.Response(status=404, text=pages.not_found(f"no host {host} in cluster {cluster}"),
+                                content_type="text/html")
+        chosen = req.query.getall("m", [])
+        html = pages.host_page(src, host, time.time(), period, chosen, st.metrics_of(cluster, host), self.graph,
+                               self._refresh())
+        return web.Response(text=html, content_type="text/html")
+
+    def _series_args(self, req):
+        c, h, m = req.query.get("c"), req.query.get("h"), req.query.get("m")
+        if not c or not h or not m:
+            raise web.HTTPBadRequest(text="give c (cluster), h (host) and m (metric)\n")
+        return c, h, m, self._period(req)
+
+    async def h_graph(self, req):
+        c, h, m, p = self._series_args(req)
+        return web.Response(text=self.graph(c, h, m, p), content_type="image/svg+xml")
+
+    async def h_state(self, req):
+        return web.json_response(self.state())
+
+    async def h_series(self, req):
+        c, h, m, p = self._series_args(req)
+        st = self.stores.get(c)
+        s = st.get((c, h, m)) if st else None
+        if s is None:
+            raise web.HTTPNotFound(text=f"no series {m} for host {h} in cluster {c}\n")
+        now = time.time()
+        res, pts = s.fetch(PERIODS[p], now)
+        return web.json_response({"cluster": c, "host": h, "metric": m, "period": p, "resolution": res,
+                                  "units": s.units.strip(), "type": s.type,
+                                  "points": [[t, None if math.isnan(v) else v] for t, v in pts]})
+
+    async def h_metrics(self, req):
+        from halb.monitor.prom import exposition
+
+        body, ctype = exposition(self)
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    # ------------------------------------------------------------ run
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for w in self.conf.warnings:
+            log.warning("%s", w)
+        try:
+            self.opts.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HalbError(f"gmetad: cannot use data dir {self.opts.data_dir}: {e.strerror}") from None
+        self.load()
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.opts.host, self.opts.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise HalbError(f"gmetad: cannot listen on {self.opts.host}:{self.opts.port}: {e.strerror}") from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        for src in self.sources:
+            log.info("data source \"%s\": polling %s every %g s", src.name,
+                     " ".join(str(a.addr) for a in src.addrs), src.step)
+        log.info("web front end on http://%s:%d/ (data in %s)", self.opts.host, self.opts.port, self.opts.data_dir)
+        tasks = [loop.create_task(self.poll_loop(s)) for s in self.sources]
+        tasks.append(loop.create_task(self.save_loop()))
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting down: saving the series")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await runner.cleanup()
+            await asyncio.to_thread(self.save)
+            log.info("gmetad shutdown complete")

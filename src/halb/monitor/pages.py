@@ -1,0 +1,150 @@
+"""The dashboard's HTML (pure): the grid overview (every cluster, its hosts
+up and down, load and CPU, a load graph per host) and a host page (the
+chosen metrics' graphs over the chosen period, every current value).
+Graphs come from a `graph(cluster, host, metric, period) -> svg` callable."""
+from __future__ import annotations
+
+from html import escape
+from typing import Callable
+from urllib.parse import quote, urlencode
+
+from halb.monitor.rrd import PERIODS
+from halb.monitor.state import DEFAULT_GRAPHS, SourceView
+
+Graph = Callable[[str, str, str, str], str]
+
+CSS = """
+body{font-family:sans-serif;margin:1em 2em;color:#222;background:#fafafa}
+h1{font-size:1.4em} h2{font-size:1.2em;margin-top:1.4em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#eee} .up{color:#070;font-weight:bold} .down{color:#b00;font-weight:bold}
+.periods a{margin-right:.8em} .periods a.on{font-weight:bold;text-decoration:none;color:#000}
+.graphs{display:flex;flex-wrap:wrap;gap:8px} .graphs svg{border:1px solid #ccc}
+.small{color:#666;font-size:.85em} .metrics label{display:inline-block;width:16em}
+"""
+
+# refresh the graphs without reloading the page (vanilla JS, no framework)
+JS = """
+(function(){
+  var every = %d * 1000;
+  function refresh(){
+    document.querySelectorAll('[data-graph]').forEach(function(box){
+      fetch(box.getAttribute('data-graph')).then(function(r){ return r.ok ? r.text() : null; })
+        .then(function(t){ if (t) box.innerHTML = t; }).catch(function(){});
+    });
+  }
+  setInterval(refresh, every);
+})();
+"""
+
+
+def host_url(cluster: str, host: str, period: str, metrics: list[str] | None = None) -> str:
+    q = [("r", period)] + [("m", m) for m in (metrics or [])]
+    return f"/host/{quote(cluster, safe='')}/{quote(host, safe='')}?{urlencode(q)}"
+
+
+def graph_url(cluster: str, host: str, metric: str, period: str) -> str:
+    return "/graph.svg?" + urlencode({"c": cluster, "h": host, "m": metric, "r": period})
+
+
+def _page(title: str, body: str, refresh: float) -> str:
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head><body>\n{body}\n"
+            f"<script>{JS % max(5, int(refresh))}</script></body></html>\n")
+
+
+def _periods(period: str, url_of: Callable[[str], str]) -> str:
+    links = [f'<a class="{"on" if p == period else ""}" href="{escape(url_of(p))}">{p}</a>' for p in PERIODS]
+    return f'<p class="periods">last: {"".join(links)}</p>'
+
+
+def _val(h, name: str, fmt: str = "{:.2f}") -> str:
+    m = h.metrics.get(name)
+    if m is None:
+        return "-"
+    v = m.number()
+    return escape(m.val) if v is None else fmt.format(v)
+
+
+def _cpu(h) -> str:
+    u, s = h.metrics.get("cpu_user"), h.metrics.get("cpu_system")
+    if u is None or s is None or u.number() is None or s.number() is None:
+        return "-"
+    return f"{u.number() + s.number():.1f} %"
+
+
+def _mem(h) -> str:
+    t, f = h.metrics.get("mem_total"), h.metrics.get("mem_free")
+    if t is None or f is None or not t.number():
+        return "-"
+    return f"{100.0 * (1 - (f.number() or 0) / t.number()):.0f} %"
+
+
+def overview(gridname: str, sources: list[SourceView], now: float, period: str, graph: Graph,
+             refresh: float = 15) -> str:
+    out = [f"<h1>{escape(gridname if gridname != 'unspecified' else 'halb')} Grid Report</h1>",
+           _periods(period, lambda p: "/?" + urlencode({"r": p}))]
+    for src in sources:
+        up = src.hosts_up(now)
+        down = len(src.hosts) - up
+        state = ("never answered" if src.up is None else "answering" if src.up else "not answering")
+        out.append(f'<h2 class="cluster" data-cluster="{escape(src.name)}">{escape(src.name)}</h2>')
+        out.append(f'<p>Hosts up: <span class="up" id="hosts-up">{up}</span> &nbsp; '
+                   f'Hosts down: <span class="down" id="hosts-down">{down}</span> &nbsp; '
+                   f'<span class="small">data source {escape(state)}; polled every {src.step:g} s from '
+                   f'{escape(", ".join(str(a.addr) for a in src.addrs))}</span></p>')
+        out.append('<table class="hosts"><tr><th>host</th><th>state</th><th>load_one</th><th>CPU used</th>'
+                   '<th>memory used</th><th>last report</th></tr>')
+        for h in sorted(src.hosts.values(), key=lambda h: h.name):
+            alive = h.alive(now)
+            out.append(f'<tr class="host" data-host="{escape(h.name)}">'
+                       f'<td><a class="hostlink" href="{escape(host_url(src.name, h.name, period))}">'
+                       f'{escape(h.name)}</a></td>'
+                       f'<td class="{"up" if alive else "down"}">{"up" if alive else "down"}</td>'
+                       f'<td>{_val(h, "load_one")}</td><td>{_cpu(h)}</td><td>{_mem(h)}</td>'
+                       f'<td>{h.age(now):.0f} s ago</td></tr>')
+        out.append("</table>")
+        out.append('<div class="graphs">')
+        for h in sorted(src.hosts.values(), key=lambda h: h.name):
+            u = graph_url(src.name, h.name, "load_one", period)
+            out.append(f'<div data-graph="{escape(u)}">{graph(src.name, h.name, "load_one", period)}</div>')
+        out.append("</div>")
+    return _page(f"{gridname} Grid Report", "\n".join(out), refresh)
+
+
+def host_page(src: SourceView, host: str, now: float, period: str, chosen: list[str], available: list[str],
+              graph: Graph, refresh: float = 15) -> str:
+    h = src.hosts.get(host)
+    alive = h is not None and h.alive(now)
+    chosen = [m for m in chosen if m in available] or [m for m in DEFAULT_GRAPHS if m in available]
+    out = [f'<p><a href="/?{urlencode({"r": period})}">&larr; grid</a> / {escape(src.name)}</p>',
+           f'<h1 class="hostname">{escape(host)} <span class="{"up" if alive else "down"}">'
+           f'{"up" if alive else "down"}</span></h1>']
+    if h is not None:
+        out.append(f'<p class="small">cluster {escape(src.name)}; IP {escape(h.ip)}; last report '
+                   f'{h.age(now):.0f} s ago (TMAX {h.tmax} s); gmond started {h.gmond_started}</p>')
+    out.append(_periods(period, lambda p: host_url(src.name, host, p, chosen)))
+    out.append('<div class="graphs">')
+    for m in chosen:
+        u = graph_url(src.name, host, m, period)
+        out.append(f'<div data-graph="{escape(u)}">{graph(src.name, host, m, period)}</div>')
+    out.append("</div>")
+    out.append(f'<form class="metrics" method="get" action="{escape(host_url(src.name, host, period)).split("?")[0]}">'
+               f'<input type="hidden" name="r" value="{escape(period)}"><p>graphs:</p>')
+    for m in available:
+        on = " checked" if m in chosen else ""
+        out.append(f'<label><input type="checkbox" name="m" value="{escape(m)}"{on}> {escape(m)}</label>')
+    out.append('<p><button type="submit">show</button></p></form>')
+    if h is not None:
+        out.append('<h2>current values</h2><table class="values"><tr><th>metric</th><th>value</th>'
+                   '<th>units</th><th>age</th></tr>')
+        for name in sorted(h.metrics):
+            m = h.metrics[name]
+            out.append(f"<tr><td>{escape(name)}</td><td>{escape(m.val)}</td><td>{escape(m.units.strip())}</td>"
+                       f"<td>{m.tn} s</td></tr>")
+        out.append("</table>")
+    return _page(f"{host} - {src.name}", "\n".join(out), refresh)
+
+
+def not_found(what: str) -> str:
+    return _page("not found", f"<h1>not found</h1><p>{escape(what)}</p><p><a href=\"/\">grid</a></p>", 3600)
