@@ -187,7 +187,6 @@ class Daemon:
 
     # -- master ------------------------------------------------------------------------
     async def master(self, sock):
-        loop = asyncio.get_running_loop()
         dest = (self.cfg.group, self.cfg.port)
         self.sender = core.Sender(syncid=self.cfg.syncid, epoch=core.new_epoch(time.time(), random.getrandbits(16)),
                                   key=self.key, maxlen=self.cfg.maxlen, rate=RATE)
@@ -199,8 +198,8 @@ class Daemon:
                 try:
                     view = self.source.view()
                     flows, uflows, closing, templates = await asyncio.to_thread(self.syncio.read_kernel, view)
-                except HalbError as e:
-                    self.drop("read_errors", 1, str(e), entries=False)
+                except Exception as e:  # noqa: BLE001 - nft refused, hung or printed junk: next poll
+                    self.drop("read_errors", 1, str(e) or type(e).__name__, entries=False)
                     flows, uflows, closing, templates = [], [], [], {}
                     view = None
                 self.last_poll_s = time.monotonic() - t0
@@ -325,9 +324,9 @@ class Daemon:
         t0 = time.monotonic()
         try:
             await asyncio.to_thread(self.syncio.apply, core.render(adds))
-        except HalbError as e:
-            if "File exists" not in str(e):
-                if not await asyncio.to_thread(self.syncio.table_present):
+        except Exception as e:  # noqa: BLE001 - nft refused or hung: counted, never fatal
+            if not isinstance(e, HalbError) or "File exists" not in str(e):
+                if not await asyncio.to_thread(_safe, self.syncio.table_present):
                     self.drop("no_table", len(adds), "halb's nft table is not there")
                 else:
                     self.counters["apply_errors"] += 1
@@ -337,7 +336,7 @@ class Daemon:
             try:
                 existing = await asyncio.to_thread(self.syncio.current_marks, {a.map for a in adds})
                 await asyncio.to_thread(self.syncio.apply, core.render(adds, core.clashes(adds, existing)))
-            except HalbError as e2:
+            except Exception as e2:  # noqa: BLE001
                 self.counters["apply_errors"] += 1
                 self.drop("apply_failed", len(adds), str(e2))
                 return 0
@@ -371,6 +370,13 @@ class Daemon:
             pass
         finally:
             writer.close()
+
+
+def _safe(fn) -> bool:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def _lock_pid(path) -> int:
