@@ -266,6 +266,9 @@ class Collector:
         return out
 
 
+service_metrics_safe_names = Collector.service_metrics
+
+
 def host_ip(bind: str) -> str:
     """The address gmond reports for its host."""
     if bind and bind not in ("0.0.0.0", "::", ""):
