@@ -63,12 +63,16 @@ def _elems(kind: str, name: str) -> list:
 
 def read_kernel(view) -> tuple[list, list, list, dict]:
     """(flows, uflows, closing, {sid: templates}) as nftcli.elem_parts tuples;
-    empty when halb's table is not there."""
-    flows = _elems("map", "flows")
-    uflows = _elems("map", "uflows")
-    closing = _elems("set", "closing")
-    templates = {sv.sid: _elems("map", f"p{sv.sid}") for sv in view.services.values() if sv.persistent}
-    return flows, uflows, closing, templates
+    empty when halb's table is not there. One `nft -j list table` (one
+    process and one ruleset fetch: three listings cost three times as much)."""
+    want = {"flows", "uflows", "closing"} | {f"p{sv.sid}" for sv in view.services.values() if sv.persistent}
+    got: dict[str, list] = {}
+    for o in nftcli.list_json("table", rs.FAMILY, rs.TABLE):
+        m = o.get("map") or o.get("set")
+        if m and m.get("name") in want:
+            got[m["name"]] = [nftcli.elem_parts(e) for e in m.get("elem", [])]
+    templates = {sv.sid: got.get(f"p{sv.sid}", []) for sv in view.services.values() if sv.persistent}
+    return got.get("flows", []), got.get("uflows", []), got.get("closing", []), templates
 
 
 def current_marks(maps: set[str]) -> dict[str, dict]:
