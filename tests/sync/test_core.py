@@ -236,3 +236,40 @@ def test_held_entries_wait_for_their_service_and_expire():
     assert h2.load(h.dump(1010.0), 1050.0) == 1
     assert h2.alive(1050.0)[0].timeout_ms == 50000        # it expires at 1100
     assert h2.load(b"junk", 0) == 0 and h2.load(h.dump(1010.0)[:-5], 1050.0) == 0
+
+
+@st.composite
+def snapshots(draw):
+    """A sequence of kernel snapshots: flows appear, change server or state, vanish."""
+    out = []
+    for _ in range(draw(st.integers(1, 6))):
+        snap = {}
+        for cport in draw(st.sets(st.integers(1, 12), max_size=12)):
+            snap[cport] = (draw(st.sampled_from(["10.0.0.3", "10.0.0.4"])),
+                           draw(st.sampled_from([ESTABLISHED, CLOSING])), draw(st.integers(1, 900)))
+        out.append((draw(st.floats(0.0, 100.0)), snap))
+    return out
+
+
+@given(snapshots(), st.integers(1, 5))
+@settings(max_examples=300)
+def test_tracker_property_backup_ends_with_the_masters_view(seq, per_take):
+    """Whatever the snapshots, once the dirty set is drained after the last
+    one, every live flow's current server and state has been sent, and
+    nothing is sent for a flow that is not live."""
+    tr = Tracker(resend=1e9)
+    backup = {}
+    now = 0.0
+    for dt, snap in seq:
+        now += dt
+        items = [(Entry(TCP, state, "tcp", 0, VIP, 80, VIP, 80, "10.0.0.100", cport, rip, 80, left * 1000), 900)
+                 for cport, (rip, state, left) in snap.items()]
+        tr.observe(items, now)
+        while tr.dirty:
+            for e in tr.take(per_take, now):
+                assert e.cport in snap
+                backup[e.cport] = (e.daddr, e.state)
+    last = seq[-1][1]
+    for cport, (rip, state, left) in last.items():
+        assert backup[cport] == (rip, state)
+    assert tr.live == len(last) and set(k[4] for k in tr.sent) == set(last)
