@@ -7,13 +7,12 @@ import asyncio
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from halb.monitor import gxml
 from halb.monitor.conf import parse
-from halb.monitor.gmetad import Gmetad, GmetadOptions
+from halb.monitor.gmetad import Gmetad, GmetadOptions, store_file
 
 from monitor_helpers import free_port, get_json, http_get, wait_for
 
@@ -80,7 +79,7 @@ def test_gmond_gmetad_cluster(cluster, tmp_path):
     assert procs.stop("gmetad") == 0
     assert "gmetad shutdown complete" in procs.log("gmetad")
     data_dir = tmp_path / "rrds"
-    assert (data_dir / "Mon_Cluster.rrd").exists() and not list(data_dir.glob("*.tmp"))
+    assert store_file(data_dir, "Mon Cluster").exists() and not list(data_dir.glob("*.tmp"))
     web2 = free_port()
     procs.gmetad(ports["conf"], web2, data_dir, name="gmetad2")
     base2 = f"http://127.0.0.1:{web2}"
@@ -90,6 +89,13 @@ def test_gmond_gmetad_cluster(cluster, tmp_path):
     known_after = {t: v for t, v in after if v is not None}
     assert known_before and all(known_after.get(t) == v for t, v in known_before.items())
     assert "1 series reloaded" not in procs.log("gmetad2") and "series reloaded from" in procs.log("gmetad2")
+
+
+def test_store_file_names_never_collide(tmp_path):
+    names = ["Mon Cluster", "Mon_Cluster", "Mon/Cluster", "..", "web", "a b", "a_b"]
+    files = {store_file(tmp_path, n) for n in names}
+    assert len(files) == len(names) and all(f.parent == tmp_path for f in files)
+    assert store_file(tmp_path, "web").name == "web.rrd"
 
 
 def test_bad_answers_are_counted_not_fatal(tmp_path):
@@ -134,10 +140,11 @@ def test_bad_answers_are_counted_not_fatal(tmp_path):
 
 def test_corrupt_store_file_is_set_aside(tmp_path):
     conf = parse('data_source "Mon Cluster" 1 127.0.0.1:1\n')
-    (tmp_path / "Mon_Cluster.rrd").write_bytes(b"not a store")
+    path = store_file(tmp_path, "Mon Cluster")
+    path.write_bytes(b"not a store")
     g = Gmetad(conf, GmetadOptions(data_dir=tmp_path))
     g.load()
-    assert not (tmp_path / "Mon_Cluster.rrd").exists() and list(tmp_path.glob("Mon_Cluster.rrd.corrupt-*"))
+    assert not path.exists() and list(tmp_path.glob(path.name + ".corrupt-*"))
     g.stores["Mon Cluster"].update(("Mon Cluster", "h", "m"), 5, 1.0)
     g.save()
     g2 = Gmetad(conf, GmetadOptions(data_dir=tmp_path))

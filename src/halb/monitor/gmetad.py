@@ -12,6 +12,7 @@ dir, written atomically, reloaded on restart) and serves the web front end:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -34,7 +35,11 @@ SAVE_EVERY = 60.0
 
 
 def store_file(data_dir: Path, source: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source)
+    """The data source's file: its name made safe, plus a short hash when that
+    changed it (so "a b" and "a_b" never share a file)."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in source).lstrip(".") or "_"
+    if safe != source:
+        safe += "-" + hashlib.sha1(source.encode()).hexdigest()[:8]
     return data_dir / f"{safe}.rrd"
 
 

@@ -89,8 +89,8 @@ def overview(gridname: str, sources: list[SourceView], now: float, period: str, 
         down = len(src.hosts) - up
         state = ("never answered" if src.up is None else "answering" if src.up else "not answering")
         out.append(f'<h2 class="cluster" data-cluster="{escape(src.name)}">{escape(src.name)}</h2>')
-        out.append(f'<p>Hosts up: <span class="up" id="hosts-up">{up}</span> &nbsp; '
-                   f'Hosts down: <span class="down" id="hosts-down">{down}</span> &nbsp; '
+        out.append(f'<p>Hosts up: <span class="up hosts-up">{up}</span> &nbsp; '
+                   f'Hosts down: <span class="down hosts-down">{down}</span> &nbsp; '
                    f'<span class="small">data source {escape(state)}; polled every {src.step:g} s from '
                    f'{escape(", ".join(str(a.addr) for a in src.addrs))}</span></p>')
         out.append('<table class="hosts"><tr><th>host</th><th>state</th><th>load_one</th><th>CPU used</th>'
