@@ -72,10 +72,13 @@ def test_dashboard_in_chromium(cluster, browser):
     assert hosts == ["N1", "N2"]
     assert browser.find_element(By.CSS_SELECTOR, ".hosts-up").text == "2"
     # the graphs are SVG rendered by the server, with data: a path through several points
-    paths = browser.find_elements(By.CSS_SELECTOR, "svg.graph path.series")
+    paths = browser.find_elements(By.CSS_SELECTOR, "div.host-graphs svg.graph path.series")
     assert len(paths) == 2
     for p in paths:
         assert _points(p.get_attribute("d")) >= 2
+    # the cluster's graphs (all hosts): load, CPU, memory, network
+    cluster_paths = browser.find_elements(By.CSS_SELECTOR, "div.cluster-graphs svg.graph path.series")
+    assert len(cluster_paths) == 4 and all(_points(p.get_attribute("d")) >= 2 for p in cluster_paths)
     # follow the link to N2's page
     browser.find_element(By.LINK_TEXT, "N2").click()
     assert browser.find_element(By.CSS_SELECTOR, "h1.hostname").text.startswith("N2")

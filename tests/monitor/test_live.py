@@ -50,6 +50,11 @@ def test_gmond_gmetad_cluster(cluster, tmp_path):
         for metric in ("load_one", "cpu_user", "mem_free", "bytes_in"):
             s = get_json(f"{base}/api/series?c=Mon%20Cluster&h={h}&m={metric}&r=hour")
             assert s["resolution"] == 1.0 and any(v is not None for _, v in s["points"]), (h, metric)
+    whole = get_json(f"{base}/api/series?c=Mon%20Cluster&h=*&m=mem_total")
+    one = get_json(f"{base}/api/series?c=Mon%20Cluster&h=N1&m=mem_total")
+    # both gmonds run on this machine: the cluster's memory is twice one's (a row polled from both)
+    assert max(v for _, v in whole["points"] if v is not None) == pytest.approx(
+        2 * max(v for _, v in one["points"] if v is not None), rel=0.01)
     status, body = http_get(base + "/metrics")
     text = body.decode()
     assert status == 200 and 'ganglia_host_up{cluster="Mon Cluster",host="N2"} 1.0' in text

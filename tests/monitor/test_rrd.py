@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from halb.monitor.conf import RRA
-from halb.monitor.rrd import Archive, Layout, Series, Store, StoreError, default_layout, layout_from_rras
+from halb.monitor.rrd import (Archive, Layout, Series, Store, StoreError, aggregate, default_layout,
+                              layout_from_rras)
 
 NAN = float("nan")
 
@@ -190,3 +191,17 @@ def test_property_garbage_never_crashes(data):
         Store(1).loads(b"HALB-RRD 1\n" + data)
     except StoreError:
         pass
+
+
+def test_aggregate_sum_and_mean():
+    lay = [Layout("AVERAGE", 0.5, 1, 100)]
+    a, b = Series(lay, 1), Series(lay, 1)
+    for t in range(10):
+        a.update(t, 1.0)
+        if t >= 5:
+            b.update(t, 3.0)
+    res, pts = aggregate([a, b], 100, 9, "sum")
+    assert res == 1 and dict(pts)[2] == 1.0 and dict(pts)[7] == 4.0
+    _, pts = aggregate([a, b], 100, 9, "mean")
+    assert dict(pts)[7] == 2.0
+    assert aggregate([], 100, 9) == (0.0, [])

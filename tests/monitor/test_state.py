@@ -114,5 +114,6 @@ def test_pages_overview_and_host():
     assert "Mon Cluster" in html and 'href="/host/Mon%20Cluster/N1?r=day"' in html
     assert "N&lt;2&gt;" in html and "<2>" not in html
     assert ("Mon Cluster", "N1", "load_one", "day") in calls
+    assert ("Mon Cluster", "*", "load_one", "day") in calls and ("Mon Cluster", "*", "cpu_user", "day") in calls
     html = pages.host_page(s, "N1", 100.0, "week", ["load_one", "nope"], ["load_one", "mem_free"], graph)
     assert "N1" in html and 'value="mem_free"' in html and calls[-1] == ("Mon Cluster", "N1", "load_one", "week")

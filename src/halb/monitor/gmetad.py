@@ -6,7 +6,7 @@ dir, written atomically, reloaded on restart) and serves the web front end:
     /host/CLUSTER/HOST      a host's graphs (?r=hour|day|week|month, ?m=metric ...)
     /graph.svg?c=&h=&m=&r=  one graph
     /api/state              clusters, sources, hosts, current values (JSON)
-    /api/series?c=&h=&m=&r= one series (JSON)
+    /api/series?c=&h=&m=&r= one series (JSON); h=* for the whole cluster
     /metrics                Prometheus text format
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from aiohttp import web
 from halb.errors import HalbError
 from halb.monitor import gxml, pages, svg
 from halb.monitor.conf import GmetadConf
-from halb.monitor.rrd import PERIODS, Store, StoreError, default_layout, layout_from_rras
+from halb.monitor.rrd import PERIODS, Store, StoreError, aggregate, default_layout, layout_from_rras
 from halb.monitor.state import SourceView, end_round, keep_polling, merge_answer, record_failure
 
 log = logging.getLogger("halb.gmetad")
@@ -206,15 +206,36 @@ class Gmetad:
                 log.error("polling [%s] failed: %s: %s", src.name, type(e).__name__, e)
 
     # ------------------------------------------------------------ views
-    def graph(self, cluster: str, host: str, metric: str, period: str) -> str:
+    def series(self, cluster: str, host: str, metric: str, period: str):
+        """(resolution, units, type, points) of a host's metric, or of the whole
+        cluster for host "*" (sum; mean for percentages); None when unknown."""
         now = time.time()
         span = PERIODS.get(period, 3600)
         st = self.stores.get(cluster)
-        s = st.get((cluster, host, metric)) if st else None
-        pts = s.fetch(span, now)[1] if s else []
-        units = s.units.strip() if s else ""
-        return svg.render(pts, now - span, now, f"{host} {metric} (last {period})", units,
-                          graph_id=f"g-{host}-{metric}")
+        if st is None:
+            return None
+        if host == "*":
+            found = [st.get((cluster, h, metric)) for h in sorted({k[1] for k in st.keys() if k[0] == cluster})]
+            found = [s for s in found if s is not None]
+            if not found:
+                return None
+            units = found[0].units.strip()
+            res, pts = aggregate(found, span, now, "mean" if units == "%" else "sum")
+            return res, units, found[0].type, pts
+        s = st.get((cluster, host, metric))
+        if s is None:
+            return None
+        res, pts = s.fetch(span, now)
+        return res, s.units.strip(), s.type, pts
+
+    def graph(self, cluster: str, host: str, metric: str, period: str) -> str:
+        now = time.time()
+        span = PERIODS.get(period, 3600)
+        got = self.series(cluster, host, metric, period)
+        _, units, _, pts = got if got else (0, "", "", [])
+        who = f"{cluster} (all hosts)" if host == "*" else host
+        return svg.render(pts, now - span, now, f"{who} {metric} (last {period})", units,
+                          graph_id=f"g-{host}-{metric}".replace("*", "all"))
 
     def state(self) -> dict:
         now = time.time()
@@ -291,14 +312,12 @@ class Gmetad:
 
     async def h_series(self, req):
         c, h, m, p = self._series_args(req)
-        st = self.stores.get(c)
-        s = st.get((c, h, m)) if st else None
-        if s is None:
+        got = self.series(c, h, m, p)
+        if got is None:
             raise web.HTTPNotFound(text=f"no series {m} for host {h} in cluster {c}\n")
-        now = time.time()
-        res, pts = s.fetch(PERIODS[p], now)
+        res, units, typ, pts = got
         return web.json_response({"cluster": c, "host": h, "metric": m, "period": p, "resolution": res,
-                                  "units": s.units.strip(), "type": s.type,
+                                  "units": units, "type": typ,
                                   "points": [[t, None if math.isnan(v) else v] for t, v in pts]})
 
     async def h_metrics(self, req):

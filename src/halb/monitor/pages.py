@@ -93,6 +93,11 @@ def overview(gridname: str, sources: list[SourceView], now: float, period: str, 
                    f'Hosts down: <span class="down hosts-down">{down}</span> &nbsp; '
                    f'<span class="small">data source {escape(state)}; polled every {src.step:g} s from '
                    f'{escape(", ".join(str(a.addr) for a in src.addrs))}</span></p>')
+        out.append('<div class="graphs cluster-graphs">')
+        for m in ("load_one", "cpu_user", "mem_free", "bytes_in"):
+            u = graph_url(src.name, "*", m, period)
+            out.append(f'<div data-graph="{escape(u)}">{graph(src.name, "*", m, period)}</div>')
+        out.append("</div>")
         out.append('<table class="hosts"><tr><th>host</th><th>state</th><th>load_one</th><th>CPU used</th>'
                    '<th>memory used</th><th>last report</th></tr>')
         for h in sorted(src.hosts.values(), key=lambda h: h.name):
@@ -104,7 +109,7 @@ def overview(gridname: str, sources: list[SourceView], now: float, period: str, 
                        f'<td>{_val(h, "load_one")}</td><td>{_cpu(h)}</td><td>{_mem(h)}</td>'
                        f'<td>{h.age(now):.0f} s ago</td></tr>')
         out.append("</table>")
-        out.append('<div class="graphs">')
+        out.append('<div class="graphs host-graphs">')
         for h in sorted(src.hosts.values(), key=lambda h: h.name):
             u = graph_url(src.name, h.name, "load_one", period)
             out.append(f'<div data-graph="{escape(u)}">{graph(src.name, h.name, "load_one", period)}</div>')

@@ -267,3 +267,28 @@ class Store:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"bad header ({type(e).__name__}: {e})") from None
         return loaded, reset
+
+
+def aggregate(series: list[Series], period: float, now: float, how: str = "sum"
+              ) -> tuple[float, list[tuple[float, float]]]:
+    """Several hosts' series of one metric as one (a cluster's graph): the sum
+    (or mean) of the values known at each row time; unknown where none is."""
+    if not series:
+        return 0.0, []
+    res = None
+    rows: dict[float, list[float]] = {}
+    for s in series:
+        r, pts = s.fetch(period, now)
+        res = r if res is None else max(res, r)
+        for t, v in pts:
+            bucket = rows.setdefault(t, [])
+            if not math.isnan(v):
+                bucket.append(v)
+    out = []
+    for t in sorted(rows):
+        vals = rows[t]
+        if not vals:
+            out.append((t, NAN))
+        else:
+            out.append((t, sum(vals) if how == "sum" else sum(vals) / len(vals)))
+    return res or 0.0, out
