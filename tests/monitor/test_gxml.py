@@ -64,6 +64,7 @@ def test_gmetad_dump_with_grid_and_summaries():
     (b'<?xml version="1.0"?><!DOCTYPE G [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>'
      b'<GANGLIA_XML><CLUSTER NAME="&b;"/></GANGLIA_XML>', "entity declarations are not accepted"),
     (b"<GANGLIA_XML>" + b"<GRID NAME='g' AUTHORITY='a'>" * 40 + b"</GANGLIA_XML>", "nested too deep"),
+    (b'<?xml version="1.0" encoding="AISO-8859-1"?><GANGLIA_XML/>', "unknown encoding"),
 ])
 def test_malformed(data, msg):
     with pytest.raises(XmlError, match=msg.replace("(", r"\(").replace("<", "<")):

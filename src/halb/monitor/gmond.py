@@ -101,6 +101,8 @@ class Gmond:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        # CPU percentages and network rates are differences: the first reading needs some time
+        await asyncio.sleep(min(0.5, self.cfg.interval))
         try:
             server = await asyncio.start_server(self.handle, self.cfg.bind, self.cfg.port, reuse_address=True)
         except OSError as e:

@@ -291,4 +291,10 @@ def parse(data: bytes) -> tuple[str, list[Cluster]]:
                        f"column {e.offset}") from None
     except RecursionError:
         raise XmlError("elements nested too deep") from None
+    except XmlError:
+        raise
+    except LookupError as e:  # an encoding expat does not know
+        raise XmlError(f"unreadable XML: {e}") from None
+    except (UnicodeError, ValueError) as e:
+        raise XmlError(f"unreadable XML: {type(e).__name__}: {e}") from None
     return p.source, p.clusters

@@ -4,6 +4,7 @@ chosen metrics' graphs over the chosen period, every current value).
 Graphs come from a `graph(cluster, host, metric, period) -> svg` callable."""
 from __future__ import annotations
 
+import time
 from html import escape
 from typing import Callable
 from urllib.parse import quote, urlencode
@@ -127,7 +128,8 @@ def host_page(src: SourceView, host: str, now: float, period: str, chosen: list[
            f'{"up" if alive else "down"}</span></h1>']
     if h is not None:
         out.append(f'<p class="small">cluster {escape(src.name)}; IP {escape(h.ip)}; last report '
-                   f'{h.age(now):.0f} s ago (TMAX {h.tmax} s); gmond started {h.gmond_started}</p>')
+                   f'{h.age(now):.0f} s ago (TMAX {h.tmax} s); gmond started '
+                   f'{time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.gmond_started))}</p>')
     out.append(_periods(period, lambda p: host_url(src.name, host, p, chosen)))
     out.append('<div class="graphs">')
     for m in chosen:

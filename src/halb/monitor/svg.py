@@ -8,7 +8,7 @@ import time
 from html import escape
 
 W, H = 520, 190
-LEFT, RIGHT, TOP, BOTTOM = 56, 12, 24, 44
+LEFT, RIGHT, TOP, BOTTOM = 56, 26, 24, 44
 
 
 def fmt_value(v: float) -> str:
