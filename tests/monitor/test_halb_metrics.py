@@ -65,3 +65,45 @@ def test_cpu_and_rates():
     assert p["cpu_idle"] == pytest.approx(50.0) and p["cpu_wio"] == pytest.approx(10.0)
     assert cpu_percents(T(1, 0, 0, 0, 0, 0, 0, 0), T(1, 0, 0, 0, 0, 0, 0, 0))["cpu_idle"] == 100.0
     assert rate(100, 300, 2) == 100 and rate(300, 100, 2) == 0 and rate(1, 2, 0) == 0
+
+
+def test_heartbeat_state_from_its_control_socket(tmp_path):
+    import json
+    import socket
+    import threading
+
+    ctx = Context(node="N1", run_dir=tmp_path / "run", engine="proxy")
+    ctx.ensure_run_dir()
+    path = str(ctx.run_dir / "heartbeat.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen()
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.makefile("rb").readline()
+        conn.sendall(json.dumps({"ok": True, "status": "active", "nodes": {
+            "N1": {"status": "up (this node)"}, "N2": {"status": "dead"}}}).encode() + b"\n")
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        got = Collector(ctx).halb()
+    finally:
+        srv.close()
+    assert got["halb_hb_status"].val == "active" and got["halb_hb_status"].type == "string"
+    assert got["halb_hb_nodes_up"].val == "1" and got["halb_hb_nodes"].val == "2"
+
+
+def test_dead_sockets_are_skipped(tmp_path):
+    import socket
+
+    ctx = Context(node="N1", run_dir=tmp_path / "run", engine="proxy")
+    ctx.ensure_run_dir()
+    for name in ("heartbeat.sock", "proxy.sock"):  # left behind by daemons that died
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(ctx.run_dir / name))
+        s.close()
+    c = Collector(ctx)
+    assert c.halb() == {} and c.halb_errors == 2
