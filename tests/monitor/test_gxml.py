@@ -102,3 +102,29 @@ def test_any_text_round_trips(name, val):
                     or c >= "\U00010000")
     _, (c,) = parse(render([Cluster(name=name.strip() or "x", hosts={"h": h})]))
     assert c.hosts["h"].metrics["m"].val == clean
+
+
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(names, st.sampled_from(["float", "double", "uint32", "int32", "string", "timestamp"]),
+                          st.floats(-1e12, 1e12, allow_nan=False), names, st.integers(0, 10**6),
+                          st.sampled_from(["zero", "positive", "negative", "both", "unspecified"])),
+                max_size=20), names, st.integers(0, 2**31))
+def test_gmetad_reads_what_gmond_writes(metrics, host, reported):
+    """Any set of metrics a gmond writes comes back the same to gmetad (numbers as numbers)."""
+    h = Host(name=host.strip() or "h", reported=reported)
+    for name, typ, num, units, tn, slope in metrics:
+        val = units if typ == "string" else (f"{num:.2f}" if typ in ("float", "double") else str(int(num)))
+        h.metrics[name] = Metric(name, val, typ, units, tn, 60, 0, slope)
+    xml_h = parse(render([Cluster("Mon Cluster", hosts={h.name: h})]))[1][0].hosts
+    got = next(iter(xml_h.values()))
+    assert got.reported == reported
+    for name, m in h.metrics.items():
+        g = got.metrics.get(name)
+        if g is None:
+            continue  # a name with characters XML cannot carry
+        assert (g.type, g.tn, g.slope) == (m.type, m.tn, m.slope)
+        if m.type != "string":
+            assert g.number() == pytest.approx(m.number())
