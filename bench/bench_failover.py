@@ -327,8 +327,13 @@ def cpu_rss(lab, base, seconds):
     st = s.c.status("N2")
     out["beats_rx_per_s_N2"] = round((st["counters"]["rx"] - st0["counters"]["rx"]) / (st["uptime"] - st0["uptime"]), 1)
     s.c.close()
-    for mode in ("uvloop", "select"):
-        bare = [lab.popen(n, [sys.executable, str(HERE / "beat_baseline.py"), lab.node(n).iface, "0.01", mode])
+    exe = base / "beat_baseline"
+    built = subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "beat_baseline.c")],
+                           capture_output=True, text=True).returncode == 0
+    modes = ("uvloop", "select", "c") if built else ("uvloop", "select")
+    for mode in modes:      # c: the same loop in C (bench/beat_baseline.c), the floor of any implementation
+        bare = [lab.popen(n, [str(exe), lab.node(n).iface, "0.01"] if mode == "c" else
+                          [sys.executable, str(HERE / "beat_baseline.py"), lab.node(n).iface, "0.01", mode])
                 for n in ("N1", "N2")]
         time.sleep(2.0)
         m = _measure({i: _tree(b.pid)[-1:] for i, b in enumerate(bare)}, seconds)
@@ -338,7 +343,7 @@ def cpu_rss(lab, base, seconds):
         out[f"bare_{mode}_cpu_pct"] = round((m[0]["cpu_pct"] + m[1]["cpu_pct"]) / 2, 2)
         out[f"bare_{mode}_rss_mb"] = m[0]["rss_mb"]
     halb_avg = (out["N1"]["cpu_pct"] + out["N2"]["cpu_pct"]) / 2
-    for mode in ("uvloop", "select"):
+    for mode in modes:
         if out[f"bare_{mode}_cpu_pct"] > 0:
             out[f"ratio_halb_vs_bare_{mode}"] = round(halb_avg / out[f"bare_{mode}_cpu_pct"], 2)
     out["targets"] = {"cpu_below_1pct": max(out["N1"]["cpu_pct"], out["N2"]["cpu_pct"]) < 1.0,
