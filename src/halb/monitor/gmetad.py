@@ -183,11 +183,15 @@ class Gmetad:
             ev, fresh = merge_answer(src, st.addr, clusters, t)
             events += ev
             answered = True
+            full = store.refused_full
             for hname, h in fresh:
                 for m in h.metrics.values():
                     v = m.number()
                     if v is not None:
                         store.update((src.name, hname, m.name), t, v, m.units, m.type)
+            if store.refused_full > full and full == 0:
+                log.warning("data source [%s]: %d series kept, the most it may keep; new metrics are not stored",
+                            src.name, store.max_series)
             if not keep_polling(clusters):
                 break
         events += end_round(src, answered, time.time())

@@ -163,9 +163,11 @@ class Series:
 
 
 class Store:
-    """Every series of a gmetad, keyed by (cluster, host, metric); bounded."""
+    """Every series of a data source, keyed by (cluster, host, metric); at most
+    max_series of them (5,000 x 3,432 rows = 137 MB at the 15 s step), new ones
+    past that are refused and counted."""
 
-    def __init__(self, step: float, layouts: list[Layout] | None = None, max_series: int = 20000):
+    def __init__(self, step: float, layouts: list[Layout] | None = None, max_series: int = 5000):
         self.step = float(step)
         self.layouts = list(layouts or default_layout(step))
         self.max_series = max_series
