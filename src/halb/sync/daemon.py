@@ -29,8 +29,8 @@ DEFAULT_GROUP = "224.0.0.81"
 DEFAULT_PORT = 8848
 DEFAULT_TTL = 1
 POLL = float(os.environ.get("HALB_SYNC_POLL", "0.2"))      # s between two reads of the master's maps
-FLUSH = 0.05            # s: the backup adds what it received at least this often
-FLUSH_MAX = 4096        # entries: ...or as soon as this many wait
+FLUSH = 0.05            # s: the backup's idle tick (held entries, table changes); what it
+                        # receives is added at once, what arrives meanwhile in the next batch
 PENDING_MAX = 262144    # entries waiting on the backup beyond this are dropped (counted)
 RATE = float(os.environ.get("HALB_SYNC_RATE", "2000"))     # datagrams per second at most
 
@@ -263,8 +263,7 @@ class Daemon:
                         self.drop("backlog", len(entries), "the backup cannot add entries fast enough")
                         continue
                     self.pending.extend(entries)
-                    if len(self.pending) >= FLUSH_MAX:
-                        self.flush_now.set()
+                    self.flush_now.set()   # added at once; more arrive while nft runs: batched
 
         loop.add_reader(sock.fileno(), readable)
         try:
