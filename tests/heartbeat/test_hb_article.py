@@ -86,3 +86,50 @@ def test_article_acceptance_tests_1_to_4(make_lab, tmp_path):
         assert counts["N1"] >= 5 and counts["N2"] >= 5
     finally:
         c.close()
+
+
+def sync_daemons(c, node) -> str:
+    r = c.lab.run(node, [sys.executable, "-m", "halb", "--node", node, "--run-dir", str(c.run_dir(node)),
+                         "--engine", "nft", "ipvsadm", "-L", "--daemon"])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.timeout(180)
+def test_article_sync_daemons_follow_the_director(make_lab, tmp_path):
+    """§6.3.8: both nodes run `ipvsadm --start-daemon backup` (lvsdr's start); the
+    ldirectord resource turns the holder's backup daemon into the master and back
+    when it gives the director up, as the article's edited resource script does."""
+    lab = make_lab(nodes=2, clients=1, apache=True)
+    c = Cluster(lab, tmp_path, haresources=article.haresources(lab.vip))
+    try:
+        for n in ("N1", "N2"):
+            (c.dir(n) / "ldirectord.cf").write_text(article.ldirectord_cf(lab, LDIRECTORD_CF_HEAD))
+            c.run_dir(n).mkdir(parents=True, exist_ok=True)
+            r = lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.run_dir(n)),
+                            "--engine", "nft", "ipvsadm", "--start-daemon", "backup",
+                            "--mcast-interface", lab.node(n).iface, "--syncid", "7"])
+            assert r.returncode == 0, r.stderr
+        c.start("N1")
+        c.start("N2")
+        wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+        wait_for(lambda: director_running(c, "N1"), 30, what="the director on N1")
+        wait_for(lambda: sync_daemons(c, "N1").startswith("master sync daemon (mcast="), 10,
+                 what="N1's backup sync daemon turned master")
+        assert "syncid=7" in sync_daemons(c, "N1")
+        assert sync_daemons(c, "N2").startswith("backup sync daemon")
+        assert "sync: backup sync daemon replaced by a master one" in c.log("N1")
+
+        # N1 hands over (hb_standby): N2's daemon becomes the master, N1's the backup again
+        r = lab.run("N1", [sys.executable, "-m", "halb", "--node", "N1", "--run-dir", str(c.run_dir("N1")),
+                           "heartbeat", "standby"])
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: c.holders() == ["N2"], 15, what="N2 to take the VIP")
+        wait_for(lambda: sync_daemons(c, "N2").startswith("master sync daemon"), 30, what="N2's master")
+        wait_for(lambda: sync_daemons(c, "N1").startswith("backup sync daemon"), 30, what="N1's backup")
+    finally:
+        c.close()
+        for n in ("N1", "N2"):
+            for role in ("master", "backup"):
+                lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.run_dir(n)),
+                            "--engine", "nft", "ipvsadm", "--stop-daemon", role])

@@ -132,7 +132,14 @@ class OCFAgent:
 
 
 class Director:
-    """ldirectord / director: `halb director CONFIG start|stop|status` for this node."""
+    """ldirectord / director: `halb director CONFIG start|stop|status` for this node.
+
+    Connection sync (the article's §6.3.8): when a backup sync daemon runs on
+    this node (`halb ipvsadm --start-daemon backup`, as the article's lvsdr
+    start does), start() turns it into the master before the director starts
+    and stop() turns the master back into a backup after, with the options it
+    was given: what the article's edited resource.d/ldirectord script does, with
+    no script to edit. A failed swap is logged; it never fails the resource."""
 
     def __init__(self, args, *, ha_dir, node, run_dir, engine=None, log=None):
         cfg = args[0] if args else "ldirectord.cf"
@@ -146,13 +153,42 @@ class Director:
     def __str__(self):
         return f"ldirectord::{self.config}"
 
-    def _call(self, op, timeout=SCRIPT_TIMEOUT):
+    def _halb(self, engine=None) -> list:
         argv = [sys.executable, "-m", "halb", "--node", self.node, "--run-dir", self.run_dir]
-        if self.engine:
-            argv += ["--engine", self.engine]
-        return _run(argv + ["director", self.config, op], timeout=timeout)
+        engine = engine or self.engine
+        return argv + (["--engine", engine] if engine else [])
+
+    def _call(self, op, timeout=SCRIPT_TIMEOUT):
+        return _run(self._halb() + ["director", self.config, op], timeout=timeout)
+
+    def _swap_sync(self, old: str, new: str) -> None:
+        from halb.sync.daemon import query
+
+        try:
+            running = query(Path(self.run_dir), old, timeout=2.0)
+        except Exception:  # noqa: BLE001 - no daemon, or one that does not answer: nothing to swap
+            running = None
+        if running is None:
+            return
+        c = running["status"]["config"]
+        ipvsadm = self._halb("nft") + ["ipvsadm"]
+        r = _run(ipvsadm + ["--stop-daemon", old])
+        if r.returncode != 0:
+            self.log("warn", f"sync: cannot stop the {old} sync daemon: {_last_line(r)}")
+            return
+        opts = ["--mcast-interface", c["ifname"], "--syncid", str(c["syncid"]), "--mcast-group", c["group"],
+                "--mcast-port", str(c["port"]), "--mcast-ttl", str(c["ttl"]), "--sync-maxlen", str(c["maxlen"])]
+        if c.get("key_file"):
+            opts += ["--sync-key-file", c["key_file"]]
+        r = _run(ipvsadm + ["--start-daemon", new] + opts)
+        if r.returncode != 0:
+            self.log("warn", f"sync: cannot start the {new} sync daemon: {_last_line(r)}")
+        else:
+            self.log("info", f"sync: {old} sync daemon replaced by a {new} one "
+                             f"(mcast={c['ifname']}, syncid={c['syncid']})")
 
     def start(self):
+        self._swap_sync("backup", "master")
         r = self._call("start")
         if r.returncode != 0:
             raise ResourceError(f"{self} start: {_last_line(r) or f'exit {r.returncode}'}")
@@ -161,6 +197,7 @@ class Director:
         r = self._call("stop")
         if r.returncode != 0:
             raise ResourceError(f"{self} stop: {_last_line(r) or f'exit {r.returncode}'}")
+        self._swap_sync("master", "backup")
 
     def status(self) -> bool:
         return self._call("status").returncode == 0
