@@ -21,6 +21,7 @@ from halb.context import Context
 from halb.director import daemon as dmod
 from halb.director.config import load
 from halb.errors import ConfigError, HalbError, UsageError
+from halb.procs import pid_alive
 
 USAGE = """usage: halb director [-d] [CONFIG] start|stop|restart|try-restart|reload|force-reload|status
 
@@ -40,27 +41,13 @@ def find_config(name: str) -> Path:
     raise ConfigError(name, None, "Config file not found")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"director" in fh.read()
-    except OSError:
-        return True
-
-
 def read_pid(ctx: Context, cfg: Path) -> tuple[int | None, bool]:
     """(pid, alive) from the pid file."""
     try:
         pid = int(dmod.pid_path(ctx, cfg).read_text().strip())
     except (OSError, ValueError):
         return None, False
-    return pid, _alive(pid)
+    return pid, pid_alive(pid, "director")
 
 
 def control(ctx: Context, cfg: Path, cmd: str, timeout: float = 60) -> dict:
@@ -155,9 +142,9 @@ def cmd_stop(ctx: Context, cfg_path: Path, timeout: float = 60) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid) or not dmod.pid_path(ctx, cfg_path).exists():
+        if not pid_alive(pid, "director") or not dmod.pid_path(ctx, cfg_path).exists():
             # wait for the process itself to be gone
-            while _alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid, "director") and time.monotonic() < deadline:
                 time.sleep(0.05)
             return 0
         time.sleep(0.05)

@@ -11,6 +11,7 @@ import sys
 import time
 
 from halb.context import Context
+from halb.procs import locked_pid, log_tail, pid_alive
 from halb.errors import ConfigError, EngineUnavailable, HalbError, UsageError
 
 USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splice] [--wait SECS]
@@ -133,7 +134,7 @@ def cmd_start(ctx: Context, a) -> int:
     while time.monotonic() < deadline:
         rc = proc.poll()
         if rc is not None:
-            msg = _tail_from(logf, start_at)
+            msg = log_tail(logf, start_at)
             raise HalbError(f"halb proxy for node {ctx.node} did not start (exit {rc}): {msg}")
         eng = _running(ctx)
         if eng is not None:
@@ -145,56 +146,18 @@ def cmd_start(ctx: Context, a) -> int:
     raise HalbError(f"halb proxy for node {ctx.node} did not come up within 20 s (see {logf})")
 
 
-def _tail_from(path, offset) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            lines = f.read().decode(errors="replace").strip().splitlines()
-    except OSError:
-        return "?"
-    lines = [l for l in lines if l.strip()]
-    return lines[-1] if lines else "no output"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        return p.status() != psutil.STATUS_ZOMBIE
-    except Exception:
-        return False
-
-
 def _locked_pid(ctx) -> int | None:
     """The pid of the daemon holding the node's pid file locked, or None."""
-    import fcntl
-
-    try:
-        fd = os.open(_pid_path(ctx), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return int(os.read(fd, 32).decode().strip())
-            except ValueError:
-                return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return locked_pid(_pid_path(ctx))
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.05)
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 def cmd_stop(ctx: Context, a) -> int:

@@ -19,6 +19,7 @@ import time
 
 from halb.context import Context
 from halb.errors import HalbError, UsageError
+from halb.procs import log_tail, pid_alive
 
 USAGE = """usage: halb sync {run|status|stop} ...
 
@@ -124,7 +125,7 @@ def start_daemon(ctx: Context, daemon: dict) -> int:
     while time.monotonic() < deadline:
         rc = proc.poll()
         if rc is not None:
-            raise HalbError(f"the {role} sync daemon did not start (exit {rc}): {_tail(p['log'], start_at)}")
+            raise HalbError(f"the {role} sync daemon did not start (exit {rc}): {log_tail(p['log'], start_at, 'halb-sync[')}")
         if query(ctx.run_dir, role, timeout=1.0) is not None:
             return proc.pid
         time.sleep(0.05)
@@ -132,40 +133,13 @@ def start_daemon(ctx: Context, daemon: dict) -> int:
     raise HalbError(f"the {role} sync daemon did not come up within {START_WAIT:.0f} s (see {p['log']})")
 
 
-def _tail(path, offset) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "?"
-    if not lines:
-        return "no output"
-    last = lines[-1]
-    return last.split("]: ", 1)[-1] if "halb-sync[" in last else last
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _wait_gone(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             return True
         time.sleep(0.05)
-    return not _alive(pid)
+    return not pid_alive(pid)
 
 
 def stop_daemon(ctx: Context, role: str) -> None:

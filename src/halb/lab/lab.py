@@ -17,6 +17,7 @@ from pathlib import Path
 from halb.errors import HalbError
 from halb.lab import netns as nsu
 from halb.lab.webconf import apache_conf, nginx_conf, index_html
+from halb.procs import pid_alive
 
 NETNS_DIR = "/run/netns"
 NAME_RE = re.compile(r"^[A-Za-z0-9]{1,12}$")
@@ -139,7 +140,7 @@ def destroy(state: LabState, grace: float = 2.0) -> list[str]:
             pids.update(nsu.pids_in(f"{NETNS_DIR}/{n.netns}", "net"))
             pids.update(nsu.pids_in(n.uts, "uts"))
         pids.update(nsu.pids_in(f"{NETNS_DIR}/{state.switch_ns}", "net"))
-        pids = {p for p in pids if nsu._alive(p)}
+        pids = {p for p in pids if pid_alive(p)}
         if not pids:
             break
         nsu.kill_pids(sorted(pids), grace=grace)
@@ -540,7 +541,7 @@ class Lab:
             pid = int((self._www(node) / "run" / pid_file).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if nsu._alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _server_stop(self, node, pid: int | None, timeout: float) -> None:
         """SIGTERM a web server's main process and wait for it and its

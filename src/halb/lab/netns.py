@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 
+from halb.procs import pid_alive
+
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
 
@@ -45,15 +47,6 @@ def pids_in(ns_path: str, kind: str = "net") -> list[int]:
     return sorted(out)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def signal_pids(pids, sig) -> None:
     for pid in pids:
         try:
@@ -64,20 +57,20 @@ def signal_pids(pids, sig) -> None:
 
 def kill_pids(pids, grace: float = 2.0) -> None:
     """SIGTERM (with SIGCONT for stopped ones), then SIGKILL after `grace`."""
-    pids = [p for p in pids if _alive(p)]
+    pids = [p for p in pids if pid_alive(p)]
     if not pids:
         return
     signal_pids(pids, signal.SIGTERM)
     signal_pids(pids, signal.SIGCONT)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if pid_alive(p)]
         if not pids:
             return
         time.sleep(0.02)
     signal_pids(pids, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.02)
 
 
@@ -97,10 +90,10 @@ def stop_popen(p, timeout: float, kill_wait: float = 5) -> bool:
 def wait_gone(pids, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
+        if not any(pid_alive(p) for p in pids):
             return True
         time.sleep(0.02)
-    return not any(_alive(p) for p in pids)
+    return not any(pid_alive(p) for p in pids)
 
 
 def socket_in(ns_path: str, family=socket.AF_INET, type=socket.SOCK_STREAM, proto=0) -> socket.socket:

@@ -20,6 +20,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
+from halb import procs
 from halb.errors import HalbError
 from halb.sync import codec, core
 
@@ -493,20 +494,5 @@ def query(run_dir, role: str, cmd: str = "status", timeout: float = 3.0) -> dict
 
 
 def locked_pid(run_dir, role: str) -> int | None:
-    path = paths(run_dir, role)["pid"]
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return int(os.read(fd, 32).decode().strip())
-            except ValueError:
-                return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    """The pid of the running daemon of that role (it holds its pid file locked), or None."""
+    return procs.locked_pid(paths(run_dir, role)["pid"])

@@ -1,0 +1,57 @@
+"""Process helpers shared by the commands that start and stop halb's daemons
+(proxy, director, sync) and by the lab: a pid file held locked by its daemon,
+whether a pid is a live process, the last line a daemon that failed logged."""
+from __future__ import annotations
+
+import fcntl
+import os
+
+
+def pid_alive(pid: int, cmd_word: str | None = None) -> bool:
+    """True when `pid` runs and is not a zombie (and, given `cmd_word`, its
+    command line contains it: a pid reused by another program is not ours)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False
+        if cmd_word is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                return cmd_word.encode() in fh.read()
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def locked_pid(path) -> int | None:
+    """The pid written in `path` while its daemon holds the file locked, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.read(fd, 32).decode().strip())
+            except ValueError:
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def log_tail(path, offset: int, marker: str | None = None) -> str:
+    """The last non-blank line written to `path` after `offset` ("no output" if none);
+    with `marker` (e.g. "halb-sync["), a line carrying it loses its "...]: " prefix."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "?"
+    if not lines:
+        return "no output"
+    last = lines[-1].strip()
+    return last.split("]: ", 1)[-1] if marker and marker in last else last
