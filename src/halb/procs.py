@@ -1,10 +1,14 @@
 """Process helpers shared by the commands that start and stop halb's daemons
-(proxy, director, sync) and by the lab: a pid file held locked by its daemon,
-whether a pid is a live process, the last line a daemon that failed logged."""
+(proxy, director, sync, heartbeat) and by the lab: a pid file held locked by
+its daemon, whether a pid is a live process (and waiting for it to go), the
+last line a daemon that failed logged, one request to a control socket."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import socket
+import time
 
 
 def pid_alive(pid: int, cmd_word: str | None = None) -> bool:
@@ -55,3 +59,32 @@ def log_tail(path, offset: int, marker: str | None = None) -> str:
         return "no output"
     last = lines[-1].strip()
     return last.split("]: ", 1)[-1] if marker and marker in last else last
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for `pid` to exit; True once it has."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def ask(path, request: dict, timeout: float) -> bytes:
+    """One JSON-line request to a daemon's control socket, its reply line (raw).
+    Raises OSError (FileNotFoundError, ConnectionRefusedError...) or socket.timeout."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+    finally:
+        s.close()

@@ -11,7 +11,7 @@ import sys
 import time
 
 from halb.context import Context
-from halb.procs import locked_pid, log_tail, pid_alive
+from halb.procs import locked_pid, log_tail, wait_gone
 from halb.errors import ConfigError, EngineUnavailable, HalbError, UsageError
 
 USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splice] [--wait SECS]
@@ -151,15 +151,6 @@ def _locked_pid(ctx) -> int | None:
     return locked_pid(_pid_path(ctx))
 
 
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
 def cmd_stop(ctx: Context, a) -> int:
     pid = _locked_pid(ctx)
     eng = _running(ctx)
@@ -178,12 +169,12 @@ def cmd_stop(ctx: Context, a) -> int:
     if pid is None:
         raise HalbError(f"halb proxy for node {ctx.node} did not stop (no pid known)")
     how = "stopped"
-    if not _wait_gone(pid, a.wait):
+    if not wait_gone(pid, a.wait):
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, a.wait):
+        if not wait_gone(pid, a.wait):
             os.kill(pid, signal.SIGKILL)
             how = "killed (it did not stop when asked)"
-            if not _wait_gone(pid, a.wait):
+            if not wait_gone(pid, a.wait):
                 raise HalbError(f"halb proxy for node {ctx.node} (pid {pid}) did not stop")
     from halb.proxy.client import socket_path
 

@@ -19,7 +19,7 @@ import time
 
 from halb.context import Context
 from halb.errors import HalbError, UsageError
-from halb.procs import log_tail, pid_alive
+from halb.procs import log_tail, wait_gone
 
 USAGE = """usage: halb sync {run|status|stop} ...
 
@@ -133,15 +133,6 @@ def start_daemon(ctx: Context, daemon: dict) -> int:
     raise HalbError(f"the {role} sync daemon did not come up within {START_WAIT:.0f} s (see {p['log']})")
 
 
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
 def stop_daemon(ctx: Context, role: str) -> None:
     """`ipvsadm --stop-daemon ROLE`: asks it to stop, then SIGTERM, SIGKILL."""
     from halb.sync.daemon import locked_pid, paths, query
@@ -152,11 +143,11 @@ def stop_daemon(ctx: Context, role: str) -> None:
         raise HalbError(f"no {role} sync daemon is running")
     pid = pid or st["status"]["pid"]
     query(ctx.run_dir, role, "stop")
-    if not _wait_gone(pid, STOP_WAIT):
+    if not wait_gone(pid, STOP_WAIT):
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, STOP_WAIT):
+        if not wait_gone(pid, STOP_WAIT):
             os.kill(pid, signal.SIGKILL)
-            if not _wait_gone(pid, STOP_WAIT):
+            if not wait_gone(pid, STOP_WAIT):
                 raise HalbError(f"the {role} sync daemon (pid {pid}) did not stop")
     for f in (paths(ctx.run_dir, role)["sock"], paths(ctx.run_dir, role)["pid"]):
         try:

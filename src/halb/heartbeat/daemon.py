@@ -30,6 +30,7 @@ from halb.heartbeat.ownership import NodeView, decide, fence_targets
 from halb.heartbeat.packet import encode_body
 from halb.heartbeat.transport import open_links, open_ping_socket
 from halb.heartbeat.worker import AgentWorker
+from halb.procs import ask
 from halb.resources import ResourceError, make_agent
 
 SOCKET_NAME = "heartbeat.sock"
@@ -703,25 +704,13 @@ def _socket_alive(path) -> bool:
 def request(run_dir, cmd: str, timeout: float = 5.0) -> dict:
     """Send one command to the node's running daemon."""
     path = socket_path(run_dir)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise HalbError(f"no heartbeat daemon running for this node (no {path}); "
-                            "start it with 'halb heartbeat -c HA_DIR run'") from None
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = ask(path, {"cmd": cmd}, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise HalbError(f"no heartbeat daemon running for this node (no {path}); "
+                        "start it with 'halb heartbeat -c HA_DIR run'") from None
     except socket.timeout:
         raise HalbError(f"the heartbeat daemon did not answer in {timeout:g}s ({path})") from None
-    finally:
-        s.close()
     try:
         return json.loads(buf)
     except ValueError:

@@ -471,21 +471,10 @@ async def _main(ctx, cfg, key, sock, p) -> int:
 def query(run_dir, role: str, cmd: str = "status", timeout: float = 3.0) -> dict | None:
     """The running daemon's answer, or None when none runs."""
     path = paths(run_dir, role)["sock"]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        s.connect(str(path))
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = procs.ask(path, {"cmd": cmd}, timeout)
     except (OSError, socket.timeout):
         return None
-    finally:
-        s.close()
     try:
         reply = json.loads(buf)
     except ValueError:
