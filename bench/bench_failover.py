@@ -60,6 +60,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src")] + [x for x
 
 from hb_cluster import Cluster, wait_for  # noqa: E402
 from halb.lab import Lab, article  # noqa: E402
+from halb.lab.netns import stop_popen  # noqa: E402
 import debian_heartbeat  # noqa: E402
 
 PROMPT = 0.5   # a request answered slower than this counts as an error
@@ -263,11 +264,7 @@ class KeepalivedSystem:
     def stop(self):
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_popen(p, 10)
         self.procs = []
 
 

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from halb.lab.netns import stop_popen
+
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
@@ -60,10 +62,5 @@ def test_gmond_on_two_lab_nodes(make_lab, tmp_path):
     finally:
         for p in procs.values():
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+                stop_popen(p, 10)
     assert "gmetad shutdown complete" in (tmp_path / "gmetad.log").read_text()
