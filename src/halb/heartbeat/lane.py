@@ -283,8 +283,9 @@ def run_lane(ctl: socket.socket) -> None:
             nxt = sent0 + step if sent0 else now + period
             while nxt <= now + period // 4:
                 nxt += period
-        delay = (nxt - mono()) / 1e9
-        r, _, _ = select.select([ctl_fd], [], [], max(0.0, delay))
+        # no body yet: nothing to send, wait for the daemon's first message
+        delay = max(0.0, (nxt - mono()) / 1e9) if body_ready else None
+        r, _, _ = select.select([ctl_fd], [], [], delay)
         if r:
             msg = ctl.recv(65536)
             if not msg:
