@@ -124,7 +124,11 @@ class Lanes:
         method, secret = self.auth.keys[self.auth.active]
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds = [theirs.fileno(), self.page_fd] + [ch.sock.fileno() for ch in self.channels]
+        # a restarted lane goes on with the sequence of the one it replaces (peers
+        # refuse a lane's sequence going back within one generation)
+        sent = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * lane)[0]
         cfg = {"lane": lane, "lanes": self.n, "node": self.me, "generation": self.generation,
+               "seq": sent + 1000 if sent else 0,
                "key": self.auth.active, "method": method, "secret": secret.hex(),
                "keepalive": self.keepalive, "lease": self.lease, "prio": self.prio,
                "cpu": self.cpu_of(lane), "page": self.page_fd, "parent": os.getpid(),
@@ -258,7 +262,8 @@ def run_lane(ctl: socket.socket) -> None:
     import gc
 
     gc.disable()                                   # nothing here makes cycles
-    seq = tx = held = 0
+    seq = cfg.get("seq", 0)
+    tx = held = 0
     body_ready = False
     mono = time.monotonic_ns
     nxt = mono()
