@@ -45,7 +45,7 @@ import time
 
 PAGE = 4096
 _HEAD = struct.Struct("=qq")          # lane 0: last wake-up, last beat sent (monotonic ns)
-_LANE = struct.Struct("=qq")          # lane k: beats sent, beats held back (lease expired)
+_LANE = struct.Struct("=qqq")         # lane k: beats sent, beats held back (lease expired), last sequence
 MAX_LANES = 4
 
 
@@ -126,9 +126,9 @@ class Lanes:
         fds = [theirs.fileno(), self.page_fd] + [ch.sock.fileno() for ch in self.channels]
         # a restarted lane goes on with the sequence of the one it replaces (peers
         # refuse a lane's sequence going back within one generation)
-        sent = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * lane)[0]
+        last_seq = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * lane)[2]
         cfg = {"lane": lane, "lanes": self.n, "node": self.me, "generation": self.generation,
-               "seq": sent + 1000 if sent else 0,
+               "seq": last_seq + 16 if last_seq else 0,
                "key": self.auth.active, "method": method, "secret": secret.hex(),
                "keepalive": self.keepalive, "lease": self.lease, "prio": self.prio,
                "cpu": self.cpu_of(lane), "page": self.page_fd, "parent": os.getpid(),
@@ -179,7 +179,7 @@ class Lanes:
     def status(self) -> list[dict]:
         out = []
         for i, p in enumerate(self.procs):
-            tx, held = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * (i + 1))
+            tx, held, _seq = _LANE.unpack_from(self.page, _HEAD.size + _LANE.size * (i + 1))
             out.append({"lane": i + 1, "pid": p.pid if p is not None else None, "cpu": self.cpu_of(i + 1),
                         "alive": p is not None and p.poll() is None, "tx": tx, "held_back": held})
         return out
@@ -283,7 +283,7 @@ def run_lane(ctl: socket.socket) -> None:
                 tx += 1
             else:
                 held += 1
-            _LANE.pack_into(page, slot, tx, held)
+            _LANE.pack_into(page, slot, tx, held, seq)
             # aim between lane 0's beats; on our own grid while lane 0 is silent
             nxt = sent0 + step if sent0 else now + period
             while nxt <= now + period // 4:
