@@ -3,8 +3,9 @@
 Builds the article's network in namespaces (switch, N1, N2, a client; real
 Apache on N1 and N2 serving testcluster.html), writes the article's config
 files (ha.cf, authkeys, haresources, ldirectord.cf) with this lab's
-addresses, runs `halb realserver start` (lvsdr) and `halb heartbeat` on both
-nodes, and then replays the article's acceptance tests (§6.3.6) while a
+addresses, runs `halb realserver start` (lvsdr), a backup connection-sync
+daemon (§6.3.8: the director's node turns it into the master) and `halb
+heartbeat` on both nodes, and then replays the article's acceptance tests (§6.3.6) while a
 client polls the VIP, printing what a reader of the article would look at:
 curl answers, `ipvsadm -L -n`, who holds the VIP, failover gaps.
 
@@ -13,6 +14,7 @@ Without root, `halb demo --loopback` runs the first step of the article
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -159,6 +161,16 @@ class Demo:
         return {line.split()[1].rsplit(":", 1)[0] for line in out.splitlines()
                 if line.strip().startswith("->") and not line.strip().startswith("-> RemoteAddress")}
 
+    def sync_daemons(self, node) -> str:
+        return self.halb(node, "--engine", "nft", "ipvsadm", "-L", "--daemon", check=False).stdout.strip()
+
+    def sync_received(self, node) -> int:
+        r = self.halb(node, "--engine", "nft", "sync", "status", "backup", "--json", check=False)
+        try:
+            return int(json.loads(r.stdout)["backup"]["counters"].get("entries_received", 0))
+        except (ValueError, KeyError, TypeError):
+            return 0
+
     def vip_on_lo(self, node) -> bool:
         r = self.lab.run(node, ["ip", "-4", "-o", "addr", "show", "dev", "lo"])
         return f" {self.lab.vip}/32 " in r.stdout
@@ -192,6 +204,10 @@ class Demo:
     def start_node(self, node):
         self.halb(node, "realserver", "start", "--vip", self.lab.vip)
         d = self.base / node / "ha.d"
+        # the article's lvsdr start also starts the backup sync daemon (§6.3.8); halb's ldirectord
+        # resource turns it into the master on the node that runs the director
+        self.halb(node, "--engine", "nft", "ipvsadm", "--start-daemon", "backup", "--mcast-interface",
+                  self.lab.node(node).iface, "--sync-key-file", str(d / "authkeys"))
         log = open(self.base / node / "heartbeat.out", "a")
         self.procs[node] = self.lab.popen(node, HALB + ["heartbeat", "-c", str(d), "run"],
                                           stdout=log, stderr=subprocess.STDOUT)
@@ -201,6 +217,8 @@ class Demo:
         if p is None:
             return
         stop_popen(p, timeout)
+        for role in ("master", "backup"):
+            self.halb(node, "--engine", "nft", "ipvsadm", "--stop-daemon", role, check=False)
         self.halb(node, "realserver", "stop", check=False)
 
     def log_lines(self, node, *needles) -> list[str]:
@@ -250,6 +268,10 @@ class Demo:
             say(f"Apache restarted on N2: re-added after {time.monotonic() - t0:.1f}s; "
                 f"client -> {' '.join(self.curl())}")
 
+            say(f"connection sync: N1: {self.sync_daemons('N1')}; N2: {self.sync_daemons('N2')}")
+            wait_for(lambda: self.sync_received("N2") > 0, 10, "N2's backup sync daemon to receive entries")
+            say(f"N2's backup sync daemon has received {self.sync_received('N2')} connection entries from N1")
+
             step("4. Test 3: N1 crashes (frozen, cable cut, killed) -> N2 takes the VIP and the director")
             probe = Probe(self.lab).start()
             time.sleep(1.0)
@@ -268,6 +290,8 @@ class Demo:
                 f"failover gap {s['gap_s'] * 1000:.0f} ms; answers after: {', '.join(s['answers'])}")
             for ln in self.log_lines("N2", "is dead", "Acquiring", "split brain")[:4]:
                 say(f"  N2 log: {ln}")
+            wait_for(lambda: self.sync_daemons("N2").startswith("master"), 30, "N2's sync daemon to be the master")
+            say(f"connection sync on N2 now: {self.sync_daemons('N2')}")
             say("halb ipvsadm -L -n on N2:")
             say(self.table("N2").rstrip())
 

@@ -40,6 +40,10 @@ def test_full_demo_replays_the_articles_acceptance_tests():
     # step 3: without Apache on N2 only N1 answers; N2 comes back
     assert re.search(r"N2 removed from the table after [\d.]+s; client -> (N1 ){5}N1", out)
     assert re.search(r"re-added after [\d.]+s; client -> .*N2", out)
+    # connection sync: N1's master feeds N2's backup; after the takeover N2's daemon is the master
+    assert re.search(r"connection sync: N1: master sync daemon \(mcast=.*; N2: backup sync daemon", out)
+    assert int(re.search(r"N2's backup sync daemon has received (\d+) connection entries", out).group(1)) > 0
+    assert re.search(r"connection sync on N2 now: master sync daemon \(mcast=", out)
     # step 4: N2 takes over and serves alone
     m = re.search(r"answers after: (.*)", out)
     assert m and m.group(1).strip() == "N2"
