@@ -88,3 +88,31 @@ def ask(path, request: dict, timeout: float) -> bytes:
         return buf
     finally:
         s.close()
+
+
+async def serve_commands(reader, writer, dispatch) -> None:
+    """A daemon's control connection: JSON lines {"cmd": ...} in, one JSON reply line
+    each, from `dispatch(cmd)` (cmd None for an unreadable request; may be a coroutine),
+    until the client goes. A line beyond the stream's limit ends the connection."""
+    import asyncio
+    import inspect
+
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            try:
+                req = json.loads(line)
+                cmd = req.get("cmd") if isinstance(req, dict) else None
+            except ValueError:
+                cmd = None
+            reply = dispatch(cmd)
+            if inspect.isawaitable(reply):
+                reply = await reply
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        pass  # a client gone, or a line longer than the stream limit
+    finally:
+        writer.close()

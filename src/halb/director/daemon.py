@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import gc
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from halb.director import alerts, checks
 from halb.director.config import Config, load
 from halb.director.state import Alert, Command, DirectorCore, Edit, Log, Monitor, fmt_hp
 from halb.errors import ConfigError, EngineUnavailable, HalbError
+from halb.procs import serve_commands
 
 log = logging.getLogger("halb.director")
 RECONCILE_EVERY = 5  # seconds between checks that our virtual services are still in the table
@@ -536,32 +536,18 @@ class Director:
         return snap
 
     async def handle_client(self, reader, writer) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    req = json.loads(line)
-                    cmd = req.get("cmd")
-                except (ValueError, AttributeError):
-                    cmd = None
-                if cmd == "status":
-                    reply = {"ok": True, "status": self.status()}
-                elif cmd == "reload":
-                    ok, msg = await self.reload()
-                    reply = {"ok": ok, "message": msg}
-                elif cmd == "stop":
-                    reply = {"ok": True}
-                    self.stopping.set()
-                else:
-                    reply = {"ok": False, "error": "unknown command (status, reload or stop)"}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # a client gone, or a line longer than the stream limit
-        finally:
-            writer.close()
+        await serve_commands(reader, writer, self.command)
+
+    async def command(self, cmd) -> dict:
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            ok, msg = await self.reload()
+            return {"ok": ok, "message": msg}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": "unknown command (status, reload or stop)"}
 
     # -- main -------------------------------------------------------------------------
     async def run(self, cfg: Config | None = None) -> int:

@@ -347,29 +347,15 @@ class Daemon:
 
     # -- control -------------------------------------------------------------------------
     async def control(self, reader, writer):
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    req = json.loads(line)
-                    cmd = req.get("cmd") if isinstance(req, dict) else None
-                except ValueError:
-                    cmd = None
-                if cmd == "status":
-                    reply = {"ok": True, "status": self.status()}
-                elif cmd == "stop":
-                    reply = {"ok": True}
-                    self.stopping.set()
-                else:
-                    reply = {"ok": False, "error": "unknown command (status, stop)"}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        await procs.serve_commands(reader, writer, self.command)
+
+    def command(self, cmd) -> dict:
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "stop":
+            self.stopping.set()
+            return {"ok": True}
+        return {"ok": False, "error": "unknown command (status, stop)"}
 
 
 def _safe(fn) -> bool:
