@@ -46,6 +46,26 @@ def locked_pid(path) -> int | None:
         os.close(fd)
 
 
+def hold_pid_file(path, taken: str) -> int:
+    """Lock `path` for this process's life and write our pid in it; the open fd
+    (closed, or the process gone, the lock goes with it). A file another live
+    process holds raises HalbError: `taken` then "(pid N, pid file PATH)"."""
+    from halb.errors import HalbError
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            other = os.read(fd, 32).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        raise HalbError(f"{taken} (pid {other or '?'}, pid file {path})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def log_tail(path, offset: int, marker: str | None = None) -> str:
     """The last non-blank line written to `path` after `offset` ("no output" if none);
     with `marker` (e.g. "halb-sync["), a line carrying it loses its "...]: " prefix."""

@@ -117,7 +117,7 @@ def test_run_refuses_bad_config_in_one_line(tmp_path, kw, node, expect):
 
 def test_cli_usage_and_no_daemon(tmp_path):
     r = halb("--run-dir", str(tmp_path), "heartbeat", "status")
-    assert r.returncode == 1 and "no heartbeat daemon running" in r.stderr
+    assert r.returncode == 3 and "no heartbeat daemon running" in r.stderr     # LSB: not running
     r = halb("heartbeat", "frob")
     assert r.returncode == 2 and "unknown command 'frob'" in r.stderr
     r = halb("heartbeat", "--help")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from halb.errors import UsageError
+from halb.errors import HalbError, UsageError
 
 USAGE = """usage: halb heartbeat [-c HA_DIR] [-d] run
        halb heartbeat status [--json] | nodes | standby | takeover
@@ -58,7 +58,18 @@ def main(ctx, argv) -> int:
 
     if cmd not in ("status", "nodes", "standby", "takeover"):
         raise UsageError(f"heartbeat: unknown command '{cmd}' (run, status, nodes, standby, takeover)")
-    resp = request(ctx.run_dir, cmd)
+    try:
+        resp = request(ctx.run_dir, cmd)
+    except HalbError as e:
+        if cmd != "status":
+            raise
+        # LSB: status exits 3 when the program is not running, 4 when its state is unknown
+        from halb.heartbeat.daemon import PID_NAME
+        from halb.procs import locked_pid
+
+        pid = locked_pid(ctx.run_dir / PID_NAME)
+        print(f"halb: heartbeat: {e}" + (f" (pid {pid} holds the pid file)" if pid else ""), file=sys.stderr)
+        return 4 if pid else 3
     if not resp.get("ok"):
         print(f"halb: heartbeat: {resp.get('error')}", file=sys.stderr)
         return 1

@@ -30,10 +30,11 @@ from halb.heartbeat.ownership import NodeView, decide, fence_targets
 from halb.heartbeat.packet import encode_body
 from halb.heartbeat.transport import open_links, open_ping_socket
 from halb.heartbeat.worker import AgentWorker
-from halb.procs import ask
+from halb.procs import ask, hold_pid_file
 from halb.resources import ResourceError, make_agent
 
 SOCKET_NAME = "heartbeat.sock"
+PID_NAME = "heartbeat.pid"
 
 
 def socket_path(run_dir) -> Path:
@@ -544,6 +545,26 @@ class Daemon:
         return ok, res
 
     async def run(self):
+        # the pid file first: a second `heartbeat run` must not touch a resource the
+        # first one holds (clean_leftovers would stop them: VIP on no node)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pid_path = self.run_dir / PID_NAME
+        try:
+            pid_fd = hold_pid_file(pid_path, f"heartbeat is already running on node {self.me}")
+        except HalbError as e:
+            if isinstance(self.log, Logger):
+                self.log.close()
+            raise HalbError(f"{e}: this one exits, resources left alone") from None
+        try:
+            await self._run()
+        finally:
+            try:
+                pid_path.unlink()
+            except OSError:
+                pass
+            os.close(pid_fd)
+
+    async def _run(self):
         loop = asyncio.get_running_loop()
         cfg = self.cfg
         for p in self.log.problems if isinstance(self.log, Logger) else ():
