@@ -80,7 +80,7 @@ class Proxy:
         return self
 
     @contextlib.contextmanager
-    def foreground(self, prefix=()):
+    def foreground(self, prefix=(), args=()):
         """`halb proxy run` started under `prefix` (a capability drop, a
         descriptor limit...), its output in proxy.log; yields (process, engine)
         once the control socket answers, kills the process if still running."""
@@ -89,7 +89,7 @@ class Proxy:
         self.ctx.run_dir.mkdir(parents=True)
         with open(self.ctx.run_dir / "proxy.log", "wb") as log:
             proc = subprocess.Popen([*prefix, sys.executable, "-m", "halb", "--node", self.ctx.node,
-                                     "--run-dir", str(self.ctx.run_dir), "proxy", "run"],
+                                     "--run-dir", str(self.ctx.run_dir), "proxy", "run", *args],
                                     stdout=log, stderr=log)
             try:
                 yield proc, wait_for(lambda: (self.ctx.run_dir / "proxy.sock").exists() and connect(self.ctx),

@@ -153,7 +153,8 @@ def main(ctx, argv: list[str]) -> int:
                     raise IpvsError("No such service")
                 sys.stdout.write(format_list([svc], fmt, names, engine.default_fwd, header=False))
             else:
-                sys.stdout.write(format_list(engine.services(), fmt, names, engine.default_fwd))
+                note = engine.list_note() if hasattr(engine, "list_note") else ""
+                sys.stdout.write(format_list(engine.services(), fmt, names, engine.default_fwd, note=note))
             return 0
         engine.execute(_engine_defaults(cmd.ops(), engine))
         return 0

@@ -24,6 +24,12 @@ USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splic
   --config FILE run/start: apply these rules (ipvsadm -S lines) before serving;
                 a bad line or a refused rule stops the start, nothing applied
   --no-splice   relay with buffered copies instead of splice(2) (for measurements)
+  --maxconn N   run/start: at most N TCP relays + UDP flows at once (default: what the
+                descriptor limit allows, raised to the hard limit at start); beyond it new
+                TCP connections are reset and UDP flows replace the least recently used
+  --maxconn-per-source N
+                run/start: at most N of them per client address (default maxconn / 4;
+                0 = no cap)
   --wait SECS   stop: how long to wait for the daemon to exit before SIGTERM, then
                 SIGKILL (default 5)
 """
@@ -34,12 +40,25 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"proxy: {message}")
 
 
+def _count(opt, low):
+    from halb.proxy.limits import MAXCONN_MAX
+
+    def conv(text):
+        if not text.isdigit() or len(text) > 9 or not low <= int(text) <= MAXCONN_MAX:
+            raise argparse.ArgumentTypeError(f"{opt} needs a whole number from {low} to {MAXCONN_MAX}, "
+                                             f"not {text[:20]!r}")
+        return int(text)
+    return conv
+
+
 def _parse(argv):
     p = _Parser(prog="halb proxy", add_help=False, usage=USAGE)
     p.add_argument("action", nargs="?")
     p.add_argument("--no-splice", action="store_true")
     p.add_argument("--config")
     p.add_argument("--wait", type=float, default=STOP_WAIT)
+    p.add_argument("--maxconn", type=_count("--maxconn", 1))
+    p.add_argument("--maxconn-per-source", type=_count("--maxconn-per-source", 0))
     p.add_argument("-h", "--help", action="store_true")
     a = p.parse_args(argv)
     if a.help or a.action is None:
@@ -98,7 +117,8 @@ def cmd_run(ctx: Context, a) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s halb-proxy[%(process)d]: %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
-    return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice, initial=initial)
+    return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice, initial=initial,
+                      maxconn=a.maxconn, maxconn_per_source=a.maxconn_per_source)
 
 
 def _running(ctx):
@@ -125,7 +145,9 @@ def cmd_start(ctx: Context, a) -> int:
         load_rules(a.config)  # a bad line is reported here, before anything starts
     cmd = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
            "--engine", "proxy", "proxy", "run"] + (["--no-splice"] if a.no_splice else []) + \
-        (["--config", os.path.abspath(a.config)] if a.config else [])
+        (["--config", os.path.abspath(a.config)] if a.config else []) + \
+        (["--maxconn", str(a.maxconn)] if a.maxconn is not None else []) + \
+        (["--maxconn-per-source", str(a.maxconn_per_source)] if a.maxconn_per_source is not None else [])
     with open(logf, "ab") as out, open(os.devnull, "rb") as devnull:
         start_at = out.tell()
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=out, stderr=out, start_new_session=True,
@@ -209,4 +231,10 @@ def cmd_status(ctx: Context, a) -> int:
           f"({st['tcp_relays']} TCP relays open, {st['udp_flows']} UDP flows)")
     print(f"  persistence:    {st['templates']} templates")
     print(f"  timeouts:       tcp {t.tcp} tcpfin {t.tcpfin} udp {t.udp}")
+    lim = st.get("limits")
+    if lim:
+        from halb.proxy.limits import summary
+
+        print(f"  limits:         {summary(lim)}; descriptors: ulimit -n {lim['nofile']}, "
+              f"{lim['fds']} of {lim['fd_budget']} held by relays, {lim['reserve']} reserved")
     return 0

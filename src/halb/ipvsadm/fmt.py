@@ -302,12 +302,12 @@ def _all_addrs(services):
 
 
 def format_list(services: list[Service], f: ListFormat, names: Names | None = None,
-                default_fwd: str = "masq", header: bool = True) -> str:
+                default_fwd: str = "masq", header: bool = True, note: str = "") -> str:
     """`ipvsadm -L` and its variants. header=False is `-L -t svc` (one
     service, no version line)."""
     names = names or Names(f.numeric)
     names.prefetch(_all_addrs(services))
-    out = [VERSION_LINE + "\n"] if header else []
+    out = [VERSION_LINE + note + "\n"] if header else []
     out.append(_title(f))
     for svc in _sorted_services(services, f.nosort):
         out.append(_service_entry(svc, f, names, default_fwd))

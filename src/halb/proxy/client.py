@@ -63,6 +63,18 @@ class ProxyEngine(Engine):
     def status(self) -> dict:
         return self.call("status")["status"]
 
+    def list_note(self) -> str:
+        """What `ipvsadm -L` adds to its version line: the connection limits, when
+        set on the command line or once one was reached (otherwise the line stays
+        ipvsadm's, byte for byte)."""
+        from halb.proxy.limits import summary
+
+        lim = self.status().get("limits")
+        if not lim or not (lim.get("explicit") or lim["refused_maxconn"] or lim["refused_source"]
+                           or lim["refused_fds"] or lim["udp_evicted"]):
+            return ""
+        return f" halb proxy: {summary(lim)}"
+
     def stop(self) -> None:
         self.call("stop")
 

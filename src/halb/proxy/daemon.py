@@ -59,6 +59,7 @@ import time
 from halb.errors import ConfigError, HalbError, IpvsError
 from halb.model import Conn, Op, Stats, Table, fmt_hostport, op_from_dict, to_dict
 from halb.proxy import tuning
+from halb.proxy.limits import Limits, open_fds, raise_nofile
 from halb.proxy.estimator import INTERVAL
 from halb.proxy.persist import PersistTable, client_network
 from halb.proxy.runtime import DestRT, SvcRT, bind_socket, conn_inactive, inactive_gone
@@ -103,8 +104,13 @@ def _supported_check(ops: list[Op]) -> None:
 
 
 class ProxyDaemon:
-    def __init__(self, node: str, run_dir, splice: bool = True):
+    def __init__(self, node: str, run_dir, splice: bool = True, maxconn: int | None = None,
+                 maxconn_per_source: int | None = None):
         self.node = node
+        self.maxconn_arg = (maxconn, maxconn_per_source)
+        self.limits = Limits(1 << 30, 0)  # replaced in serve(), once the loop's descriptors are open
+        self.udp_lru: collections.OrderedDict = collections.OrderedDict()  # every UDP flow, least recent first
+        self.src_udp: dict[str, dict] = {}  # client address -> its UDP flows, oldest first
         self.run_dir = run_dir
         self.splice = bool(splice and SPLICE is not None)
         self.table = Table(default_fwd="masq")
@@ -148,7 +154,11 @@ class ProxyDaemon:
     def get_pipe(self):
         if self.pipes:
             return self.pipes.pop()
-        return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        if not self.limits.fit(2):  # pipes never eat into the control socket's reserve
+            raise OSError(errno.EMFILE, "descriptor budget reached")
+        pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.limits.fds += 2
+        return pipe
 
     def put_pipe(self, pipe, clean: bool) -> None:
         if clean and len(self.pipes) < PIPE_POOL_MAX:
@@ -156,6 +166,11 @@ class ProxyDaemon:
         else:
             os.close(pipe[0])
             os.close(pipe[1])
+            self.limits.fds -= 2
+
+    def refuse(self, why: str, addr: str, svc) -> None:
+        self.limits.count_refusal(why)
+        self.log_limited("limit-" + why, f"{svc.key}: {self.limits.message(why, addr)}")
 
     def linger(self, conn: TcpConn, state: str) -> None:
         q = self.lingering[state]
@@ -208,6 +223,16 @@ class ProxyDaemon:
         tpl.dest.dest.persistconns -= 1
 
     def new_tcp(self, svc: SvcRT, csock, caddr) -> None:
+        why = self.limits.check(caddr[0], 2)
+        if why == "maxconn" or why == "fds":
+            # an idle UDP flow gives its place before a TCP client is refused
+            if self.udp_lru and self._evict(next(iter(self.udp_lru))) and self.limits.check(caddr[0], 2) is None:
+                why = None
+        if why is not None:
+            self.refuse(why, caddr[0], svc)
+            set_rst(csock)
+            csock.close()
+            return
         drt, tpl = self.choose(svc, caddr[0], caddr[1], "tcp", self.loop.time())
         if drt is None:
             set_rst(csock)
@@ -215,9 +240,48 @@ class ProxyDaemon:
             return
         conn = TcpConn(self, svc, drt, csock, caddr, tpl)
         self.tcp_conns.add(conn)
+        self.limits.opened(conn.caddr, 2)
         conn.start()
 
+    def tcp_gone(self, conn) -> None:
+        """A relay ended (TcpConn.finish): its descriptors and its place are free."""
+        if conn in self.tcp_conns:
+            self.tcp_conns.discard(conn)
+            self.limits.closed(conn.caddr, 2)
+
+    def _evict(self, flow) -> bool:
+        self.limits.evicted += 1
+        self.log_limited("udp-evict", f"{flow.svc.key}: UDP flow table full (maxconn {self.limits.maxconn}, "
+                                      f"per source {self.limits.per_source}): least recently used flows evicted")
+        self.close_flow(flow, self.loop.time())
+        return True
+
+    def _udp_room(self, svc, addr: str) -> bool:
+        """Make room for a new UDP flow from addr (evicting least recently used
+        flows: that client's own at its per-source cap); False if none can be made."""
+        lim = self.limits
+        for _ in range(3):
+            why = lim.check(addr, 1)
+            if why is None:
+                return True
+            if why == "source":
+                mine = self.src_udp.get(addr)
+                if not mine:
+                    break
+                self._evict(next(iter(mine)))
+            elif self.udp_lru:
+                self._evict(next(iter(self.udp_lru)))
+            else:
+                break
+        why = lim.check(addr, 1)
+        if why is None:
+            return True
+        self.refuse(why, addr, svc)
+        return False
+
     def new_udp_flow(self, svc: SvcRT, caddr, now: float):
+        if not self._udp_room(svc, caddr[0]):
+            return None
         drt, tpl = self.choose(svc, caddr[0], caddr[1], "udp", now)
         if drt is None:
             return None
@@ -237,6 +301,9 @@ class ProxyDaemon:
             return None
         flow = UdpFlow(svc, drt, caddr, s, now, tpl)
         svc.flows[caddr] = flow
+        self.udp_lru[flow] = None
+        self.src_udp.setdefault(caddr[0], {})[flow] = None
+        self.limits.opened(caddr[0], 1)
         conn_inactive(drt)  # IPVS counts UDP entries as inactive
         listener = svc.listener
         self.loop.add_reader(flow.fd, listener.on_reply, flow)
@@ -246,6 +313,13 @@ class ProxyDaemon:
         self.loop.remove_reader(flow.fd)
         flow.sock.close()
         flow.svc.flows.pop(flow.caddr, None)
+        if self.udp_lru.pop(flow, False) is None:
+            self.limits.closed(flow.caddr[0], 1)
+            mine = self.src_udp.get(flow.caddr[0])
+            if mine is not None:
+                mine.pop(flow, None)
+                if not mine:
+                    del self.src_udp[flow.caddr[0]]
         inactive_gone(flow.drt)
         if flow.tpl is not None:
             self.persist.release(flow.tpl, now)
@@ -281,6 +355,7 @@ class ProxyDaemon:
         self.table = new
         for k in removed:
             self._remove_service(k)
+        self.limits.listeners = len(new.services)
         for k, cfg in new.services.items():
             svc = self.svcs.get(k)
             if svc is None:
@@ -421,7 +496,8 @@ class ProxyDaemon:
                 "tcp_relays": len(self.tcp_conns), "udp_flows": sum(len(s.flows) for s in self.svcs.values()),
                 "activeconns": active, "inactconns": inact, "templates": len(self.persist),
                 "splice": self.splice, "bytes_spliced": self.bytes_spliced,
-                "bytes_copied": self.bytes_copied, "sched_slice_us": self.sched_slice_us}
+                "bytes_copied": self.bytes_copied, "sched_slice_us": self.sched_slice_us,
+                "limits": self.limits.as_dict()}
 
     # -- periodic work ----------------------------------------------------------
     def tick(self) -> None:
@@ -544,6 +620,7 @@ class ProxyDaemon:
         self.loop = asyncio.get_running_loop()
         self.poller = Poller(self.loop)
         self.stopping = asyncio.Event()
+        self._setup_limits()
         if initial is not None:
             path, ops, line_of = initial
             try:
@@ -583,6 +660,25 @@ class ProxyDaemon:
             if clients:
                 await asyncio.wait(clients, timeout=2)
             log.info("halb proxy for node %s stopped", self.node)
+
+    def _setup_limits(self) -> None:
+        import resource
+
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+        want, per = self.maxconn_arg
+        lim = Limits(nofile, open_fds() + 1, want, per)  # +1: the control socket's listener
+        if lim.budget() < 2:
+            raise HalbError(f"descriptor limit too low to relay anything (ulimit -n {nofile}, "
+                            f"{lim.base} open, {lim.budget()} left after the reserve)")
+        fit = max(1, lim.budget() // 2)
+        if want is not None and want > fit:
+            log.warning("maxconn %d needs more descriptors than ulimit -n %d allows: "
+                        "TCP relays are refused beyond about %d", want, nofile, fit)
+        self.limits = lim
+        log.info("descriptor limit %d; maxconn %d%s, per source %s", nofile, lim.maxconn,
+                 " (from the descriptor limit)" if lim.auto else "", lim.per_source or "no cap")
 
     def shutdown(self) -> None:
         """Close listeners, end relays and flows."""
@@ -648,7 +744,8 @@ class PidLock:
             self.fd = -1
 
 
-def run_daemon(node: str, run_dir, splice: bool = True, initial=None) -> int:
+def run_daemon(node: str, run_dir, splice: bool = True, initial=None, maxconn: int | None = None,
+               maxconn_per_source: int | None = None) -> int:
     from pathlib import Path
 
     run_dir = Path(run_dir)
@@ -667,7 +764,11 @@ def run_daemon(node: str, run_dir, splice: bool = True, initial=None) -> int:
             loop = uvloop.new_event_loop()
         except ImportError:  # pragma: no cover
             loop = asyncio.new_event_loop()
-        daemon = ProxyDaemon(node, run_dir, splice=splice)
+        before, after = raise_nofile()
+        if after > before:
+            log.info("descriptor limit raised from %d to %d", before, after)
+        daemon = ProxyDaemon(node, run_dir, splice=splice, maxconn=maxconn,
+                             maxconn_per_source=maxconn_per_source)
         daemon.sched_slice_us = tuning.apply()
         try:
             loop.run_until_complete(daemon.serve(sock_path, initial))

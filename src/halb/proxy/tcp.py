@@ -510,7 +510,7 @@ class TcpConn:
                     px.grown -= 1
                 px.put_pipe((h.rp, h.wp), h.pending == 0 and h.cap <= CHUNK + 1)
         self.up = self.down = None  # no reference cycle left: freed at once, not by the GC
-        px.tcp_conns.discard(self)
+        px.tcp_gone(self)
         if self.state == "ESTABLISHED":
             active_to_inactive(self.drt)
         if self.tpl is not None:

@@ -26,6 +26,7 @@ class UdpListener(Listener):
         px = self.px
         svc = self.svc
         now = px.loop.time()
+        lru = px.udp_lru
         for _ in range(64):
             try:
                 data, caddr = self.sock.recvfrom(65535)
@@ -39,6 +40,7 @@ class UdpListener(Listener):
                 if flow is None:
                     continue
             flow.last = now
+            lru.move_to_end(flow)
             try:
                 flow.sock.send(data)
             except OSError:
