@@ -37,3 +37,180 @@ def test_second_instance_leaves_the_running_one_and_its_vip(cluster_factory):
     assert c.holders() == ["N1"] and c.status("N1")["pid"] == pid
     assert "is running but this node holds no resources yet" not in c.log("N1")
     assert halb_on(c, "N1", "heartbeat", "status").returncode == 0
+
+
+def vip_prefix(c, node):
+    import json
+    r = c.lab.run(node, ["ip", "-j", "-4", "addr", "show", "dev", c.lab.node(node).iface])
+    for i in json.loads(r.stdout):
+        for a in i["addr_info"]:
+            if a["local"] == c.lab.vip:
+                return a["prefixlen"]
+    return None
+
+
+def delete_vip_by_hand(c, node):
+    c.lab.run(node, ["ip", "addr", "del", f"{c.lab.vip}/{vip_prefix(c, node)}", "dev", c.lab.node(node).iface],
+              check=True)
+
+
+@pytest.mark.timeout(120)
+def test_monitor_brings_back_a_vip_deleted_by_hand_then_moves_the_group(cluster_factory):
+    c = cluster_factory(apache=False, extra="halb_monitor_interval 200ms\n")
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    for n in (1, 2):
+        delete_vip_by_hand(c, "N1")
+        assert c.holders() == []
+        wait_for(lambda: c.holders() == ["N1"], 5, 0.02, what=f"the monitor to bring the VIP back ({n})")
+        wait_for(lambda: c.status("N1")["groups"][0]["failcount"] == n, 5, what="the failure counted")
+    log = c.log("N1")
+    assert "Resource monitor failed: IPaddr2" in log and "is not running" in log
+    assert "Restarting resource IPaddr2" in log
+    st = c.status("N1")
+    assert st["groups"][0]["monitor"]["ok"] and st["monitor_interval"] == 0.2
+    # the third failure on N1 (migration-threshold 3) moves the group to N2, and N1 keeps off it
+    delete_vip_by_hand(c, "N1")
+    wait_for(lambda: c.holders() == ["N2"], 5, 0.02, what="the group to move to N2")
+    assert "failed 3 times on this node (migration-threshold 3): giving it up" in c.log("N1")
+    st = c.status("N1")
+    assert st["groups"][0]["banned_here"]
+    assert [(f["node"], f["state"]) for f in st["failed_resources"]] == [("N1", "idle")]
+    assert [(f["node"], f["state"]) for f in c.status("N2")["failed_resources"]] == [("N1", "banned")]
+    r = halb_on(c, "N1", "heartbeat", "status")
+    assert r.returncode == 0 and "banned here until cleanup" in r.stdout and "FAILED: group 1" in r.stdout
+    # cleanup on N1 (by the VIP's address): failures forgotten; auto_failback off: N2 keeps it
+    r = halb_on(c, "N1", "heartbeat", "cleanup", c.lab.vip)
+    assert r.returncode == 0, r.stderr
+    st = c.status("N1")
+    assert not st["groups"][0]["banned_here"] and st["groups"][0]["failcount"] == 0
+    time.sleep(0.6)
+    assert c.holders() == ["N2"]
+    r = halb_on(c, "N1", "heartbeat", "cleanup", "nosuchgroup")
+    assert r.returncode == 1 and "no resource group 'nosuchgroup'" in r.stderr
+
+
+def director_pid(c, node):
+    cfg = c.dir(node) / "ldirectord.cf"
+    r = halb_on(c, node, "--engine", "nft", "director", str(cfg), "status")
+    for line in r.stdout.splitlines() if r.returncode == 0 else ():
+        if "running with pid:" in line:
+            return int(line.rsplit(":", 1)[1])
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_monitor_restarts_a_killed_director(cluster_factory):
+    from halb.lab import article
+
+    c = cluster_factory(apache=False, haresources=None, extra="halb_monitor_interval 300ms\n")
+    c.haresources = article.haresources(c.lab.vip)
+    for n in ("N1", "N2"):
+        c.write(n)
+        (c.dir(n) / "ldirectord.cf").write_text(article.ldirectord_cf(c.lab, "checktimeout=1\ncheckinterval=1\n"))
+    c.start("N1")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    pid = wait_for(lambda: director_pid(c, "N1"), 30, what="the director on N1")
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: (p := director_pid(c, "N1")) and p != pid and p, 20, 0.1, what="the director back")
+    assert new != pid
+    log = c.log("N1")
+    assert "Resource monitor failed: ldirectord::" in log and "Restarting resource ldirectord::" in log
+    assert c.holders() == ["N1"]
+
+
+STUCK = """#!/bin/sh
+# a resource whose stop hangs while the file 'stuck' exists next to its state file
+d=$(dirname "$1")
+case "$2" in
+  start) echo on > "$1" ;;
+  stop) while [ -f "$d/stuck" ]; do sleep 0.1; done; rm -f "$1" ;;
+  status) if [ -f "$1" ]; then echo running; else echo stopped; fi ;;
+esac
+"""
+
+RECORDING_STONITH = """#!{python}
+# external STONITH device: records each call, then powers the lab node off
+import sys
+from pathlib import Path
+from halb.lab import Lab
+record, labname, root, op, node = sys.argv[1:6]
+with open(record, "a") as f:
+    f.write(f"{{op}} {{node}}\\n")
+lab = Lab.attach(labname, Path(root))
+lab.cut_link(node)
+lab.kill_node(node)
+"""
+
+
+def stuck_cluster(cluster_factory, tmp_path, extra=""):
+    state = tmp_path / "stuckstate"
+    state.mkdir(exist_ok=True)
+    c = cluster_factory(apache=False, extra="halb_agent_timeout 1s\nhalb_monitor_interval 0\n" + extra)
+    c.haresources = f"N1 IPaddr2::{c.lab.vip} stuckres::{state}/{{node}}\n"
+    for n in ("N1", "N2"):
+        c.haresources_node = n
+        c.write(n)
+        (c.dir(n) / "haresources").write_text(c.haresources.replace("{node}", n))
+        rd = c.dir(n) / "resource.d"
+        rd.mkdir(exist_ok=True)
+        (rd / "stuckres").write_text(STUCK)
+        (rd / "stuckres").chmod(0o755)
+    return c, state
+
+
+@pytest.mark.timeout(120)
+def test_failed_stop_without_stonith_blocks_the_group_until_cleanup(cluster_factory, tmp_path):
+    c, state = stuck_cluster(cluster_factory, tmp_path)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    (state / "stuck").write_text("")
+    assert halb_on(c, "N1", "heartbeat", "standby").returncode == 0
+    wait_for(lambda: "stays held here, blocked (no STONITH device)" in c.log("N1"), 10, what="the failed stop")
+    assert "no answer in 1s (operation counted as failed" in c.log("N1")
+    time.sleep(1.0)     # more than three deadtimes: the group runs on N1 only, never on N2 too
+    assert c.holders() == ["N1"] and (state / "N1").exists() and not (state / "N2").exists()
+    assert "node N1 failed to stop resource group" in c.log("N2")
+    st = c.status("N1")
+    assert st["groups"][0]["state"] == "failed" and "stuckres" in st["failed_resources"][0]["error"]
+    assert [(f["node"], f["state"]) for f in c.status("N2")["failed_resources"]] == [("N1", "failed")]
+    # still stuck: cleanup refuses to call it stopped
+    r = halb_on(c, "N1", "heartbeat", "cleanup", "1", timeout=30)
+    assert r.returncode == 1 and "still not stopped" in r.stderr
+    assert c.holders() == ["N1"]
+    # repaired: cleanup stops it for real, and N2 takes the group
+    (state / "stuck").unlink()
+    r = halb_on(c, "N1", "heartbeat", "cleanup", "1", timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: c.holders() == ["N2"] and (state / "N2").exists(), 10, what="N2 to take the group after cleanup")
+    assert not (state / "N1").exists()
+
+
+@pytest.mark.timeout(120)
+def test_failed_stop_with_stonith_the_peer_fences_then_takes_over(cluster_factory, tmp_path):
+    record = tmp_path / "stonith-calls"
+    dev = tmp_path / "recording-stonith"
+    dev.write_text(RECORDING_STONITH.format(python=sys.executable))
+    dev.chmod(0o755)
+    c, state = stuck_cluster(cluster_factory, tmp_path)
+    lab = c.lab
+    c.opts["extra"] += f"stonith_host * external {dev} {record} {lab.name} {lab.dir.parent}\n"
+    for n in ("N1", "N2"):
+        c.write(n)
+        (c.dir(n) / "haresources").write_text(c.haresources.replace("{node}", n))
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    (state / "stuck").write_text("")
+    assert halb_on(c, "N1", "heartbeat", "standby").returncode == 0
+    wait_for(lambda: c.vip_on("N2") and (state / "N2").exists(), 15, what="N2 to take the group")
+    assert record.read_text() == "reset N1\n"
+    log1, log2 = c.log("N1"), c.log("N2")
+    assert "node will be fenced (STONITH by a peer)" in log1
+    i = log2.index("STONITH: node N1 failed to stop")
+    assert log2.index("STONITH: node N1 has been reset") > i
+    assert log2.index("Acquiring resource group", i) > i
+    assert c.status("N2")["fencing_state"]["fenced"] == ["N1"]
+    c.procs.pop("N1", None)

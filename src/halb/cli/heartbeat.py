@@ -5,6 +5,11 @@
     halb [--node N] heartbeat nodes                    one line per node
     halb [--node N] heartbeat standby                  give resources to the peer (hb_standby)
     halb [--node N] heartbeat takeover                 take every resource (hb_takeover)
+    halb [--node N] heartbeat cleanup GROUP            forget GROUP's failures here (crm_resource --cleanup)
+    halb [--node N] heartbeat [-c HA_DIR] release      stop every haresources resource here (no daemon may run)
+    halb [--node N] heartbeat reload                   SIGHUP to the running daemon: re-read its files
+
+status exits 0 when the daemon runs, 3 when it does not (LSB), 4 when it does not answer.
 """
 from __future__ import annotations
 
@@ -14,7 +19,11 @@ import sys
 from halb.errors import HalbError, UsageError
 
 USAGE = """usage: halb heartbeat [-c HA_DIR] [-d] run
-       halb heartbeat status [--json] | nodes | standby | takeover
+       halb heartbeat status [--json] | nodes | standby | takeover | reload
+       halb heartbeat cleanup GROUP      (GROUP: its number in status, or one of its resources)
+       halb heartbeat [-c HA_DIR] release
+
+  status exits 0 when the daemon runs, 3 when it does not (LSB), 4 when it does not answer
 
   -c HA_DIR   directory with ha.cf, authkeys (mode 600) and haresources (default /etc/ha.d)
   -d          debug log (every dropped packet)
@@ -49,17 +58,30 @@ def main(ctx, argv) -> int:
         else:
             rest.append(a)
         i += 1
-    if len(rest) != 1:
-        raise UsageError("heartbeat: expected one of run, status, nodes, standby, takeover (see --help)")
+    cmds = "run, status, nodes, standby, takeover, cleanup, release, reload"
+    if not rest:
+        raise UsageError(f"heartbeat: expected one of {cmds} (see --help)")
     cmd = rest[0]
+    if cmd == "cleanup":
+        if len(rest) != 2:
+            raise UsageError("heartbeat: cleanup GROUP (its number in 'halb heartbeat status', or one of its resources)")
+    elif len(rest) != 1:
+        raise UsageError(f"heartbeat: expected one of {cmds} (see --help)")
     if cmd == "run":
         return run(ctx, ha_dir, debug)
+    if cmd == "release":
+        return release(ctx, ha_dir)
+    if cmd == "reload":
+        return reload(ctx)
     from halb.heartbeat.daemon import request
 
-    if cmd not in ("status", "nodes", "standby", "takeover"):
-        raise UsageError(f"heartbeat: unknown command '{cmd}' (run, status, nodes, standby, takeover)")
+    if cmd not in ("status", "nodes", "standby", "takeover", "cleanup"):
+        raise UsageError(f"heartbeat: unknown command '{cmd}' ({cmds})")
     try:
-        resp = request(ctx.run_dir, cmd)
+        if cmd == "cleanup":
+            resp = request(ctx.run_dir, cmd, timeout=300, group=rest[1])
+        else:
+            resp = request(ctx.run_dir, cmd)
     except HalbError as e:
         if cmd != "status":
             raise
@@ -98,7 +120,35 @@ def print_status(s):
     for p, st in s["ping"].items():
         print(f"  ping node {p}: {st}")
     for g in s["groups"]:
-        print(f"  group [{g['group']}]: {g['state']} here; held by {', '.join(g['holders']) or 'nobody'}")
+        extra = ""
+        if g.get("failcount"):
+            extra += f"; {g['failcount']} failure(s) here"
+        if g.get("banned_here"):
+            extra += "; banned here until cleanup"
+        mon = g.get("monitor")
+        if mon:
+            extra += "; monitor " + ("ok" if mon["ok"] else f"FAILED ({mon['error']})")
+        print(f"  group {g.get('number', '?')} [{g['group']}]: {g['state']} here; held by "
+              f"{', '.join(g['holders']) or 'nobody'}{extra}")
+    if "monitor_interval" in s:
+        iv = s["monitor_interval"]
+        print(f"  resource monitor: {'every ' + format(iv * 1000, 'g') + ' ms' if iv > 0 else 'off'}")
+    for f in s.get("failed_resources", []):
+        print(f"  FAILED: group {f['number']} [{f['group']}] on {f['node']}: {f['state']}"
+              + (f" ({f['error']})" if f.get("error") else "")
+              + f"; 'halb heartbeat cleanup {f['number']}' on {f['node']} once repaired")
+    fs = s.get("fencing_state")
+    if fs:
+        devs = ", ".join(fs["devices"]) or ("none usable from this node" if fs["stonith_configured"] else "none")
+        line = f"  fencing: STONITH {devs}"
+        if fs["fenced"]:
+            line += f"; reset: {', '.join(fs['fenced'])}"
+        if fs["in_progress"]:
+            line += f"; resetting: {', '.join(fs['in_progress'])}"
+        print(line)
+    wd = s.get("watchdog")
+    if wd:
+        print(f"  watchdog: {wd}")
     for ln in s.get("lanes", []):
         if ln["lane"] == 0:
             print(f"  beat lane 0: the beat thread, CPU {ln['cpu']}")
@@ -108,6 +158,33 @@ def print_status(s):
                   f"{ln['held_back']} held back (beat thread silent past the lease)")
     c = s["counters"]
     print("  packets: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+
+
+def reload(ctx) -> int:
+    """SIGHUP to the daemon that holds this node's pid file."""
+    import os
+    import signal
+
+    from halb.heartbeat.daemon import PID_NAME
+    from halb.procs import locked_pid
+
+    pid = locked_pid(ctx.run_dir / PID_NAME)
+    if pid is None:
+        print("halb: heartbeat: no heartbeat daemon running for this node", file=sys.stderr)
+        return 3
+    os.kill(pid, signal.SIGHUP)
+    print(f"reload requested (SIGHUP to pid {pid}); the daemon logs what it applied")
+    return 0
+
+
+def release(ctx, ha_dir) -> int:
+    """Stop every haresources resource on this node, as the watchdog does after a crash:
+    refused while a daemon runs (it owns them)."""
+    from halb.heartbeat.config import load_ha_dir
+    from halb.heartbeat.daemon import release_all
+
+    ha = load_ha_dir(ha_dir, ctx.node)
+    return release_all(ha, ctx.node, ctx.ensure_run_dir(), engine=ctx.engine)
 
 
 def run(ctx, ha_dir, debug) -> int:

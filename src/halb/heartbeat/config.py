@@ -122,6 +122,9 @@ class HaConfig:
     logfacility: str | None = None
     use_logd: bool = False
     allow_crc: bool = False                           # halb: accept crc on UDP
+    watchdog: str | None = None                       # watchdog DEVICE (/dev/watchdog)
+    monitor_interval: float = 5.0                     # halb_monitor_interval (0: resources not monitored)
+    agent_timeout: float = 120.0                      # halb_agent_timeout: one agent operation at most
     warnings: list = field(default_factory=list)      # "file:line: text"
 
     @property
@@ -159,7 +162,6 @@ _UNSUPPORTED = {
     "pacemaker": (True, "halb has no CRM (pacemaker); use haresources"),
     "autojoin": (True, "halb does not support autojoin; list every node with 'node'"),
     "hopfudge": (False, "hopfudge applies to serial rings, which halb ignores"),
-    "watchdog": (False, "halb does not drive a watchdog device; directive ignored"),
     "compression": (False, "halb does not compress packets; directive ignored"),
     "compression_threshold": (False, "halb does not compress packets; directive ignored"),
     "traditional_compression": (False, "halb does not compress packets; directive ignored"),
@@ -180,7 +182,7 @@ _UNSUPPORTED = {
 _KNOWN = {"keepalive", "deadtime", "warntime", "initdead", "udpport", "bcast", "mcast", "ucast",
           "node", "auto_failback", "nice_failback", "ping", "ping_group", "deadping", "respawn",
           "stonith_host", "stonith", "realtime", "logfile", "debugfile", "logfacility", "use_logd",
-          "halb_allow_crc", "halb_beat_lanes"}
+          "halb_allow_crc", "halb_beat_lanes", "watchdog", "halb_monitor_interval", "halb_agent_timeout"}
 
 _AUTO_FAILBACK = {"on": "on", "off": "off", "legacy": "legacy"}
 
@@ -322,6 +324,16 @@ def parse_hacf(text: str, path="ha.cf") -> HaConfig:
                 cfg.beat_lanes = int(args[0])
             else:
                 raise ConfigError(path, ln, f"halb_beat_lanes: {args[0]!r} is not auto or a number from 1 to 4")
+        elif key == "watchdog":
+            need(1, 1, "a watchdog device (e.g. /dev/watchdog)")
+            cfg.watchdog = args[0]
+        elif key in ("halb_monitor_interval", "halb_agent_timeout"):
+            need(1, 1, "one time value (seconds, or e.g. 500ms)" + (", or 0 for no monitoring"
+                                                                     if key == "halb_monitor_interval" else ""))
+            t = parse_time(args[0], path, ln, key)
+            if t <= 0 and key == "halb_agent_timeout":
+                raise ConfigError(path, ln, f"{key}: must be greater than zero")
+            setattr(cfg, key[5:], t)
         elif key in ("logfile", "debugfile", "logfacility"):
             need(1, 1, f"one value")
             setattr(cfg, key, args[0])

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from halb.errors import ConfigError, HalbError
-from halb.heartbeat import stonith
+from halb.heartbeat import recovery, stonith
 from halb.heartbeat.beatloop import BeatLoop
 from halb.heartbeat.lane import Lanes, lock_memory, usable_cpus, wanted
 from halb.heartbeat.membership import Membership
@@ -124,9 +124,12 @@ class GroupState:
         self.index = index
         self.group = group
         self.agents = agents
-        self.state = "idle"          # idle acquiring held releasing
+        self.state = "idle"          # idle acquiring held releasing failed (a stop failed: still held)
         self.retry_at = 0.0
         self.task = None
+        self.failcount = 0           # failed monitors / starts on this node since the last cleanup
+        self.monitor = None          # last monitor: {"ok": bool, "at": wall clock, "error": str}
+        self.failed_op = None        # what failed last, for status
 
     def describe(self):
         return " ".join([self.group.node] + [str(r) for r in self.group.resources])
@@ -147,6 +150,8 @@ class Daemon:
         self.payloads: dict[str, dict] = {}
         self.last_held: dict[str, set] = {}
         self.fenced: set = set()
+        self.fencing: set = set()        # peers being reset for a failed stop
+        self.banned: set = set()         # groups this node may not run until cleanup
         self.peer_busy: dict[str, bool] = {}
         self.stopping = False
         self.realtime = False
@@ -188,7 +193,8 @@ class Daemon:
 
     def payload(self, st="up") -> dict:
         return {"st": st, "held": sorted(self.held()), "claim": self.claim,
-                "ping": self.mem.ping_score(), "busy": self.busy()}
+                "ping": self.mem.ping_score(), "busy": self.busy(), "banned": sorted(self.banned),
+                "stopfail": sorted(g.index for g in self.groups if g.state == "failed")}
 
     def send_beat(self, now=True):
         """Our state changed (held groups, claim, ping score): beats say it from now on,
@@ -255,7 +261,12 @@ class Daemon:
         if not busy and (self.peer_busy.get(node) or (node not in self.peer_busy and held)):
             self.log("info", "remote resource transition completed.")
         self.peer_busy[node] = busy
+        if p.get("stopfail") and (prev is None or prev.get("stopfail") != p.get("stopfail")):
+            self.log("error", f"node {node} failed to stop resource group(s) "
+                              f"{', '.join(self.groups[i].describe() for i in p['stopfail'] if i < len(self.groups))}"
+                              ": they stay there until it is fenced or cleaned up")
         if prev is None or prev.get("held") != p.get("held") or prev.get("claim") != p.get("claim") \
+                or prev.get("banned") != p.get("banned") or prev.get("stopfail") != p.get("stopfail") \
                 or prev.get("ping") != p.get("ping") or prev.get("busy") != busy:
             self.evaluate()
 
@@ -294,7 +305,18 @@ class Daemon:
             if not self.mem.settled():
                 return
             views = self.views()
-        d = decide(self.me, self.nodes, [g.group.node for g in self.groups], views, self.cfg.auto_failback)
+        banned = {n: {int(x) for x in p.get("banned", ())} for n, p in self.payloads.items()
+                  if views.get(n) is not None and views[n].alive}
+        banned[self.me] = set(self.banned)
+        d = recovery.decide_groups(self.me, self.nodes, [g.group.node for g in self.groups], views,
+                                   self.cfg.auto_failback, banned)
+        stop_failed = {n: {int(x) for x in p.get("stopfail", ())} for n, p in self.payloads.items()
+                       if p.get("stopfail")}
+        for node, gi in recovery.fence_for_stop_failure(self.me, views, stop_failed, self.fenced,
+                                                        bool(self.fence_devices)):
+            if node not in self.fencing:
+                self.fencing.add(node)
+                asyncio.get_running_loop().create_task(self.fence_stop_failure(node, gi))
         now = self.now()
         for gi in d.acquire:
             g = self.groups[gi]
@@ -303,7 +325,7 @@ class Daemon:
                 g.task = asyncio.get_running_loop().create_task(self.acquire(g, views))
         for gi in d.release:
             g = self.groups[gi]
-            if g.state == "held":
+            if g.state == "held" and g.task is None:
                 g.state = "releasing"
                 g.task = asyncio.get_running_loop().create_task(self.release(g))
         if d.acquire or d.release:
@@ -361,10 +383,16 @@ class Daemon:
                 ok, res = await self.agent(g, ri, "start", then=announce if ri == 0 else None)
                 if not ok:
                     self.log("error", f"{a} start failed: {res}")
+                    g.failed_op = f"{a} start: {res}"
                     for rj in reversed(started):
                         ok2, res2 = await self.agent(g, rj, "stop")
                         if not ok2:
-                            self.log("error", f"{g.agents[rj]} stop failed: {res2}")
+                            self.stop_failed(g, g.agents[rj], res2)
+                            return
+                    v = recovery.on_monitor_failure(g.failcount)
+                    g.failcount = v.failcount
+                    if v.action == "move":
+                        self.ban(g)
                     self.retry_later(g)
                     return
                 started.append(ri)
@@ -380,10 +408,151 @@ class Daemon:
                 self.log("info", f"Running {a} stop")
                 ok, res = await self.agent(g, ri, "stop")
                 if not ok:
-                    self.log("error", f"{a} stop failed: {res}")
+                    self.stop_failed(g, a, res)
+                    return
             self.transition_done(g, "idle")
         finally:
             self.task_done(g)
+
+    # ------------------------------------------------------------ failures
+    def stop_failed(self, g: GroupState, a, err) -> None:
+        """A stop that failed is not a stop: the group stays held here, failed, and
+        no other node starts it until this node is fenced or cleaned up."""
+        g.state = "failed"
+        g.failed_op = f"{a} stop: {err}"
+        live = [n for n in self.mem.peers if self.mem.alive(n)]
+        what = recovery.on_stop_failure(bool(self.cfg.stonith), live)
+        if what == "fence":
+            self.log("error", f"Resource {a} stop failed ({err}): resource group '{g.describe()}' stays held "
+                              "here, failed: node will be fenced (STONITH by a peer)")
+        else:
+            why = "no STONITH device" if not self.cfg.stonith else "no live peer to fence this node"
+            self.log("error", f"Resource {a} stop failed ({err}): resource group '{g.describe()}' stays held "
+                              f"here, blocked ({why}): it moves to no other node until "
+                              f"'halb heartbeat cleanup {g.index + 1}' finds it stopped")
+        self.send_beat()
+
+    def ban(self, g: GroupState) -> None:
+        self.banned.add(g.index)
+        self.log("error", f"resource group '{g.describe()}' failed {g.failcount} times on this node "
+                          f"(migration-threshold {recovery.MIGRATION_THRESHOLD}): giving it up to another node; "
+                          f"not running it here until 'halb heartbeat cleanup {g.index + 1}'")
+
+    async def fence_stop_failure(self, node: str, gi: int) -> None:
+        g = self.groups[gi]
+        try:
+            for dev in self.fence_devices:
+                self.log("warn", f"STONITH: node {node} failed to stop '{g.describe()}': resetting it "
+                                 f"with {dev.kind} before taking its resources")
+                ok, msg = await asyncio.to_thread(stonith.reset, dev, node)
+                if ok:
+                    self.fenced.add(node)
+                    self.log("info", f"STONITH: node {node} has been reset ({msg})")
+                    return
+                self.log("error", f"STONITH of node {node} failed ({msg})")
+        finally:
+            self.fencing.discard(node)
+            if not self.stopping:
+                self.evaluate()
+
+    async def monitor_loop(self):
+        """Every halb_monitor_interval: the status of every resource of every group held here."""
+        while not self.stopping:
+            await asyncio.sleep(self.cfg.monitor_interval)
+            for g in self.groups:
+                if self.stopping or g.state != "held" or g.task is not None:
+                    continue
+                g.task = asyncio.get_running_loop().create_task(self.monitor(g))
+
+    async def monitor(self, g: GroupState) -> None:
+        try:
+            for ri, a in enumerate(g.agents):
+                ok, running = await self.agent(g, ri, "status")
+                if self.stopping or g.state != "held":
+                    return
+                if ok and running:
+                    continue
+                err = f"{a} is not running" if ok else f"{a} status failed: {running}"
+                v = recovery.on_monitor_failure(g.failcount)
+                g.failcount = v.failcount
+                g.monitor = {"ok": False, "at": time.time(), "error": err}
+                g.failed_op = f"{a} monitor: {err}"
+                self.log("error", f"Resource monitor failed: {err} (group '{g.describe()}', failure "
+                                  f"{v.failcount} of {recovery.MIGRATION_THRESHOLD} on this node)")
+                if v.action == "restart":
+                    await self.restart_from(g, ri)
+                else:
+                    self.ban(g)
+                    g.state = "releasing"
+                    self.send_beat(now=False)
+                    await self.release(g)     # ends the task itself (task_done)
+                    g.task = None
+                return
+            g.monitor = {"ok": True, "at": time.time(), "error": None}
+        finally:
+            if g.task is not None:
+                self.task_done(g)
+
+    async def restart_from(self, g: GroupState, ri: int) -> None:
+        """Restart the failed resource and those after it in the group (they depend on it)."""
+        self.log("info", f"Restarting resource {g.agents[ri]} (and what follows it in '{g.describe()}')")
+        for rj in reversed(range(ri, len(g.agents))):
+            ok, res = await self.agent(g, rj, "stop")
+            if not ok:
+                self.stop_failed(g, g.agents[rj], res)
+                return
+        for rj in range(ri, len(g.agents)):
+            self.log("info", f"Running {g.agents[rj]} start")
+            ok, res = await self.agent(g, rj, "start")
+            if not ok:
+                self.log("error", f"{g.agents[rj]} start failed: {res}")
+                g.failed_op = f"{g.agents[rj]} start: {res}"
+                v = recovery.on_monitor_failure(g.failcount)
+                g.failcount = v.failcount
+                if v.action == "move":
+                    self.ban(g)
+                g.state = "releasing"
+                self.send_beat(now=False)
+                g.task = None
+                await self.release(g)
+                return
+        g.monitor = {"ok": True, "at": time.time(), "error": None}
+        self.log("info", f"resource {g.agents[ri]} restarted: '{g.describe()}' held here")
+
+    async def cleanup(self, gi: int) -> dict:
+        """`halb heartbeat cleanup GROUP`: forget the group's failures here; a group whose
+        stop failed is stopped again (every resource probed) and, once stopped, released."""
+        g = self.groups[gi]
+        if g.task is not None:
+            return {"ok": False, "error": f"resource group '{g.describe()}' is busy ({g.state}); try again"}
+        was_banned = gi in self.banned
+        self.banned.discard(gi)
+        g.failcount = 0
+        if g.state != "failed":
+            g.failed_op = None
+            self.log("info", f"cleanup of '{g.describe()}': fail count reset"
+                             + ("; this node may run it again" if was_banned else ""))
+            self.send_beat()
+            self.evaluate()
+            return {"ok": True, "message": f"'{g.describe()}': failures cleared ({g.state} here)"}
+        self.log("info", f"cleanup of '{g.describe()}': stopping its resources again")
+        for ri in reversed(range(len(g.agents))):
+            a = g.agents[ri]
+            ok, res = await self.agent(g, ri, "stop")
+            if ok:
+                ok, running = await self.agent(g, ri, "status")
+                res = running if not ok else "still running after stop"
+                ok = ok and not running
+            if not ok:
+                g.failed_op = f"{a} stop: {res}"
+                self.log("error", f"cleanup of '{g.describe()}': {a} still not stopped ({res}): the group "
+                                  "stays blocked here")
+                return {"ok": False, "error": f"{a} still not stopped ({res}); the group stays blocked here"}
+        g.failed_op = None
+        self.transition_done(g, "idle")
+        self.log("info", f"cleanup of '{g.describe()}': every resource stopped here; the group may run again")
+        self.evaluate()
+        return {"ok": True, "message": f"'{g.describe()}': stopped here; it may run again"}
 
     # ------------------------------------------------------------ control
     def status(self) -> dict:
@@ -405,12 +574,26 @@ class Daemon:
             "nodes": {self.me: {"status": "up (this node)"}, **snap["nodes"]},
             "links": snap["links"], "ping": snap["ping"], "ping_score": ping_score,
             "stalls": snap["stalls"],
-            "groups": [{"group": g.describe(), "preferred": g.group.node, "state": g.state,
-                        "holders": holders[g.index]} for g in self.groups],
+            "groups": [{"group": g.describe(), "number": g.index + 1, "preferred": g.group.node,
+                        "state": g.state, "holders": holders[g.index], "failcount": g.failcount,
+                        "banned_here": g.index in self.banned, "failed": g.failed_op,
+                        "monitor": g.monitor} for g in self.groups],
+            "monitor_interval": self.cfg.monitor_interval,
+            "failed_resources": [{"group": g.describe(), "number": g.index + 1, "node": self.me,
+                                  "state": g.state, "error": g.failed_op}
+                                 for g in self.groups if g.state == "failed" or g.index in self.banned]
+                                + [{"group": self.groups[i].describe(), "number": i + 1, "node": n,
+                                    "state": "failed" if i in p.get("stopfail", ()) else "banned", "error": None}
+                                   for n, p in self.payloads.items() if views.get(n) and views[n].alive
+                                   for i in sorted(set(p.get("stopfail", ())) | set(p.get("banned", ())))
+                                   if i < len(self.groups)],
             "counters": dict(self.counters),
             "lanes": ([{"lane": 0, "cpu": self.lanes.cpu_of(0), "thread": "halb-heartbeat-beat"},
                        *self.lanes.status()] if self.lanes is not None else []),
             "fencing": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
+            "fencing_state": {"devices": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
+                              "fenced": sorted(self.fenced), "in_progress": sorted(self.fencing),
+                              "stonith_configured": bool(self.cfg.stonith)},
             "threads": {t.name: t.native_id for t in threading.enumerate()},
         }
 
@@ -424,7 +607,7 @@ class Daemon:
                 req = json.loads(line or b"{}")
                 cmd = req.get("cmd")
             except (ValueError, AttributeError):
-                cmd = None
+                req, cmd = {}, None
             if cmd in ("status", "nodes"):
                 resp = {"ok": True, **self.status()}
             elif cmd == "standby":
@@ -441,6 +624,14 @@ class Daemon:
                 self.send_beat()
                 self.evaluate()
                 resp = {"ok": True, "message": "takeover: this node takes all resources"}
+            elif cmd == "cleanup":
+                gi = recovery.find_group(str(req.get("group", "")),
+                                         [(g.group.node, [str(r) for r in g.group.resources]) for g in self.groups])
+                if gi is None:
+                    resp = {"ok": False, "error": f"no resource group {req.get('group')!r} (give its number "
+                                                  "in 'halb heartbeat status', or one of its resources)"}
+                else:
+                    resp = await self.cleanup(gi)
             else:
                 resp = {"ok": False, "error": f"unknown request {cmd!r}"}
             writer.write(json.dumps(resp).encode() + b"\n")
@@ -519,7 +710,8 @@ class Daemon:
 
     def _new_worker(self):
         return AgentWorker([list(g.group.resources) for g in self.groups], ha_dir=self.ha.dir, node=self.me,
-                           run_dir=self.run_dir, engine=self.engine, rt_prio=self._rt_prio)
+                           run_dir=self.run_dir, engine=self.engine, rt_prio=self._rt_prio,
+                           timeout=self.cfg.agent_timeout)
 
     async def agent(self, g, ri, op, then=None):
         """Run one agent operation in the helper process; (ok, result or error).
@@ -638,6 +830,7 @@ class Daemon:
         # the beat thread waits at most this long for the interpreter lock
         sys.setswitchinterval(0.0005)
         respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
+        self.monitor_task = loop.create_task(self.monitor_loop()) if cfg.monitor_interval > 0 else None
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
         self.send_beat(now=False)
         self.beats.start()
@@ -663,6 +856,8 @@ class Daemon:
 
     async def shutdown(self, server, respawn):
         self.stopping = True
+        if getattr(self, "monitor_task", None) is not None:
+            self.monitor_task.cancel()
         self.log("info", "shutting down: releasing resources")
         for g in self.groups:
             if g.task is not None:
@@ -722,11 +917,11 @@ def _socket_alive(path) -> bool:
         s.close()
 
 
-def request(run_dir, cmd: str, timeout: float = 5.0) -> dict:
+def request(run_dir, cmd: str, timeout: float = 5.0, **args) -> dict:
     """Send one command to the node's running daemon."""
     path = socket_path(run_dir)
     try:
-        buf = ask(path, {"cmd": cmd}, timeout)
+        buf = ask(path, {"cmd": cmd, **args}, timeout)
     except (FileNotFoundError, ConnectionRefusedError):
         raise HalbError(f"no heartbeat daemon running for this node (no {path}); "
                         "start it with 'halb heartbeat -c HA_DIR run'") from None
@@ -736,3 +931,41 @@ def request(run_dir, cmd: str, timeout: float = 5.0) -> dict:
         return json.loads(buf)
     except ValueError:
         raise HalbError("the heartbeat daemon sent an unreadable answer") from None
+
+
+def release_all(ha, node: str, run_dir, *, engine=None, why: str | None = None) -> int:
+    """Stop every haresources resource running on this node, in reverse order (what
+    `halb heartbeat release` and the watchdog's death-watch run once the daemon is
+    gone). Refused while a daemon holds the pid file: it owns the resources. 0 when
+    everything is stopped."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_path = run_dir / PID_NAME
+    fd = hold_pid_file(pid_path, f"heartbeat is running on node {node}; it owns the resources: not releasing")
+    log = Logger(ha.hacf.logfile, None, facility=ha.hacf.logfacility)
+    bad = 0
+    try:
+        if why:
+            log("warn", why)
+        for gi in reversed(range(len(ha.groups))):
+            for r in reversed(ha.groups[gi].resources):
+                try:
+                    a = make_agent(r, ha_dir=ha.dir, node=node, run_dir=run_dir, engine=engine, log=log)
+                    if not a.status():
+                        continue
+                    log("info", f"Running {a} stop")
+                    a.stop()
+                    log("info", f"{a} stopped")
+                except Exception as e:  # noqa: BLE001 - report each, go on with the others
+                    bad += 1
+                    log("error", f"{r} stop failed: {e}")
+        log("info" if not bad else "error", "every resource stopped on this node" if not bad
+            else f"{bad} resource(s) could not be stopped on this node")
+    finally:
+        log.close()
+        try:
+            pid_path.unlink()
+        except OSError:
+            pass
+        os.close(fd)
+    return 1 if bad else 0

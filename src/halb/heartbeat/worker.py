@@ -5,8 +5,14 @@ would take the interpreter lock from the beat thread. The helper is started
 once (a fresh interpreter, so it shares nothing with the event loop, and
 small: the standard library, halb.resources and its own netlink socket),
 keeps the agents (and their open netlink / ARP sockets) and answers one
-request at a time over a socketpair: (op, group, resource) -> (ok, error
-message, log lines with the time they happened).
+request at a time over a socketpair: (number, op, group, resource) ->
+(number, ok, error message, log lines with the time they happened).
+
+Requests are numbered and a reply is taken only for the request it answers:
+a reply that comes late (its request timed out) is never read as the answer
+to a later request. An operation that does not answer in time counts as
+failed and the helper is killed and started again (an agent stuck in a
+netlink call or a script would otherwise hold every later operation).
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
             break
         if req is None:
             break
-        op, gi, ri = req
+        n, op, gi, ri = req
         logs = []
         try:
             a = agents[gi][ri]
@@ -65,9 +71,13 @@ def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
                 result = True
             else:
                 raise ValueError(f"unknown op {op}")
-            conn.send((True, result, logs))
+            reply = (n, True, result, logs)
         except BaseException as e:  # noqa: BLE001 - every failure goes back as a message
-            conn.send((False, str(e) or type(e).__name__, logs))
+            reply = (n, False, str(e) or type(e).__name__, logs)
+        try:
+            conn.send(reply)
+        except (OSError, ValueError):
+            break
     for group in agents:
         for a in group:
             if hasattr(a, "close"):
@@ -80,19 +90,39 @@ def _serve(conn, specs, ha_dir, node, run_dir, engine, rt_prio):
 class AgentWorker:
     """The helper process (`python -m halb.heartbeat.worker FD`), talking over a socketpair."""
 
-    def __init__(self, specs, *, ha_dir, node, run_dir, engine, rt_prio=0):
+    def __init__(self, specs, *, ha_dir, node, run_dir, engine, rt_prio=0, timeout=120.0):
+        self.args = (specs, str(ha_dir), node, str(run_dir), engine, rt_prio)
+        self.timeout = timeout
+        self.seq = 0           # number of the last request sent
+        self.restarts = 0      # helpers killed after a request timed out
+        self.stale = 0         # replies dropped because they answered an earlier request
+        self.lock = threading.Lock()
+        self._spawn()
+
+    def _spawn(self):
         mine, theirs = socket.socketpair()
         self.proc = subprocess.Popen([sys.executable, "-m", "halb.heartbeat.worker", str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(mine.detach())
-        self.conn.send((specs, str(ha_dir), node, str(run_dir), engine, rt_prio))
-        self.lock = threading.Lock()
+        self.conn.send(self.args)
+
+    def _restart(self):
+        """Kill a helper that did not answer in time and start a fresh one (its late
+        reply dies with its socket)."""
+        try:
+            self.proc.kill()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.conn.close()
+        self.restarts += 1
+        self._spawn()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def call(self, op, gi, ri, timeout=120.0):
+    def call(self, op, gi, ri, timeout=None):
         """Blocking: run one agent operation; returns (ok, result-or-error, logs)."""
         self.lock.acquire()
         err = self._send(op, gi, ri)
@@ -107,20 +137,32 @@ class AgentWorker:
         return self._send(op, gi, ri)
 
     def _send(self, op, gi, ri):
+        self.seq += 1
         try:
-            self.conn.send((op, gi, ri))
+            self.conn.send((self.seq, op, gi, ri))
             return None
         except (OSError, ValueError) as e:
             self.lock.release()
             return False, f"resource agent helper died ({e or type(e).__name__})", []
 
-    def finish(self, timeout=120.0):
-        """Wait for the answer to the request `begin` or `call` sent; releases the helper."""
+    def finish(self, timeout=None):
+        """Wait for the answer to the request `begin` or `call` sent; releases the helper.
+        Only the reply numbered as that request is taken; none in `timeout`: failed, and
+        the helper is restarted."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
-            if not self.conn.poll(timeout):
-                return False, f"agent request did not answer in {timeout:g}s", []
-            return self.conn.recv()
-        except (EOFError, OSError, pickle.UnpicklingError) as e:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.conn.poll(left):
+                    self._restart()
+                    return False, (f"no answer in {timeout:g}s (operation counted as failed; "
+                                   "resource agent helper restarted)"), []
+                n, ok, res, logs = self.conn.recv()
+                if n == self.seq:
+                    return ok, res, logs
+                self.stale += 1     # the answer to an earlier request: never this one's
+        except (EOFError, OSError, pickle.UnpicklingError, TypeError, ValueError) as e:
             return False, f"resource agent helper died ({e or type(e).__name__})", []
         finally:
             self.lock.release()
