@@ -154,7 +154,11 @@ def main(ctx, argv: list[str]) -> int:
                 sys.stdout.write(format_list([svc], fmt, names, engine.default_fwd, header=False))
             else:
                 note = engine.list_note() if hasattr(engine, "list_note") else ""
+                if hasattr(engine, "truth"):  # nft: list what the kernel has, say where it differs
+                    engine.truth = True
                 sys.stdout.write(format_list(engine.services(), fmt, names, engine.default_fwd, note=note))
+                for d in getattr(engine, "drift", None) or ():
+                    print(f"ipvsadm: warning: {d}", file=sys.stderr)
             return 0
         engine.execute(_engine_defaults(cmd.ops(), engine))
         return 0

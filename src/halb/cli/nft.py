@@ -3,7 +3,10 @@
     halb nft flush               remove everything halb put in the kernel (its
                                  nft table, ip rules, routing tables, moved
                                  `local` rule, changed sysctls) and forget the table
-    halb nft status [--json]     what halb currently has in the kernel
+    halb nft status [--json]     what halb currently has in the kernel; exits 1
+                                 when the configured table is not all there
+                                 (table, routing rules: e.g. after `nft flush
+                                 ruleset` and before the director restores it)
     halb nft refresh             recompute the connection-count schedulers
                                  (lc, wlc, sed, nq, fo, ovf, lblc, lblcr) from
                                  the live flow counts, once
@@ -62,6 +65,12 @@ def main(ctx, argv: list[str]) -> int:
             print(f"local rule moved: {'yes' if st['local_rule_moved'] else 'no'}")
             for k, v in st["sysctls_changed"].items():
                 print(f"sysctl {k} (was {v})")
+            for m in st["missing"]:
+                print(f"MISSING from the kernel: {m}")
+        if st["missing"]:
+            print(f"halb nft: {st['services']} virtual service(s) configured but the kernel lacks "
+                  f"{', '.join(st['missing'])}", file=sys.stderr)
+            return 1
         return 0
     if args.cmd == "refresh":
         n = eng.refresh()

@@ -428,6 +428,15 @@ class Director:
         if n:
             self.dbg(f"engine {self.ctx.engine}: refreshed {n} connection-count scheduled service(s)")
 
+    def _start_healer(self):
+        """The nft engine's table and routing put back within a second when a
+        firewall reload removes them (halb.nft.heal), while this director runs."""
+        heal = getattr(self.engine, "heal", None)
+        if heal is None:
+            return None
+        from halb.nft.heal import Healer
+        return Healer(heal, report=log.warning).start()
+
     # -- execute= : other director instances ------------------------------------
     def _child_path(self, name: str) -> str:
         if os.path.isabs(name):
@@ -570,6 +579,7 @@ class Director:
         os.chmod(sockf, 0o600)
         worker = loop.create_task(self.apply_worker())
         side: list[asyncio.Task] = []
+        healer = None
         try:
             first = await self._first_round()
             # the virtual services and the real servers that already answered
@@ -580,6 +590,7 @@ class Director:
                 self.submit(self.core.result(vid, rkey, res.ok, time.time(), res.msg))
             await self.queue.join()
             self._sync_checkers()
+            healer = self._start_healer()
             # long-lived objects (config, state, tasks) out of the collector's
             # way: full collections stay short with thousands of servers
             gc.collect()
@@ -609,6 +620,8 @@ class Director:
                 if stuck:
                     log.error(f"{len(stuck)} checks did not stop within 10 s")
             self.tasks.clear()
+            if healer is not None:
+                await loop.run_in_executor(None, healer.stop)
             if self.cfg.execute:
                 try:
                     await asyncio.wait_for(self.children("stop", self.cfg.execute), 120)

@@ -148,6 +148,10 @@ class NftEngine(Engine):
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        # truth=True: services() lists what the kernel has (halb ipvsadm -L),
+        # and drift says how it differs from the configured table
+        self.truth = False
+        self.drift: list[str] = []
         self.state_path = ctx.path(STATE_FILE)
         self.lock_path = ctx.path(LOCK_FILE)
         self.samples_path = ctx.path(SAMPLES_FILE)
@@ -237,13 +241,19 @@ class NftEngine(Engine):
         now = time.monotonic()
         out = []
         samples = {}
+        self.drift = kern.drift(st) if st.kernel else []
         for svc in st.services:
             s = svc.config()
             plan = st.plan(svc)
+            if self.truth and not kern.dispatched(plan):
+                continue
             flows = kern.flow_counts(plan)
             persist = kern.persist_counts(plan)
             by_ident = {(d.addr, d.port): d for d in plan.dests if d.live}
             s.stats = Stats()
+            if self.truth:
+                s.dests = [d for d in s.dests if by_ident.get(d.ident) is not None
+                           and kern.live_mark(by_ident[d.ident].mid)]
             for d in s.dests:
                 dp = by_ident.get(d.ident)
                 if dp is None:
@@ -305,9 +315,75 @@ class NftEngine(Engine):
 
     def status(self) -> dict:
         st = self._load()
+        missing = self._missing(st) if st.recs and st.kernel else []
         return {"services": len(st.recs), "table": nftcli.table_exists(rs.FAMILY, rs.TABLE),
                 "rules": routing.halb_rules(), "local_rule_moved": st.local_moved,
-                "sysctls_changed": dict(st.sysctls)}
+                "sysctls_changed": dict(st.sysctls), "missing": missing}
+
+    # -- self-healing (halb.nft.heal watches; this puts things back) -----------
+    def _missing(self, st: State) -> list[str]:
+        """What the configured table needs in the kernel and is not there."""
+        out = []
+        if not nftcli.table_exists(rs.FAMILY, rs.TABLE):
+            out.append(f"nftables table {rs.T}")
+        needed = {t[4] for ts in st.dtuples.values() for t in ts if t[3] == "gate"}
+        if needed:
+            have = {(mark, table) for _, mark, table in routing.halb_rules()}
+            gone = [r for r in sorted(needed) if (rs.rmark(r), routing.table_for(r)) not in have]
+            if gone:
+                out.append(f"{len(gone)} policy routing rule(s) for Direct Return")
+            if st.local_moved and routing.local_rule_at_zero_now():
+                out.append("the moved `lookup local` rule")
+            if routing.sysctl_read("ip_forward") != "1":
+                out.append("net.ipv4.ip_forward=1")
+        return out
+
+    def heal(self) -> tuple[list[str], int] | None:
+        """Put back what the configured table needs and someone removed (`nft
+        flush ruleset`, a firewall reload, `ip rule flush`): the nft table with
+        the same dest marks (so the sync daemon's flows still match), the
+        routing rules, the moved local rule, ip_forward. Returns (what was
+        missing, ms it took) or None when nothing was missing."""
+        check_namespace()
+        t0 = time.monotonic()
+        with self._locked():
+            st = self._load()
+            if not st.recs or not st.kernel:
+                return None
+            missing = self._missing(st)
+            if not missing:
+                return None
+            if missing[0].startswith("nftables table"):
+                self._rebuild(st)
+            needed = {t[4] for ts in st.dtuples.values() for t in ts if t[3] == "gate"}
+            rip_of = {v: k for k, v in st.rips.items()}
+            for ridx in sorted(needed):
+                routing.add_route(ridx, rs.rmark(ridx), rip_of[ridx])
+            if needed:
+                if routing.move_local_rule():
+                    st.local_moved = True
+                if routing.sysctl_read("ip_forward") != "1":
+                    ifaces = sorted({routing.route_to(rip_of[r])[1] for r in needed})
+                    routing.apply_sysctls(routing.dr_sysctls(ifaces), st.sysctls)
+            self._save(st)
+        return missing, round((time.monotonic() - t0) * 1000)
+
+    def _rebuild(self, st: State) -> None:
+        """The whole table again from the state, every dest keeping its mark."""
+        cmds = [f"add table {rs.T}", f"delete table {rs.T}"] + rs.globals_create()
+        cmds += rs.shared_create() + rs.shared_rules(st.timeouts, fresh=True)
+        for k in st.keys():
+            plan = st.plan(st.service(k))
+            _fill_sequence(plan, None, st)
+            cmds += rs.service_create(plan)
+            for d in plan.dests:
+                cmds += rs.dest_create(plan, d) if d.live else rs.dest_forward_add(d)
+            cmds += rs.service_rules(plan, st.timeouts, fresh=True)
+            st.slots[k] = tuple(i for i, _ in plan.sequence)
+            cmds += rs.service_dispatch_add(plan)
+        cmds += rs.snat_update([], st.snat)
+        st.zero = {}
+        nftcli.run_script("\n".join(rs.merge_elements(cmds)) + "\n")
 
     # -- the work --------------------------------------------------------------
     def _sync(self, st: State, new_services: list[Service], timeouts: Timeouts,
@@ -697,6 +773,9 @@ class _Kernel:
     def __init__(self, objs: list[dict]):
         self.counters: dict[str, tuple[int, int]] = {}
         self.maps: dict[str, list] = {}
+        self.present = bool(objs)
+        self.dispatch: dict[str, set[str]] = {}
+        self.live: set[int] = set()
         stats = {"dstats": "d", "nstats": "n", "ostats": "o"}
         for o in objs:
             for kind in ("map", "set"):
@@ -711,6 +790,11 @@ class _Kernel:
                                 self.counters[f"{prefix}{mid}"] = (c.get("packets", 0), c.get("bytes", 0))
                         continue
                     self.maps[m["name"]] = [nftcli.elem_parts(e) for e in m.get("elem", [])]
+                    if m["name"] in ("svc4", "svc4any", "svcfw"):
+                        self.dispatch[m["name"]] = {_elem_text(p[0]) for p in self.maps[m["name"]]}
+                    elif m["name"] == "live":
+                        self.live = {int(p[0]) & MID_BITS for p in self.maps["live"]
+                                     if isinstance(p[0], int)}
         self._by_mark: dict[int, list] | None = None
 
     @classmethod
@@ -735,6 +819,30 @@ class _Kernel:
                 if isinstance(v, int):
                     marks.add(v & MID_BITS)
         return marks
+
+    def dispatched(self, plan: rs.ServicePlan) -> bool:
+        """The kernel sends the service's packets to its chain."""
+        m, elem = rs._dispatch_elem(plan)
+        return elem in self.dispatch.get(m, set())
+
+    def live_mark(self, mid: int) -> bool:
+        return mid in self.live
+
+    def drift(self, st: State) -> list[str]:
+        """How the kernel differs from the configured table (empty: it does not)."""
+        if not self.present:
+            return [f"the kernel has no nftables table {rs.T} (removed by `nft flush ruleset` or a "
+                    f"firewall reload?): {len(st.recs)} configured virtual service(s) are not in force"]
+        out = []
+        for k in st.keys():
+            plan = st.plan(st.service(k))
+            if not self.dispatched(plan):
+                out.append(f"virtual service {k} is configured but not in the kernel")
+            else:
+                n = sum(1 for d in plan.dests if d.live and not self.live_mark(d.mid))
+                if n:
+                    out.append(f"virtual service {k}: {n} real server(s) configured but not in the kernel")
+        return out
 
     def raw_counter(self, name: str) -> tuple[int, int]:
         return self.counters.get(name, (0, 0))
@@ -805,6 +913,15 @@ class _Kernel:
                                 k.addr if k.proto != "fwm" else str(k.fwmark), k.port,
                                 d.addr, d.port, fwd=d.fwd, template=True))
         return out
+
+
+def _elem_text(key) -> str:
+    """A dispatch map key as rs._dispatch_elem writes it."""
+    if isinstance(key, int):
+        return f"0x{key:x}"
+    if isinstance(key, tuple):
+        return " . ".join(str(x) for x in key)
+    return str(key)
 
 
 # the initial network namespace's fixed inode number (include/linux/proc_ns.h,

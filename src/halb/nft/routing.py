@@ -111,6 +111,12 @@ def local_rule_at_zero(ip) -> bool:
 
 
 @_os_errors
+def local_rule_at_zero_now() -> bool:
+    with IPRoute() as ip:
+        return local_rule_at_zero(ip)
+
+
+@_os_errors
 def move_local_rule() -> bool:
     """Move `0: lookup local` to LOCAL_PREF; True when it was moved now."""
     with IPRoute() as ip:
