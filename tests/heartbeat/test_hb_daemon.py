@@ -214,3 +214,54 @@ def test_failed_stop_with_stonith_the_peer_fences_then_takes_over(cluster_factor
     assert log2.index("Acquiring resource group", i) > i
     assert c.status("N2")["fencing_state"]["fenced"] == ["N1"]
     c.procs.pop("N1", None)
+
+
+@pytest.mark.timeout(120)
+def test_watchdog_releases_the_vip_and_director_of_a_killed_or_hung_daemon(cluster_factory):
+    from halb.lab import article
+
+    c = cluster_factory(apache=False, extra="watchdog /dev/watchdog\nhalb_monitor_interval 0\n")
+    c.haresources = article.haresources(c.lab.vip)
+    for n in ("N1", "N2"):
+        c.write(n)
+        (c.dir(n) / "ldirectord.cf").write_text(article.ldirectord_cf(c.lab, "checktimeout=1\ncheckinterval=1\n"))
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    wait_for(lambda: director_pid(c, "N1"), 30, what="the director on N1")
+    st = c.status("N1")
+    assert "death-watch pid" in st["watchdog"] and "no such device (no softdog here)" in c.log("N1")
+    assert "table inet halb" in c.lab.run("N1", ["nft", "list", "tables"]).stdout
+    # kill -9: no VIP, no director (nor its nft table) left on N1; N2 alone holds the VIP
+    os.kill(st["pid"], signal.SIGKILL)
+    c.procs.pop("N1").wait(5)
+    wait_for(lambda: not c.vip_on("N1") and director_pid(c, "N1") is None, 10, 0.05,
+             what="the watchdog to release N1's VIP and director")
+    wait_for(lambda: c.holders() == ["N2"], 10, what="N2 alone to hold the VIP")
+    assert f"heartbeat (pid {st['pid']}) died: releasing this node's resources" in c.log("N1")
+    assert "every resource stopped on this node" in c.log("N1")
+    r = c.lab.run("N1", ["nft", "list", "tables"])
+    assert "halb" not in r.stdout, r.stdout
+    wait_for(lambda: director_pid(c, "N2"), 30, what="the director on N2")
+    # a hung daemon (SIGSTOP) stops kicking: the watch kills it (as softdog reboots) and releases
+    st2 = c.status("N2")
+    os.kill(st2["pid"], signal.SIGSTOP)
+    wait_for(lambda: not c.vip_on("N2") and director_pid(c, "N2") is None, 10, 0.05,
+             what="the watchdog to release N2's VIP and director")
+    assert "has not kicked the watchdog for 1s: killing it" in c.log("N2")
+    assert c.procs.pop("N2").wait(5) == -signal.SIGKILL
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_clean_stop_leaves_nothing_and_runs_no_release(cluster_factory):
+    c = cluster_factory(apache=False, extra="watchdog /dev/watchdog\n")
+    c.start("N1")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    import psutil
+    st = c.status("N1")
+    watch = [p for p in psutil.Process(st["pid"]).children() if "watchdog.py" in " ".join(p.cmdline())]
+    assert len(watch) == 1 and "-S" in watch[0].cmdline()
+    assert watch[0].memory_info().rss < 15 * 2**20
+    c.stop("N1")
+    assert not watch[0].is_running() or watch[0].status() == psutil.STATUS_ZOMBIE
+    assert c.holders() == [] and "watchdog:" not in c.log("N1").split("shutting down")[1]

@@ -183,8 +183,11 @@ def release(ctx, ha_dir) -> int:
     from halb.heartbeat.config import load_ha_dir
     from halb.heartbeat.daemon import release_all
 
+    import os
+
     ha = load_ha_dir(ha_dir, ctx.node)
-    return release_all(ha, ctx.node, ctx.ensure_run_dir(), engine=ctx.engine)
+    return release_all(ha, ctx.node, ctx.ensure_run_dir(), engine=ctx.engine,
+                       why=os.environ.get("HALB_RELEASE_WHY"))
 
 
 def run(ctx, ha_dir, debug) -> int:

@@ -180,6 +180,7 @@ class Daemon:
         self.body_v = 0
         self.lanes = None
         self.worker = None
+        self.watchdog = None
 
     # ------------------------------------------------------------ helpers
     def now(self) -> float:
@@ -591,6 +592,7 @@ class Daemon:
             "lanes": ([{"lane": 0, "cpu": self.lanes.cpu_of(0), "thread": "halb-heartbeat-beat"},
                        *self.lanes.status()] if self.lanes is not None else []),
             "fencing": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
+            "watchdog": self.watchdog.describe() if self.watchdog is not None else None,
             "fencing_state": {"devices": [f"{d.kind} {' '.join(d.args)}" for d in self.fence_devices],
                               "fenced": sorted(self.fenced), "in_progress": sorted(self.fencing),
                               "stonith_configured": bool(self.cfg.stonith)},
@@ -691,6 +693,52 @@ class Daemon:
                         self.respawned[i] = None
             await asyncio.sleep(1.0)
 
+    def start_watchdog(self) -> None:
+        """`watchdog DEVICE`: the device when it exists (softdog), else a death-watch process."""
+        from halb.heartbeat import watchdog
+
+        dev = self.cfg.watchdog
+        if os.path.exists(dev):
+            try:
+                self.watchdog = watchdog.Device(dev)
+                self.log("info", f"watchdog: {self.watchdog.describe()}")
+                return
+            except OSError as e:
+                self.log("warn", f"watchdog {dev}: cannot open ({e.strerror}): using a death-watch process")
+        else:
+            self.log("info", f"watchdog {dev}: no such device (no softdog here): using a death-watch process")
+        self.wd_timeout = max(2 * self.cfg.deadtime, 1.0)
+        self.watchdog = self._death_watch()
+        self.log("info", f"watchdog: {self.watchdog.describe()}")
+
+    def _death_watch(self):
+        from halb.heartbeat.watchdog import DeathWatch
+
+        argv = [sys.executable, "-m", "halb", "--node", self.me, "--run-dir", str(self.run_dir)]
+        if self.engine:
+            argv += ["--engine", self.engine]
+        argv += ["heartbeat", "-c", str(self.ha.dir), "release"]
+        return DeathWatch(daemon_pid=os.getpid(), timeout=self.wd_timeout, release_argv=argv,
+                          logfile=self.cfg.logfile,
+                          why=f"heartbeat (pid {os.getpid()}) is gone: the watchdog releases node {self.me}'s resources")
+
+    async def watchdog_loop(self):
+        """Kick the watchdog from the event loop: if the loop stops, the kicks stop."""
+        from halb.heartbeat.watchdog import DeathWatch
+
+        timeout = getattr(self, "wd_timeout", 60.0)
+        every = min(max(self.cfg.keepalive, 0.1), timeout / 4)
+        while True:      # also while shutting down (releasing takes a while): cancelled at the very end
+            if not self.watchdog.kick() and isinstance(self.watchdog, DeathWatch):
+                self.log("error", f"watchdog: the death-watch process died (exit {self.watchdog.proc.poll()}): "
+                                  "starting a new one")
+                try:
+                    self.watchdog.close()
+                except OSError:
+                    pass
+                self.watchdog = self._death_watch()
+            await asyncio.sleep(every)
+
     async def clean_leftovers(self):
         """A node that crashed may still carry its resources (the VIP on its
         interface): stop whatever says it runs before joining, so it cannot
@@ -748,8 +796,14 @@ class Daemon:
                 self.log.close()
             raise HalbError(f"{e}: this one exits, resources left alone") from None
         try:
+            if self.cfg.watchdog:
+                self.start_watchdog()
             await self._run()
         finally:
+            if getattr(self, "wd_task", None) is not None:
+                self.wd_task.cancel()
+            if self.watchdog is not None:
+                self.watchdog.close()     # magic close: a clean stop, nothing for it to do
             try:
                 pid_path.unlink()
             except OSError:
@@ -831,6 +885,7 @@ class Daemon:
         sys.setswitchinterval(0.0005)
         respawn = loop.create_task(self.respawn_loop()) if cfg.respawn else None
         self.monitor_task = loop.create_task(self.monitor_loop()) if cfg.monitor_interval > 0 else None
+        self.wd_task = loop.create_task(self.watchdog_loop()) if self.watchdog is not None else None
         self.log("info", f"waiting up to {cfg.effective_initdead * 1000:g} ms (initdead) for the other nodes")
         self.send_beat(now=False)
         self.beats.start()
