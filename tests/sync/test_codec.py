@@ -127,7 +127,7 @@ def test_entries_per_datagram():
     assert codec.per_packet(1472, True) == 39
     assert codec.per_packet(65507, False) == 255
     data = codec.encode_packet([], syncid=0, epoch=0, seq=0)
-    assert len(data) == 20 and codec.decode_packet(data)[0].entries == []
+    assert len(data) == 32 and codec.decode_packet(data)[0].entries == []
     with pytest.raises(ValueError):
         codec.encode_packet([None] * 256, syncid=0, epoch=0, seq=0)
 

@@ -158,9 +158,10 @@ def test_sender_respects_its_rate_and_keeps_alive():
     assert s2.poll(tr2, 10.5) == [] and len(s2.poll(tr2, 11.0)) == 1
 
 
-def pkt(seq, epoch=1000, syncid=3, key=KEY, n=1):
+def pkt(seq, epoch=1000, syncid=3, key=KEY, n=1, sender=1, stamp=0):
     e = Entry(TCP, ESTABLISHED, "tcp", 0, VIP, 80, VIP, 80, "10.0.0.100", 1, "10.0.0.3", 80, 900000)
-    return codec.encode_packet([e] * n, syncid=syncid, epoch=epoch, seq=seq, key=key)
+    return codec.encode_packet([e] * n, syncid=syncid, epoch=epoch, seq=seq, key=key, sender=sender,
+                               stamp_ms=stamp)
 
 
 def test_receiver_drops_replays_forgeries_and_other_syncids():
@@ -180,7 +181,7 @@ def test_receiver_drops_replays_forgeries_and_other_syncids():
     assert len(r.receive(pkt(1, epoch=2000), "10.0.0.1", 0)) == 1   # a restarted master
     assert r.drops == {"packet_replay": 3, "packet_stale_epoch": 1, "packet_syncid": 1, "packet_bad_mac": 1,
                        "packet_unsigned": 1, "packet_malformed": 1}
-    assert r.peers["10.0.0.1"].epoch == 2000 and r.peers["10.0.0.1"].packets == 5
+    assert r.peers[1].epoch == 2000 and r.peers[1].packets == 5 and r.peers[1].addr == "10.0.0.1"
     # syncid 0 on the backup takes every syncid, as IPVS's backup does
     r0 = Receiver(key=None, syncid=0)
     assert len(r0.receive(pkt(1, syncid=9, key=None), "10.0.0.2", 0)) == 1
@@ -199,8 +200,66 @@ def test_receiver_accepts_each_sequence_number_at_most_once(seqs):
 def test_receiver_bounds_its_peers():
     r = Receiver(key=None, max_peers=4)
     for i in range(10):
-        r.receive(pkt(1, key=None), f"10.0.0.{i}", float(i))
-    assert len(r.peers) == 4 and "10.0.0.9" in r.peers
+        r.receive(pkt(1, key=None, sender=i), f"10.0.0.{i}", float(i))
+    assert len(r.peers) == 4 and 9 in r.peers and r.peers[9].addr == "10.0.0.9"
+
+
+def test_a_signed_datagram_replayed_from_another_address_is_a_replay():
+    """Replay state follows the signed sender identity, not the source address."""
+    r = Receiver(key=KEY, syncid=3)
+    data = pkt(5)
+    assert len(r.receive(data, "10.0.0.1", 0)) == 1
+    assert r.receive(data, "10.0.0.66", 0) == []
+    assert r.receive(data, "10.0.0.67", 0) == []
+    assert r.drops == {"packet_replay": 2} and list(r.peers) == [1]
+    # the identity is signed: changing it breaks the signature
+    forged = bytearray(data)
+    forged[20:24] = (2).to_bytes(4, "big")
+    assert r.receive(bytes(forged), "10.0.0.66", 0) == [] and r.drops["packet_bad_mac"] == 1
+
+
+def test_a_datagram_stamped_far_from_the_backups_clock_is_refused():
+    """A datagram recorded earlier cannot be played to a backup that restarted
+    since (no replay state left): its signed time stamp is too old."""
+    wall = 1.8e9
+    old = pkt(1, stamp=int((wall - 3600) * 1000))
+    fresh = pkt(2, stamp=int((wall - 1) * 1000))
+    r = Receiver(key=KEY, syncid=3)
+    assert r.receive(old, "10.0.0.1", 0, wall) == [] and r.drops == {"packet_stale_time": 1}
+    assert len(r.receive(fresh, "10.0.0.1", 0, wall)) == 1
+    future = pkt(3, stamp=int((wall + core.MAX_SKEW + 5) * 1000))
+    assert r.receive(future, "10.0.0.1", 0, wall) == []
+    # the master stamps what it sends with its clock
+    s = Sender(syncid=3, epoch=1, key=KEY, sender=codec.sender_id("N1"), clock=lambda: wall)
+    data = s.poll(Tracker(), 0.0)[0]
+    p = codec.decode_packet(data, KEY)[0]
+    assert p.stamp_ms == int(wall * 1000) and p.sender == codec.sender_id("N1") != codec.sender_id("N2")
+    assert Receiver(key=KEY).receive(data, "10.0.0.1", 0, wall) == []  # a keepalive: no entries, accepted
+    assert Receiver(key=KEY).drops == {}
+
+
+def test_held_entries_are_stored_compactly():
+    """A full store of held entries stays small (262,144 Entry tuples took 111 MB)."""
+    import tracemalloc
+
+    h = core.Held()
+    es = [Entry(TCP, ESTABLISHED, "tcp", 0, VIP, 80, VIP, 80, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                1024 + i % 60000, "10.0.0.3", 80, 900000) for i in range(20000)]
+    tracemalloc.start()
+    try:
+        h.add(es, 0.0)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(h) == 20000
+    per = size / 20000
+    assert per < 250, f"{per:.0f} bytes per held entry"
+    assert h.limit * per < 40e6
+    # the store is bounded: beyond its limit new ones are counted and dropped
+    small = core.Held(limit=100)
+    small.add(es[:150], 0.0)
+    assert len(small) == 100 and small.overflow == 50
+    assert small.alive(1.0)[0] == es[0]._replace(timeout_ms=899000)
 
 
 def test_end_to_end_without_sockets():
@@ -230,7 +289,7 @@ def test_held_entries_wait_for_their_service_and_expire():
     adds, refused = h.place(backup_view(), 1002.0)         # the table appears 2 s later
     assert [(a.key, a.expires_ms) for a in adds] == [(f"{VIP} . 80 . 10.0.0.100 . 1", 8000)]
     assert refused == {"unknown_service": 1}             # port 81: still held; cport 3 expired
-    assert list(h.items) == [other.flow_key]
+    assert [x.flow_key for x in h.alive(1002.0)] == [other.flow_key]
     # handed over through a file, the time left counted from the wall clock
     h2 = Held()
     assert h2.load(h.dump(1010.0), 1050.0) == 1

@@ -69,3 +69,24 @@ def test_key_files(tmp_path):
         load_key(str(a))
     with pytest.raises(ConfigError, match="cannot read the sync key"):
         load_key(str(tmp_path / "missing"))
+
+
+def test_sync_signs_by_default_and_unsigned_needs_an_explicit_opt_in(tmp_path, monkeypatch):
+    """No --sync-key-file: the node's heartbeat authkeys signs; none there: a
+    refusal naming the way out, unless --sync-unsigned is given."""
+    from halb.errors import ConfigError
+    from halb.ipvsadm.parse import parse_argv
+    from halb.sync.daemon import find_key_file, load_key
+
+    missing = tmp_path / "authkeys"
+    monkeypatch.setenv("HALB_SYNC_KEY_FILE", str(missing))
+    with pytest.raises(ConfigError, match="no key to sign the sync datagrams with.*--sync-unsigned"):
+        find_key_file("", False)
+    assert find_key_file("", True) == ""
+    missing.write_text("auth 1\n1 sha1 s3cret-for-sync\n")
+    missing.chmod(0o600)
+    assert find_key_file("", False) == str(missing) and load_key(str(missing)) == b"s3cret-for-sync"
+    assert find_key_file("/other/key", False) == "/other/key"
+    d = parse_argv(["--start-daemon", "backup", "--sync-unsigned"]).daemon
+    assert d["unsigned"] is True and d["key_file"] == ""
+    assert parse_argv(["--start-daemon", "backup"]).daemon["unsigned"] is False

@@ -242,15 +242,23 @@ def test_backup_drops_bad_datagrams_and_syncs_udp_and_persistence(sync_lab):
     s.sendto(b"HLBS" + os.urandom(50), dst)
     s.sendto(codec.encode_packet([good], syncid=0, epoch=epoch, seq=1), dst)
     s.sendto(codec.encode_packet([good], syncid=0, epoch=epoch, seq=1, key=b"not the key"), dst)
-    signed = codec.encode_packet([good], syncid=0, epoch=epoch, seq=1, key=secret)
+    stamp = int(time.time() * 1000)
+    signed = codec.encode_packet([good], syncid=0, epoch=epoch, seq=1, key=secret, stamp_ms=stamp)
     s.sendto(signed, dst)
     s.sendto(signed, dst)
+    s.close()
+    # replayed from another address: still a replay (state keyed by the signed sender)
+    s = _mcast_sender(lab, "N3")
+    s.sendto(signed, dst)
+    # recorded an hour ago (a backup that restarted since has no replay state for it)
+    s.sendto(codec.encode_packet([good], syncid=0, epoch=epoch + 1, seq=1, key=secret,
+                                 stamp_ms=stamp - 3600_000), dst)
     s.close()
 
     def drops():
         return _status(lab, "N2", "backup")["drops"]
-    want = {"packet_malformed": 2, "packet_unsigned": 1, "packet_bad_mac": 1, "packet_replay": 1,
-            "unknown_service": 1}
+    want = {"packet_malformed": 2, "packet_unsigned": 1, "packet_bad_mac": 1, "packet_replay": 2,
+            "packet_stale_time": 1, "unknown_service": 1}
     deadline = time.monotonic() + 5
     while drops() != want and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -281,7 +289,7 @@ def test_backup_drops_bad_datagrams_and_syncs_udp_and_persistence(sync_lab):
     st = _status(lab, "N2", "backup")
     assert st["counters"]["entries_applied"] >= 2 and lab.node("N1").ip in st["peers"], st
     text = halb(lab, "N2", "sync", "status").stdout
-    assert "backup sync daemon: running" in text and "signed" in text and "packet_replay=1" in text, text
+    assert "backup sync daemon: running" in text and "signed" in text and "packet_replay=2" in text, text
     u.close()
     t.close()
     # stop: nothing left behind, -L --daemon prints nothing

@@ -32,7 +32,7 @@ Usage:
   halb ipvsadm -Z [virtual-service]
   halb ipvsadm --set tcp tcpfin udp
   halb ipvsadm --start-daemon master|backup [--mcast-interface IF] [--syncid N] [--mcast-group G]
-               [--mcast-port P] [--mcast-ttl T] [--sync-maxlen L] [--sync-key-file FILE]
+               [--mcast-port P] [--mcast-ttl T] [--sync-maxlen L] [--sync-key-file FILE | --sync-unsigned]
   halb ipvsadm --stop-daemon master|backup
   halb ipvsadm -L --daemon
 
@@ -54,9 +54,11 @@ Options:
   -n, --numeric           -c, --connection      --stats  --rate  --thresholds
   --persistent-conn       --timeout             --exact  --nosort  --sort
 Connection sync (nft engine): --mcast-interface defaults to eth0, the group to
-224.0.0.81, port 8848, ttl 1, maxlen 1472; --sync-key-file (halb's own) signs
-every datagram (HMAC-SHA256) with the key in FILE (or the active key of a
-heartbeat authkeys file); both directors must use the same one.
+224.0.0.81, port 8848, ttl 1, maxlen 1472; every datagram is signed
+(HMAC-SHA256) with the key in --sync-key-file FILE (halb's own; a key or a
+heartbeat authkeys file), else with /etc/ha.d/authkeys; with neither the
+daemon refuses to start unless --sync-unsigned is given. Both directors must
+use the same key.
 The engine is chosen with `halb --engine proxy|nft` or HALB_ENGINE.
 """
 

@@ -103,9 +103,12 @@ def start_daemon(ctx: Context, daemon: dict) -> int:
         socket.if_nametoindex(daemon["ifname"])
     except OSError:
         raise HalbError(f"mcast-interface {daemon['ifname']}: no such interface") from None
-    if daemon.get("key_file"):
-        load_key(daemon["key_file"])  # a bad key file is reported here, before anything starts
-        daemon = dict(daemon, key_file=os.path.abspath(daemon["key_file"]))
+    from halb.sync.daemon import find_key_file
+
+    key_file = find_key_file(daemon.get("key_file", ""), daemon.get("unsigned", False))
+    if key_file:
+        load_key(key_file)  # a bad key file is reported here, before anything starts
+        daemon = dict(daemon, key_file=os.path.abspath(key_file))
     try:
         ctx.ensure_run_dir()
     except OSError as e:
@@ -117,6 +120,8 @@ def start_daemon(ctx: Context, daemon: dict) -> int:
             "--mcast-ttl", str(daemon["ttl"]), "--sync-maxlen", str(daemon["maxlen"])]
     if daemon.get("key_file"):
         argv += ["--sync-key-file", daemon["key_file"]]
+    elif daemon.get("unsigned"):
+        argv += ["--sync-unsigned"]
     with open(p["log"], "ab") as out, open(os.devnull, "rb") as devnull:
         start_at = out.tell()
         proc = subprocess.Popen(argv, stdin=devnull, stdout=out, stderr=out, start_new_session=True,

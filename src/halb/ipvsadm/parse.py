@@ -68,7 +68,7 @@ _OPTIONS = [
     (None, "tun-info", "none", "tun-info"), (None, "tun-type", "req", "tun-type"),
     (None, "tun-port", "req", "tun-port"), (None, "tun-nocsum", "none", "tun-nocsum"),
     (None, "tun-csum", "none", "tun-csum"), (None, "tun-remcsum", "none", "tun-remcsum"),
-    (None, "sync-key-file", "req", "sync-key-file"),
+    (None, "sync-key-file", "req", "sync-key-file"), (None, "sync-unsigned", "none", "sync-unsigned"),
 ]
 _SHORT = {o[0]: o for o in _OPTIONS if o[0]}
 _LONG = {o[1]: o for o in _OPTIONS if o[1]}
@@ -86,7 +86,7 @@ OPTNAMES = ["numeric", "connection", "service-address", "scheduler", "persistent
             "mcast-interface", "timeout", "daemon", "stats", "rate", "thresholds",
             "persistent-conn", "nosort", "syncid", "exact", "ops", "pe", "sched-flags",
             "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "tun-info", "tun-type",
-            "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "sync-key-file"]
+            "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum", "sync-key-file", "sync-unsigned"]
 
 # commands_v_options[]: '+' compulsory, 'x' illegal, '1' exclusive, ' ' optional
 _TABLE = {
@@ -103,7 +103,7 @@ _TABLE = {
     "save":           " " + "x" * 33,
     "zero":           "xx " + "x" * 31,
 }
-_TABLE = {k: v + "x" for k, v in _TABLE.items()}  # sync-key-file: only for the daemon
+_TABLE = {k: v + "xx" for k, v in _TABLE.items()}  # sync-key-file, sync-unsigned: only for the daemon
 
 
 def _daemon_row(allowed) -> str:
@@ -111,7 +111,7 @@ def _daemon_row(allowed) -> str:
 
 
 _TABLE["start-daemon"] = _daemon_row({"mcast-interface", "syncid", "mcast-group", "mcast-port", "mcast-ttl",
-                                      "sync-maxlen", "sync-key-file"})
+                                      "sync-maxlen", "sync-key-file", "sync-unsigned"})
 _TABLE["stop-daemon"] = _daemon_row({"syncid"})
 for _row in _TABLE.values():
     assert len(_row) == len(OPTNAMES)
@@ -124,6 +124,7 @@ _OPT_OF_TAG = {
     "nosort": 18, "syncid": 19, "X": 20, "o": 21, "pe": 22, "b": 23, "mcast-group": 24,
     "mcast-port": 25, "mcast-ttl": 26, "sync-maxlen": 27, "tun-info": 28, "tun-type": 29,
     "tun-port": 30, "tun-nocsum": 31, "tun-csum": 32, "tun-remcsum": 33, "sync-key-file": 34,
+    "sync-unsigned": 35,
 }
 
 EDIT_COMMANDS = ("add-service", "edit-service", "delete-service", "flush", "add-server",
@@ -639,7 +640,7 @@ def _ifname_ok(s: str | None) -> bool:
 
 
 DEFAULT_MCAST_IFN = "eth0"   # ipvsadm's default
-SYNC_MAXLEN_MIN = 20 + 36 + 16  # one halb sync entry, signed
+SYNC_MAXLEN_MIN = 32 + 36 + 16  # header, one halb sync entry, signature (halb.sync.codec)
 
 
 def _daemon_args(role: str, vals: dict) -> dict:
@@ -651,7 +652,8 @@ def _daemon_args(role: str, vals: dict) -> dict:
     return {"role": role, "ifname": vals.get("mcast-interface") or DEFAULT_MCAST_IFN,
             "syncid": int(vals.get("syncid") or 0), "group": vals.get("mcast-group") or "224.0.0.81",
             "port": int(vals.get("mcast-port") or 8848), "ttl": int(vals.get("mcast-ttl") or 1),
-            "maxlen": maxlen, "key_file": vals.get("sync-key-file") or ""}
+            "maxlen": maxlen, "key_file": vals.get("sync-key-file") or "",
+            "unsigned": "sync-unsigned" in vals}
 
 
 # ---------------------------------------------------------------------------

@@ -1,16 +1,25 @@
 """The sync datagram: pure encoding and decoding, no I/O.
 
-    header (20 bytes, network order)
+    header (32 bytes, network order)
       magic  b"HLBS"
-      version u8 (1)
+      version u8 (2)
       flags   u8 (bit 0: signed: a 16-byte HMAC-SHA256 follows the entries)
       syncid  u8
       count   u8 (entries in this datagram, 0 = a keepalive)
       epoch   u64 (the sender's generation: its start time in ms, plus a
                    random low part; a new sender process, a higher epoch)
       seq     u32 (per epoch, +1 per datagram)
+      sender  u32 (the sender's identity: from its node name, sender_id())
+      stamp   u64 (the sender's wall clock when it sent, ms since 1970)
     entries (count x 36 bytes), see ENTRY
     [mac 16 bytes: HMAC-SHA256(key, header + entries), truncated]
+
+The signature covers the sender identity, epoch, sequence number and time
+stamp: a backup keys its replay state by (sender, epoch), never by the
+datagram's source address, so a signed datagram replayed from another
+address is still a replay; and it refuses datagrams stamped too far from
+its own clock, so one recorded earlier cannot be played to a backup that
+restarted since (and forgot what it had seen).
 
 An entry names a connection by what both directors agree on, never by the
 master's dest marks (they differ between nodes): the virtual service
@@ -32,12 +41,12 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"HLBS"
-VERSION = 1
+VERSION = 2
 F_SIGNED = 0x01
-HEADER = struct.Struct("!4sBBBBQI")
+HEADER = struct.Struct("!4sBBBBQIIQ")
 ENTRY = struct.Struct("!BBBBI4sHH4s4sHH4sI")
 MAC_LEN = 16
-HEADER_LEN = HEADER.size      # 20
+HEADER_LEN = HEADER.size      # 32
 ENTRY_LEN = ENTRY.size        # 36
 MAX_COUNT = 255
 DEFAULT_MAXLEN = 1472         # 1500-byte MTU - IP - UDP headers (IPVS's default)
@@ -104,6 +113,13 @@ class Packet(NamedTuple):
     seq: int
     signed: bool
     entries: list
+    sender: int = 0
+    stamp_ms: int = 0
+
+
+def sender_id(node: str) -> int:
+    """A sender's identity on the wire: 32 bits of SHA-256 of its node name."""
+    return int.from_bytes(hashlib.sha256(node.encode()).digest()[:4], "big")
 
 
 def _aton(s: str) -> bytes:
@@ -176,13 +192,15 @@ def mac_of(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()[:MAC_LEN]
 
 
-def encode_packet(entries, *, syncid: int, epoch: int, seq: int, key: bytes | None = None) -> bytes:
+def encode_packet(entries, *, syncid: int, epoch: int, seq: int, key: bytes | None = None,
+                  sender: int = 0, stamp_ms: int = 0) -> bytes:
     """One datagram. entries must already be valid (check_entry)."""
     entries = list(entries)
     if len(entries) > MAX_COUNT:
         raise ValueError(f"{len(entries)} entries in one datagram (at most {MAX_COUNT})")
     body = HEADER.pack(MAGIC, VERSION, F_SIGNED if key else 0, syncid & 0xFF, len(entries),
-                       epoch & 0xFFFFFFFFFFFFFFFF, seq & 0xFFFFFFFF)
+                       epoch & 0xFFFFFFFFFFFFFFFF, seq & 0xFFFFFFFF, sender & 0xFFFFFFFF,
+                       stamp_ms & 0xFFFFFFFFFFFFFFFF)
     body += b"".join(pack_entry(e) for e in entries)
     if key:
         body += mac_of(key, body)
@@ -199,7 +217,7 @@ def decode_packet(data: bytes, key: bytes | None = None) -> tuple[Packet, list[D
     data = bytes(data)
     if len(data) < HEADER_LEN:
         raise Drop("malformed", f"{len(data)} bytes, shorter than a header")
-    magic, version, flags, syncid, count, epoch, seq = HEADER.unpack_from(data)
+    magic, version, flags, syncid, count, epoch, seq, sender, stamp_ms = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise Drop("malformed", "not a halb sync datagram")
     if version != VERSION:
@@ -223,4 +241,4 @@ def decode_packet(data: bytes, key: bytes | None = None) -> tuple[Packet, list[D
             entries.append(unpack_entry(data, HEADER_LEN + i * ENTRY_LEN))
         except Drop as d:
             bad.append(d)
-    return Packet(syncid, epoch, seq, signed, entries), bad
+    return Packet(syncid, epoch, seq, signed, entries, sender, stamp_ms), bad

@@ -13,8 +13,10 @@ Master side
 
 Backup side
     Receiver     datagram -> accepted entries: decode (codec), syncid,
-                 replay window per sender (epoch + 64-datagram window),
-                 counters for every reason a datagram or entry is dropped
+                 time stamp within MAX_SKEW of this node's clock, replay
+                 window per signed sender identity (epoch + 64-datagram
+                 window; never per source address), counters for every
+                 reason a datagram or entry is dropped
     BackupView   (service, real server) -> this node's dest mark
     plan_apply() accepted entries -> nft element additions in this node's
                  own marks, with the time they have left
@@ -33,6 +35,7 @@ REPLAY_WINDOW = 64
 KEEPALIVE = 1.0          # s without a datagram: the master sends an empty one
 RESEND = 60.0            # s: an entry is sent again at least this often while it lives
 MIN_LEFT_MS = 200        # an entry with less time left is not worth adding
+MAX_SKEW = 30.0          # s: a datagram stamped further from the backup's clock is refused
 
 
 # --------------------------------------------------------------------------
@@ -184,8 +187,10 @@ class Sender:
     `burst`; numbered within the sender's epoch and signed with the key."""
 
     def __init__(self, *, syncid: int, epoch: int, key: bytes | None, maxlen: int = codec.DEFAULT_MAXLEN,
-                 rate: float = 2000.0, burst: int = 64):
+                 rate: float = 2000.0, burst: int = 64, sender: int = 0, clock=time.time):
         self.syncid, self.epoch, self.key = syncid, epoch, key
+        self.sender = sender
+        self.clock = clock       # the wall clock the datagrams are stamped with
         self.per_packet = codec.per_packet(maxlen, bool(key))
         self.rate, self.burst = float(rate), int(burst)
         self.tokens = float(burst)
@@ -220,7 +225,8 @@ class Sender:
         self.packets += 1
         self.entries += len(batch)
         self.last_sent = now
-        return codec.encode_packet(batch, syncid=self.syncid, epoch=self.epoch, seq=self.seq, key=self.key)
+        return codec.encode_packet(batch, syncid=self.syncid, epoch=self.epoch, seq=self.seq, key=self.key,
+                                   sender=self.sender, stamp_ms=int(self.clock() * 1000))
 
 
 def new_epoch(now_wall: float, rand: int) -> int:
@@ -240,17 +246,27 @@ class Peer:
     packets: int = 0
     entries: int = 0
     last_seen: float = 0.0
+    sender: int = 0
+    addr: str = ""          # where its last accepted datagram came from (for the logs only)
 
 
 class Receiver:
-    """Validates datagrams from masters; counts every drop by reason."""
+    """Validates datagrams from masters; counts every drop by reason.
 
-    def __init__(self, *, key: bytes | None, syncid: int = 0, max_peers: int = 64, on_drop=None):
+    Replay state is keyed by the sender identity the datagram carries (signed
+    with the key), not by its source address. `max_skew`: datagrams stamped
+    further than this from `wall` (the backup's clock, given to receive())
+    are refused; None turns the check off."""
+
+    def __init__(self, *, key: bytes | None, syncid: int = 0, max_peers: int = 64, on_drop=None,
+                 max_skew: float | None = MAX_SKEW):
         self.key = key
+        self.max_skew = max_skew
+        self.last_peer: Peer | None = None
         self.on_drop = on_drop   # (reason, src, detail) -> None: the shell logs
         self.syncid = syncid
         self.max_peers = max_peers
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[int, Peer] = {}   # sender identity -> its replay state
         self.counters = {"packets_received": 0, "packets_accepted": 0, "entries_received": 0}
         self.drops: dict[str, int] = {}
 
@@ -259,12 +275,20 @@ class Receiver:
         if self.on_drop is not None:
             self.on_drop(reason, src, detail)
 
-    def receive(self, data: bytes, src: str, now: float) -> list[Entry]:
+    def receive(self, data: bytes, src: str, now: float, wall: float | None = None) -> list[Entry]:
+        """Entries of an accepted datagram ([] if refused). now: monotonic s;
+        wall: this node's wall clock (s since 1970) for the time-stamp check."""
         self.counters["packets_received"] += 1
+        self.last_peer = None
         try:
             pkt, bad = codec.decode_packet(data, self.key)
             if self.syncid and pkt.syncid != self.syncid:
                 raise Drop("syncid", f"syncid {pkt.syncid}, this daemon takes {self.syncid}")
+            if wall is not None and self.max_skew is not None and \
+                    abs(pkt.stamp_ms / 1000.0 - wall) > self.max_skew:
+                raise Drop("stale_time", f"stamped {pkt.stamp_ms / 1000.0 - wall:+.0f} s from this node's clock "
+                                         f"(more than {self.max_skew:.0f} s: an old datagram replayed, or "
+                                         f"unsynchronised clocks)")
             self._replay_check(pkt, src, now)
         except Drop as d:
             self.drop("packet_" + d.reason, 1, src, d.detail)
@@ -273,20 +297,22 @@ class Receiver:
         self.counters["entries_received"] += len(pkt.entries) + len(bad)
         for d in bad:
             self.drop("entry_" + d.reason, 1, src, d.detail)
-        p = self.peers[src]
+        p = self.peers[pkt.sender]
         p.packets += 1
         p.entries += len(pkt.entries)
+        p.addr = src
+        self.last_peer = p
         return pkt.entries
 
     def _replay_check(self, pkt: codec.Packet, src: str, now: float) -> None:
-        p = self.peers.get(src)
+        p = self.peers.get(pkt.sender)
         if p is None or pkt.epoch > p.epoch:
             if p is None and len(self.peers) >= self.max_peers:
                 oldest = min(self.peers, key=lambda s: self.peers[s].last_seen)
                 del self.peers[oldest]
             old = p
-            self.peers[src] = Peer(pkt.epoch, pkt.seq, 1, old.packets if old else 0,
-                                   old.entries if old else 0, now)
+            self.peers[pkt.sender] = Peer(pkt.epoch, pkt.seq, 1, old.packets if old else 0,
+                                          old.entries if old else 0, now, pkt.sender, src)
             return
         if pkt.epoch < p.epoch:
             raise Drop("stale_epoch", "a datagram of an older sender generation")
@@ -405,44 +431,62 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-HELD_MAX = 262144
+HELD_MAX = 131072
 HELD = struct.Struct("!Q")
+HELD_BATCH = 8192        # held entries placed per nft transaction
+
+
+def _held_key(b: bytes) -> bytes:
+    """The flow key of a packed entry (codec.ENTRY layout): kind + flow for a
+    connection, kind + service + client network for a template."""
+    if b[0] == TEMPLATE:
+        return b[0:1] + b[2:3] + b[4:14] + b[20:24]
+    return b[0:1] + b[14:26]
 
 
 class Held:
     """Entries this node could not place yet (its table lacks their service
     or real server: in the article's set-up the backup's table only appears
     when ldirectord starts there, at takeover). Kept until they expire, at
-    most `limit` of them (the newest version of a connection wins); placed
-    when the table changes; handed from the stopping backup daemon to the
-    master daemon that replaces it through a file (dump/load), as IPVS's
-    synced connections outlive its backup thread in the kernel."""
+    most `limit` of them (the newest version of a connection wins; beyond
+    the limit new ones are counted in `overflow` and dropped); placed when
+    the table changes; handed from the stopping backup daemon to the master
+    daemon that replaces it through a file (dump/load), as IPVS's synced
+    connections outlive its backup thread in the kernel.
+
+    Stored packed (the entry's 36 wire bytes + its expiry in ms: about 160
+    bytes an entry in all, not the ~420 of Entry tuples), so that a full
+    store stays near 20 MB. place() is pure work on this object: the daemon
+    runs it in a thread and adds its result in batches of HELD_BATCH."""
 
     def __init__(self, limit: int = HELD_MAX):
         self.limit = limit
-        self.items: dict[tuple, tuple] = {}   # flow key -> (Entry, expiry: wall-clock s)
+        self.items: dict[bytes, bytes] = {}   # flow key -> expiry ms (u64) + packed entry
         self.overflow = 0
 
     def __len__(self):
         return len(self.items)
 
     def add(self, entries, now: float) -> None:
+        items = self.items
         for e in entries:
-            k = e.flow_key
-            if k not in self.items and len(self.items) >= self.limit:
+            b = codec.pack_entry(e)
+            k = _held_key(b)
+            if k not in items and len(items) >= self.limit:
                 self.overflow += 1
                 continue
-            self.items[k] = (e, now + e.timeout_ms / 1000.0)
+            items[k] = HELD.pack(int(now * 1000) + e.timeout_ms) + b
 
     def alive(self, now: float) -> list[Entry]:
         """The held entries with their time left at `now` (expired ones go)."""
         out = []
-        for k, (e, exp) in list(self.items.items()):
-            left = int((exp - now) * 1000)
+        now_ms = int(now * 1000)
+        for k, v in list(self.items.items()):
+            left = HELD.unpack_from(v)[0] - now_ms
             if left < MIN_LEFT_MS:
                 del self.items[k]
                 continue
-            out.append(e._replace(timeout_ms=left))
+            out.append(codec.unpack_entry(v, HELD.size)._replace(timeout_ms=left))
         return out
 
     def place(self, view: TableView, now: float) -> tuple[list[Add], dict[str, int]]:
@@ -451,7 +495,7 @@ class Held:
         entries = self.alive(now)
         still: list = []
         adds, refused = plan_apply(entries, view, still)
-        keep = {e.flow_key for e in still}
+        keep = {_held_key(codec.pack_entry(e)) for e in still}
         for k in [k for k in self.items if k not in keep]:
             del self.items[k]
         return adds, refused
@@ -478,6 +522,6 @@ class Held:
                 break
             left = exp_ms - int(now * 1000)
             if left >= MIN_LEFT_MS:
-                self.add([e._replace(timeout_ms=left)], now)
+                self.add([e._replace(timeout_ms=min(left, codec.MAX_TIMEOUT_MS))], now)
                 n += 1
         return n

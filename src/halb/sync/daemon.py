@@ -46,6 +46,7 @@ class SyncConfig:
     ttl: int = DEFAULT_TTL
     maxlen: int = codec.DEFAULT_MAXLEN
     key_file: str = ""
+    unsigned: bool = False           # --sync-unsigned: the explicit opt-out of signing
 
     def public(self) -> dict:
         return asdict(self)
@@ -55,6 +56,28 @@ def paths(run_dir, role: str) -> dict:
     d = {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
     d["held"] = run_dir / "sync-held.bin"   # the backup's unplaced entries, for the next master
     return d
+
+
+DEFAULT_KEY_FILE = "/etc/ha.d/authkeys"
+
+
+def find_key_file(key_file: str, unsigned: bool, default: str | None = None) -> str:
+    """The key file the daemon signs with: --sync-key-file, else the node's
+    heartbeat authkeys (HALB_SYNC_KEY_FILE or /etc/ha.d/authkeys) when it
+    exists; "" only with the explicit --sync-unsigned. Otherwise a
+    ConfigError: unsigned sync lets anyone on the LAN write the flow table."""
+    from halb.errors import ConfigError
+
+    if key_file:
+        return key_file
+    default = default or os.environ.get("HALB_SYNC_KEY_FILE") or DEFAULT_KEY_FILE
+    if os.path.exists(default):
+        return default
+    if unsigned:
+        return ""
+    raise ConfigError(default, None, "no key to sign the sync datagrams with: give --sync-key-file FILE, "
+                                     "install heartbeat's authkeys here, or accept unsigned sync "
+                                     "explicitly with --sync-unsigned")
 
 
 def load_key(path: str) -> bytes:
@@ -177,9 +200,10 @@ class Daemon:
                     drops[k] = drops.get(k, 0) + v
                 d["counters"].update(r.counters)
                 d["counters"]["entries_dropped"] += sum(v for k, v in r.drops.items() if k.startswith("entry_"))
-                d["peers"] = {src: {"epoch": p.epoch, "seq": p.top, "packets": p.packets, "entries": p.entries,
-                                    "last_seen_s_ago": round(time.monotonic() - p.last_seen, 2)}
-                              for src, p in r.peers.items()}
+                d["peers"] = {p.addr: {"epoch": p.epoch, "seq": p.top, "packets": p.packets, "entries": p.entries,
+                                       "sender": f"{p.sender:08x}",
+                                       "last_seen_s_ago": round(time.monotonic() - p.last_seen, 2)}
+                              for p in r.peers.values()}
             d["drops"] = drops
             d["pending"] = len(self.pending)
             d["last_apply_s"] = round(self.last_apply_s, 4)
@@ -190,7 +214,8 @@ class Daemon:
     async def master(self, sock):
         dest = (self.cfg.group, self.cfg.port)
         self.sender = core.Sender(syncid=self.cfg.syncid, epoch=core.new_epoch(time.time(), random.getrandbits(16)),
-                                  key=self.key, maxlen=self.cfg.maxlen, rate=RATE)
+                                  key=self.key, maxlen=self.cfg.maxlen, rate=RATE,
+                                  sender=codec.sender_id(self.ctx.node))
         next_poll = 0.0
         while not self.stopping.is_set():
             now = time.monotonic()
@@ -254,11 +279,11 @@ class Daemon:
                     return
                 except OSError:
                     return
-                entries = self.receiver.receive(data, src, time.monotonic())
-                p = self.receiver.peers.get(src)
-                if p is not None and (src, p.epoch) not in known_peers:
-                    known_peers.add((src, p.epoch))
-                    log.info("master %s (epoch %x) heard", src, p.epoch)
+                entries = self.receiver.receive(data, src, time.monotonic(), time.time())
+                p = self.receiver.last_peer
+                if p is not None and (p.sender, p.epoch) not in known_peers and len(known_peers) < 4096:
+                    known_peers.add((p.sender, p.epoch))
+                    log.info("master %s (sender %08x, epoch %x) heard", src, p.sender, p.epoch)
                 if entries:
                     if len(self.pending) + len(entries) > PENDING_MAX:
                         self.drop("backlog", len(entries), "the backup cannot add entries fast enough")
@@ -292,9 +317,12 @@ class Daemon:
         view = self.source.view()
         self.held_stamp = self.source.stamp
         before = len(self.held)
-        adds, refused = self.held.place(view, time.time())
+        # off the event loop (a full store is 100,000s of entries), added in batches
+        adds, refused = await asyncio.to_thread(self.held.place, view, time.time())
         if adds:
-            n = await self.add(adds)
+            n = 0
+            for i in range(0, len(adds), core.HELD_BATCH):
+                n += await self.add(adds[i:i + core.HELD_BATCH])
             log.info("%d held entries placed now that the table has their services (%d still held)",
                      n, len(self.held))
         expired = before - len(adds) - len(self.held)
@@ -382,7 +410,9 @@ def run(ctx, cfg: SyncConfig) -> int:
     from halb.nft.engine import check_namespace
 
     check_namespace()
-    key = load_key(cfg.key_file) if cfg.key_file else None
+    key_file = find_key_file(cfg.key_file, cfg.unsigned)
+    key = load_key(key_file) if key_file else None
+    cfg.key_file = key_file
     ctx.ensure_run_dir()
     p = paths(ctx.run_dir, cfg.role)
     pid_fd = _lock_pid(p["pid"])
@@ -414,7 +444,10 @@ async def _main(ctx, cfg, key, sock, p) -> int:
     finally:
         os.umask(old)
     os.chmod(p["sock"], 0o600)
-    how = f"signed (HMAC-SHA256, key from {cfg.key_file})" if key else "NOT signed (no --sync-key-file)"
+    how = f"signed (HMAC-SHA256, key from {cfg.key_file})" if key else \
+        "NOT signed (--sync-unsigned): anyone who can send to the group can write this node's flow table"
+    if not key:
+        log.warning("sync datagrams are not signed (--sync-unsigned given and no key found)")
     log.info("%s sync daemon started (mcast=%s, syncid=%d, maxlen=%d, group=%s, port=%d, ttl=%d); datagrams %s",
              cfg.role, cfg.ifname, cfg.syncid, cfg.maxlen, cfg.group, cfg.port, cfg.ttl, how)
     if cfg.role == "master":
