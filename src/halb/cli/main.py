@@ -17,6 +17,7 @@ COMMANDS = {
     "ipvsadm": "the virtual-server table, with ipvsadm's syntax",
     "proxy": "the user-space engine daemon (relays TCP/UDP for the table)",
     "nft": "the kernel engine's own commands (flush, status, controller)",
+    "xdp": "the XDP engine's own commands (build, check, flush, status, controller)",
     "realserver": "Direct Return real-server set-up (the article's lvsdr)",
     "lab": "the article's network in namespaces (N1, N2, clients, Apache)",
     "director": "ldirectord-compatible health checking",
@@ -28,12 +29,13 @@ COMMANDS = {
     "gmetad": "Ganglia-style collector with web dashboard and graphs",
 }
 
-USAGE = """usage: halb [--node NAME] [--run-dir DIR] [--engine proxy|nft] COMMAND [ARGS...]
+USAGE = """usage: halb [--node NAME] [--run-dir DIR] [--engine proxy|nft|xdp] COMMAND [ARGS...]
 
 global options (also HALB_NODE, HALB_RUN_DIR, HALB_ENGINE):
   --node NAME      this node's name (default: uname -n)
   --run-dir DIR    runtime directory (default: /run/halb/NODE, or a user dir when not root)
-  --engine NAME    data plane: nft (kernel, needs CAP_NET_ADMIN) or proxy (user space)
+  --engine NAME    data plane: nft (kernel, needs CAP_NET_ADMIN), xdp (Direct Return in the
+                   driver; NAT tables go to nft) or proxy (user space)
 
 commands:
 """ + "".join(f"  {k:<11} {v}\n" for k, v in COMMANDS.items())

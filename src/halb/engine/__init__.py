@@ -1,4 +1,4 @@
-"""Engine selection: `--engine proxy|nft` (or HALB_ENGINE)."""
+"""Engine selection: `--engine proxy|nft|xdp` (or HALB_ENGINE)."""
 from __future__ import annotations
 
 import importlib
@@ -11,6 +11,7 @@ from halb.errors import EngineUnavailable
 ENGINES = {
     "proxy": "halb.proxy.client:connect",
     "nft": "halb.nft.engine:connect",
+    "xdp": "halb.xdp.engine:connect",
 }
 
 

@@ -665,6 +665,23 @@ class Lab:
         nsu.wait_gone(pids, 5)
         return pids
 
+    # ---- XDP -------------------------------------------------------------
+    def xdp_tx_ready(self, node) -> None:
+        """Let a node send frames back out of its LAN interface with XDP_TX
+        (the xdp engine): on veth the other end must run an XDP program to
+        receive them (its switch port gets one that passes every frame), and
+        a frame sent that way keeps no checksum offload, so the clients'
+        interfaces compute their checksums themselves (ethtool -K tx off)."""
+        import sys
+        n = self.node(self._name(node))
+        r = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{self.switch_ns}", "--", sys.executable,
+                            "-m", "halb.xdp.passprog", "attach", n.port], capture_output=True, text=True,
+                           timeout=30)
+        if r.returncode != 0:
+            raise LabError(f"cannot attach XDP to the switch port of {n.name}: {r.stderr.strip()}")
+        for c in self.clients:
+            self.run(c, ["ethtool", "-K", c.iface, "tx", "off"], check=True)
+
     # ---- clients ---------------------------------------------------------
     def http_get(self, node, url: str, timeout: float = 5) -> tuple[int, str]:
         """GET `url` from inside `node` (HTTP/1.0, new connection each time).
