@@ -81,6 +81,7 @@ class State:
         self.ifaces: list = []                        # [name, ifindex]
         self.mode = "drv"
         self.delegate = ""                            # "nft": the table is the nft engine's
+        self.delegate_why = ""                        # "table" (NAT, fwmark) or "unusable" (XDP here)
         self.gc_at = 0.0
 
     def table(self) -> Table:
@@ -197,15 +198,26 @@ class XdpEngine(Engine):
             st = self._load()
             new = st.table().apply(ops)
             reason = nft_reason(new)
-            if reason is None and st.delegate != "nft":
+            why = "table"
+            if st.delegate == "nft" and st.delegate_why == "unusable":
+                # XDP could not run here: nft keeps the table until it is empty
+                self.nft().execute(ops)
+                if not new.services:
+                    st.delegate = st.delegate_why = ""
+                reason = None
+            elif reason is None and st.delegate != "nft":
                 try:
                     self._sync(st, new, _touched(ops))
                 except XdpUnusable as e:
-                    reason = str(e)
+                    reason, why = str(e), "unusable"
+            elif reason is None:
+                try:
+                    self._from_nft(st, new)
+                except XdpUnusable as e:
+                    reason, why = str(e), "unusable"
             if reason is not None:
                 self._to_nft(st, new, ops, reason)
-            elif st.delegate == "nft":
-                self._from_nft(st, new)
+                st.delegate_why = why
             st.services = [_pack(s) for s in new.services.values()]
             st.timeouts = [new.timeouts.tcp, new.timeouts.tcpfin, new.timeouts.udp]
             if any(op.kind == "zero" for op in ops) and st.delegate != "nft":
@@ -232,8 +244,9 @@ class XdpEngine(Engine):
         st.clear_kernel()
         self._sync(st, new, None)  # XdpUnusable here: stays with nft (raised to the caller)
         self.nft().flush()
-        st.delegate = ""
-        log.warning("halb xdp: the table is Direct Return only again: XDP serves it (nft engine flushed)")
+        st.delegate = st.delegate_why = ""
+        if new.services:
+            log.warning("halb xdp: the table is Direct Return only again: XDP serves it (nft engine flushed)")
 
     def timeouts(self) -> Timeouts:
         return Timeouts(*self._load().timeouts)
@@ -304,7 +317,7 @@ class XdpEngine(Engine):
             self._teardown(st)
             if st.delegate == "nft":
                 self.nft().flush()
-            st.delegate = ""
+            st.delegate = st.delegate_why = ""
             st.services = []
             self._save(st)
 
@@ -411,8 +424,6 @@ class XdpEngine(Engine):
                     raise XdpUnusable(f"XDP cannot attach to {name} in {'native' if mode == 'drv' else mode} "
                                       f"mode ({e})") from None
                 done.append((name, ix))
-            pinfo = libbpf.prog_info(fd)
-            del pinfo
             buf_id = libbpf.query_id(ifaces[0][1], mode)
         finally:
             libbpf.close_object(obj)
@@ -459,8 +470,8 @@ class XdpEngine(Engine):
                 return sid
         raise IpvsError("too many virtual services for the xdp engine (4095)")
 
-    def _new_did(self, st: State) -> int:
-        used = {d for m in st.dests.values() for d in m.values()} | {int(d) for d in st.retired}
+    def _new_did(self, st: State, taken: set[int]) -> int:
+        used = {d for m in st.dests.values() for d in m.values()} | {int(d) for d in st.retired} | taken
         start = max(used, default=0) + 1
         for did in list(range(start, lay.MAX_DESTS)) + list(range(1, start)):
             if did not in used:
@@ -485,7 +496,7 @@ class XdpEngine(Engine):
                     did = int(back[0])
                     del st.retired[back[0]]
                 else:
-                    did = self._new_did(st)
+                    did = self._new_did(st, set(newmap.values()) | set(cur.values()))
                     k.stats.update(lay.u32(did), bytes(24))
                     st.zero.pop(str(did), None)
                 info = _dest_info(d.addr, locals_)

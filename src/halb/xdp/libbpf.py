@@ -120,6 +120,8 @@ def _load_failure(path: str, err: int, log: str) -> str:
     for i, ln in enumerate(lines):
         if ln.startswith("processed ") and i > 0:
             verdict = lines[i - 1]
+            if i > 1 and lines[i - 2].startswith("invalid"):
+                verdict = f"{lines[i - 2]}: {verdict}"
     if not verdict:
         for ln in reversed(lines):
             low = ln.lower()
