@@ -265,3 +265,56 @@ def test_watchdog_clean_stop_leaves_nothing_and_runs_no_release(cluster_factory)
     c.stop("N1")
     assert not watch[0].is_running() or watch[0].status() == psutil.STATUS_ZOMBIE
     assert c.holders() == [] and "watchdog:" not in c.log("N1").split("shutting down")[1]
+
+
+@pytest.mark.timeout(120)
+def test_sighup_reloads_without_releasing(cluster_factory):
+    c = cluster_factory(apache=False)
+    lab = c.lab
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    pid = c.status("N1")["pid"]
+
+    def hup_and_wait(node, mark):
+        n = c.log(node).count(mark)
+        r = halb_on(c, node, "heartbeat", "reload")
+        assert r.returncode == 0 and "SIGHUP" in r.stdout, r.stderr
+        wait_for(lambda: c.log(node).count(mark) > n, 5, what=f"{node}: {mark}")
+
+    # logrotate: the log file moved away, SIGHUP: a new one is written
+    c.logfile("N1").rename(str(c.logfile("N1")) + ".1")
+    hup_and_wait("N1", "reload: log files reopened; nothing else changed")
+    rotated = open(str(c.logfile("N1")) + ".1").read()
+    assert "Signal SIGHUP received" in rotated and "Signal SIGHUP received" not in c.log("N1")
+    # a bad ha.cf: located error, the running configuration kept
+    good = c.dir("N1").joinpath("ha.cf").read_text()
+    c.dir("N1").joinpath("ha.cf").write_text(good + "keepalive soon\n")
+    bad_line = len(good.splitlines()) + 1
+    hup_and_wait("N1", "keeping the running configuration")
+    assert f"ha.cf:{bad_line}: keepalive: 'soon' is not a time" in c.log("N1")
+    # timers, keys (a new active key on both nodes), a ping node: applied; haresources: refused
+    auth = 'auth 2\n1 md5 "secret"\n2 sha1 "rotated secret"\n'
+    for n in ("N1", "N2"):
+        c.write(n, deadtime="500ms", warntime="400ms", keepalive="40ms",
+                extra=f"ping {lab.client(0).ip}\n" if n == "N1" else "")
+        c.dir(n).joinpath("authkeys").write_text(auth)
+    c.dir("N1").joinpath("haresources").write_text(c.haresources + f"N2 IPaddr2::{lab.vip[:-1]}9\n")
+    hup_and_wait("N1", "reload: log files reopened; applied:")
+    hup_and_wait("N2", "reload: log files reopened; applied:")
+    log1 = c.log("N1")
+    applied = log1.rsplit("applied: ", 1)[1].splitlines()[0]
+    for what in ("keepalive", "deadtime", "warntime", "ping", "authkeys"):
+        assert what in applied, applied
+    assert "reload: haresources changed: that needs a restart of heartbeat" in log1
+    st = c.status("N1")
+    assert st["deadtime"] == 0.5 and st["keepalive"] == 0.04 and len(st["groups"]) == 1
+    wait_for(lambda: c.status("N1")["ping"] == {lab.client(0).ip: "up"}, 5, what="the new ping node up")
+    time.sleep(1.0)       # both nodes now sign with key 2: nobody died, nothing moved
+    assert c.holders() == ["N1"] and c.status("N1")["pid"] == pid
+    for n in ("N1", "N2"):
+        assert "is dead" not in c.log(n) and c.status(n)["nodes"][{"N1": "N2", "N2": "N1"}[n]]["status"] == "up"
+    assert c.status("N2")["counters"]["rx"] > 0
+    # and a restart is still clean
+    c.stop("N1")
+    assert c.procs.get("N1") is None and not c.vip_on("N1")

@@ -239,6 +239,7 @@ class BeatLoop:
         send_now = False
         try:
             while not self._stop:
+                period = self.keepalive * (lanes.n if lanes is not None else 1)    # a SIGHUP may change it
                 now = mono()
                 if send_now or now >= next_beat - 0.0002:
                     self._send(self.body)

@@ -52,17 +52,9 @@ class Logger:
         import queue
 
         self.stream = stream
-        self.files = []          # (file, takes debug lines)
         self.debug_on = debug
         self.problems = []
-        for f, dbg in ((logfile, False), (debugfile, True)):
-            if not f:
-                continue
-            try:
-                Path(f).parent.mkdir(parents=True, exist_ok=True)
-                self.files.append((open(f, "a", buffering=1), dbg))
-            except OSError as e:
-                self.problems.append(f"cannot open log file {f}: {e.strerror}; logging to stderr only")
+        self.files = self._open(logfile, debugfile, self.problems)    # (file, takes debug lines)
         self.syslog = None
         if facility and facility.lower() != "none":
             import syslog
@@ -76,6 +68,27 @@ class Logger:
         self.q = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._writer, name="halb-heartbeat-log", daemon=True)
         self.thread.start()
+
+    @staticmethod
+    def _open(logfile, debugfile, problems) -> list:
+        files = []
+        for f, dbg in ((logfile, False), (debugfile, True)):
+            if not f:
+                continue
+            try:
+                Path(f).parent.mkdir(parents=True, exist_ok=True)
+                files.append((open(f, "a", buffering=1), dbg))
+            except OSError as e:
+                problems.append(f"cannot open log file {f}: {e.strerror}; logging to stderr only")
+        return files
+
+    def reopen(self, logfile, debugfile) -> list:
+        """SIGHUP: open the log files again (logrotate moved them away); the writer
+        thread swaps them after the lines queued before. The problems met, if any."""
+        problems: list = []
+        files = self._open(logfile, debugfile, problems)
+        self.q.put(("reopen", files, None))
+        return problems
 
     def __call__(self, level: str, msg: str, t: float | None = None):
         """Queue one line; `t` (wall clock) when it happened earlier, in the agent helper."""
@@ -94,6 +107,14 @@ class Logger:
             if item is None:
                 return
             level, msg, line = item
+            if level == "reopen":
+                old, self.files = self.files, msg
+                for fh, _ in old:
+                    try:
+                        fh.close()
+                    except OSError:
+                        pass
+                continue
             try:
                 self.stream.write(line)
                 self.stream.flush()
@@ -459,6 +480,9 @@ class Daemon:
     async def monitor_loop(self):
         """Every halb_monitor_interval: the status of every resource of every group held here."""
         while not self.stopping:
+            if self.cfg.monitor_interval <= 0:     # turned off by a reload
+                self.monitor_task = None
+                return
             await asyncio.sleep(self.cfg.monitor_interval)
             for g in self.groups:
                 if self.stopping or g.state != "held" or g.task is not None:
@@ -693,6 +717,105 @@ class Daemon:
                         self.respawned[i] = None
             await asyncio.sleep(1.0)
 
+    # ------------------------------------------------------------ SIGHUP
+    # what a reload may change while the resources stay up; the rest needs a restart
+    RELOAD_REFUSED = ("nodes", "links", "udpport", "realtime", "beat_lanes", "watchdog", "respawn",
+                      "logfacility", "use_logd")
+
+    def on_sighup(self) -> None:
+        if not self.stopping:
+            asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """SIGHUP, as heartbeat: re-read ha.cf, authkeys and haresources; a bad file keeps
+        the running configuration (logged with its file:line); what can change without
+        releasing a resource is applied, the rest is refused in one log line."""
+        from dataclasses import fields
+
+        from halb.heartbeat.config import load_ha_dir
+
+        self.log("info", f"Signal SIGHUP received: re-reading the configuration in {self.ha.dir}")
+        try:
+            new = load_ha_dir(self.ha.dir, self.me)
+            stonith.check_devices(new.hacf)
+        except HalbError as e:
+            self.log("error", f"reload: {e}: keeping the running configuration")
+            return
+        old = self.cfg
+        cfg = new.hacf
+        refused = [f for f in self.RELOAD_REFUSED if getattr(cfg, f) != getattr(old, f)]
+        for f in refused:
+            setattr(cfg, f, getattr(old, f))
+        if [(g.node, [str(r) for r in g.resources]) for g in new.groups] != \
+                [(g.node, [str(r) for r in g.resources]) for g in self.ha.groups]:
+            refused.append("haresources")
+        keys_changed = new.auth != self.ha.auth
+        changed = [f.name for f in fields(cfg) if f.name not in ("warnings", "path")
+                   and f.name not in refused and getattr(cfg, f.name) != getattr(old, f.name)]
+        for w in cfg.warnings:
+            self.log("warn", w)
+        # timers (the beat thread reads them at its next wake-up)
+        timers_changed = any(f in changed for f in ("keepalive", "deadtime", "warntime", "deadping", "initdead"))
+        with self.beats.lock:
+            m = self.mem
+            m.keepalive, m.deadtime = cfg.keepalive, cfg.deadtime
+            m.warntime, m.deadping = cfg.effective_warntime, cfg.effective_deadping
+            n_lanes = self.lanes.n if self.lanes is not None else 1
+            self.tick_interval = max(0.002, min(cfg.keepalive * n_lanes, 0.1))
+            m.tick_interval = self.beats.tick_interval = self.tick_interval
+            m.stall_bound = max(2 * self.tick_interval, cfg.keepalive, 0.005)
+            self.beats.keepalive = cfg.keepalive
+            self.beats.ping_interval = max(cfg.keepalive, 0.05)
+            self.beats.accept_crc = cfg.allow_crc
+            if keys_changed:
+                self.beats.auth = new.auth
+                self.beats.encoder = type(self.beats.encoder)(self.me, self.generation, new.auth)
+            if "ping" in changed or "ping_groups" in changed:
+                self._apply_ping_targets(cfg.ping_targets)
+        if self.lanes is not None and (timers_changed or keys_changed):
+            # the lanes were given the key and the period at spawn: start them again
+            self.lanes.auth, self.lanes.keepalive = new.auth, cfg.keepalive
+            from halb.heartbeat.lane import lease_for
+            self.lanes.lease = lease_for(cfg.deadtime)
+            await asyncio.to_thread(self.lanes.stop)
+            self.lanes.start(self.beats.body)
+        if keys_changed:
+            self.ha.auth = new.auth
+            changed.append("authkeys")
+        if "logfile" in changed or "debugfile" in changed or isinstance(self.log, Logger):
+            if isinstance(self.log, Logger):
+                for p in self.log.reopen(cfg.logfile, cfg.debugfile):
+                    self.log("warn", p)
+        if "stonith" in changed:
+            self.fence_devices = stonith.devices_for(cfg, self.me)
+        if self.worker is not None:
+            self.worker.timeout = cfg.agent_timeout
+        self.cfg = self.ha.hacf = cfg
+        if "monitor_interval" in changed and cfg.monitor_interval > 0 and getattr(self, "monitor_task", None) is None:
+            self.monitor_task = asyncio.get_running_loop().create_task(self.monitor_loop())
+        self.log("info", "reload: log files reopened; " + (f"applied: {', '.join(changed)}" if changed
+                                                           else "nothing else changed"))
+        if refused:
+            self.log("warn", f"reload: {', '.join(refused)} changed: that needs a restart of heartbeat (the "
+                             "resources would be released): keeping the running value(s)")
+        self.send_beat()
+        self.evaluate()
+
+    def _apply_ping_targets(self, targets: dict) -> None:
+        """New ping nodes (under the beat lock): known ones keep their state."""
+        m = self.mem
+        m.ping_members = dict(targets)
+        m.ping_of = {a: t for t, addrs in targets.items() for a in addrs}
+        m.ping_state = {t: m.ping_state.get(t, "init") for t in targets}
+        m.ping_seen = {t: v for t, v in m.ping_seen.items() if t in targets}
+        now = self.now()
+        for t in targets:
+            m.ping_seen.setdefault(t, now)      # a new ping node gets deadping to answer
+        self.beats.ping_addrs = [a for addrs in targets.values() for a in addrs]
+        if targets and self.ping_sock is None:
+            self.ping_sock = open_ping_socket()
+        self.beats.ping_sock = self.ping_sock if targets else None
+
     def start_watchdog(self) -> None:
         """`watchdog DEVICE`: the device when it exists (softdog), else a death-watch process."""
         from halb.heartbeat import watchdog
@@ -877,6 +1000,7 @@ class Daemon:
         self._stop_ev = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         # a full garbage collection over the start-up heap can stall a thread for tens of
         # ms: freeze what exists now so collections only scan new objects
         gc.collect()
