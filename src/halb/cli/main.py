@@ -27,6 +27,8 @@ COMMANDS = {
     "demo": "the whole cluster on this machine, in one command",
     "gmond": "Ganglia-style monitoring agent (per node, XML on port 8649)",
     "gmetad": "Ganglia-style collector with web dashboard and graphs",
+    "exporter": "this node's state for Prometheus (IPVS names) and the dashboard",
+    "events": "this node's events timeline (failovers, real servers, reloads)",
 }
 
 USAGE = """usage: halb [--node NAME] [--run-dir DIR] [--engine proxy|nft|xdp] COMMAND [ARGS...]

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from halb import events
 from halb.context import Context
 from halb.director import alerts, checks
 from halb.director.config import Config, load
@@ -124,10 +125,15 @@ class Director:
         self.check_sem = asyncio.Semaphore(1024)
         self.engine_refreshes = True  # cleared when the engine has no refresh()
         self.last_reload_error: str | None = None
+        self.reloads = 0
+        self.check_seconds: dict[tuple[str, tuple[str, int]], float] = {}
 
     # -- logging ---------------------------------------------------------------
     def info(self, msg: str) -> None:
         log.info(msg)
+
+    def event(self, kind: str, subject: str, text: str) -> None:
+        events.record(kind, subject, text, run_dir=self.ctx.run_dir, node=self.ctx.node)
 
     def dbg(self, msg: str) -> None:
         if self.debug:
@@ -198,6 +204,9 @@ class Director:
             if isinstance(a, Edit):
                 if id(a) not in failed:
                     self.info(a.msg)
+                    ev = events.director_event(a.msg)
+                    if ev:
+                        self.event(ev[0], ev[1], a.msg)
                     for op in a.ops:
                         self.dbg(f"engine {self.ctx.engine}: {describe_op(op)}")
             elif isinstance(a, Log):
@@ -289,6 +298,7 @@ class Director:
                     t_chk = loop.time()
                     res = await checks.run(spec, negotiate)
                     self.durations.add(loop.time() - t_chk)
+                    self.check_seconds[(vid, rkey)] = loop.time() - t_chk
                 if spec.checktype == "combined":
                     if negotiate:
                         if res.ok:
@@ -494,6 +504,8 @@ class Director:
         new_children = set(new.execute)
         self._spawn(self._reload_children(old_children, new_children))
         self.last_reload_error = None
+        self.reloads += 1
+        self.event("reload", cfg_name(self.config_path), f"configuration {self.config_path} reloaded")
         self.submit(self.core.reload(new, live, time.time()))
         self._sync_checkers()
         await self.queue.join()
@@ -530,7 +542,8 @@ class Director:
             "pid": os.getpid(), "config": self.config_path, "engine": self.ctx.engine,
             "uptime": round(time.time() - self.started, 3), "edits_applied": self.edits_applied,
             "edit_errors": self.edit_errors, "checkers": len(self.tasks),
-            "last_reload_error": self.last_reload_error,
+            "last_reload_error": self.last_reload_error, "reloads": self.reloads,
+            "check_seconds": {f"{vid} {fmt_hp(*rk)}": round(s, 6) for (vid, rk), s in self.check_seconds.items()},
         })
         snap.update(self.lateness.summary())
         d = self.durations.summary()

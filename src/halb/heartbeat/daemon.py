@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from halb import events
 from halb.errors import ConfigError, HalbError
 from halb.heartbeat import recovery, stonith
 from halb.heartbeat.beatloop import BeatLoop
@@ -167,7 +168,8 @@ class Daemon:
         self.nodes = list(self.cfg.nodes)
         self.generation = time.time_ns()
         self.claim = 0
-        self.counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0}
+        self.counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0,
+                         "groups_acquired": 0, "groups_released": 0, "fencing_ok": 0, "fencing_failed": 0}
         self.payloads: dict[str, dict] = {}
         self.last_held: dict[str, set] = {}
         self.fenced: set = set()
@@ -305,13 +307,16 @@ class Daemon:
                 continue
             if k == "node_dead":
                 self.log("warn" if self.mem.deaths[e.node] > 1 or self.payloads.get(e.node) else "info", str(e))
+                self.event("node_dead", e.node, str(e))
                 changed = True
             elif k == "node_up":
                 self.log("info", f"Status update for node {e.node}: status active")
+                self.event("node_up", e.node, f"Status update for node {e.node}: status active")
                 self.fenced.discard(e.node)
                 changed = True
             elif k in ("link_up", "link_dead"):
                 self.log("info", str(e))
+                self.event(k, e.node, str(e))
             elif k in ("ping_up", "ping_dead"):
                 self.log("info" if k == "ping_up" else "warn", str(e))
                 self.send_beat(now=False)    # our ping score is in our beats
@@ -385,10 +390,14 @@ class Daemon:
                         break
                 if not ok:
                     self.log("error", f"STONITH of node {t} failed ({msg}): not taking '{g.describe()}'")
+                    self.counters["fencing_failed"] += 1
+                    self.event("fencing_failed", t, f"STONITH of node {t} failed ({msg}): not taking '{g.describe()}'")
                     self.retry_later(g)
                     return
                 self.fenced.add(t)
                 self.log("info", f"STONITH: node {t} has been reset ({msg})")
+                self.counters["fencing_ok"] += 1
+                self.event("fencing", t, f"STONITH: node {t} has been reset ({msg})")
             def announce(t):
                 # logged (and peers told) once the first start request is on its way: the
                 # clients are waiting for the VIP, the log can wait a few microseconds
@@ -411,6 +420,7 @@ class Daemon:
                         if not ok2:
                             self.stop_failed(g, g.agents[rj], res2)
                             return
+                    self.event("group_failed", g.describe(), f"{a} start failed: {res}")
                     v = recovery.on_monitor_failure(g.failcount)
                     g.failcount = v.failcount
                     if v.action == "move":
@@ -418,6 +428,8 @@ class Daemon:
                     self.retry_later(g)
                     return
                 started.append(ri)
+            self.counters["groups_acquired"] += 1
+            self.event("group_acquired", g.describe(), f"Acquiring resource group: {g.describe()}")
             self.transition_done(g, "held")
         finally:
             self.task_done(g)
@@ -425,6 +437,8 @@ class Daemon:
     async def release(self, g: GroupState):
         try:
             self.log("info", f"Releasing resource group: {g.describe()}")
+            self.counters["groups_released"] += 1
+            self.event("group_released", g.describe(), f"Releasing resource group: {g.describe()}")
             for ri in reversed(range(len(g.agents))):
                 a = g.agents[ri]
                 self.log("info", f"Running {a} stop")
@@ -578,6 +592,9 @@ class Daemon:
         self.log("info", f"cleanup of '{g.describe()}': every resource stopped here; the group may run again")
         self.evaluate()
         return {"ok": True, "message": f"'{g.describe()}': stopped here; it may run again"}
+
+    def event(self, kind: str, subject: str, text: str) -> None:
+        events.record(kind, subject, text, run_dir=self.run_dir, node=self.me)
 
     # ------------------------------------------------------------ control
     def status(self) -> dict:
@@ -944,6 +961,7 @@ class Daemon:
                          f"deadtime {cfg.deadtime * 1000:g} ms, warntime {cfg.effective_warntime * 1000:g} ms, "
                          f"initdead {cfg.effective_initdead * 1000:g} ms, auto_failback {cfg.auto_failback}, "
                          f"auth {self.ha.auth.method}")
+        self.event("daemon", "heartbeat", f"halb heartbeat starting on node {self.me}")
         if not self.fence_devices:
             self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
                              "run, both take the resources: split brain possible")
@@ -1071,6 +1089,7 @@ class Daemon:
         if self.ping_sock:
             self.ping_sock.close()
         self.log("info", "heartbeat shutdown complete.")
+        self.event("daemon", "heartbeat", "heartbeat shutdown complete.")
         if isinstance(self.log, Logger):
             self.log.close()
 

@@ -20,7 +20,7 @@ import struct
 import time
 from dataclasses import asdict, dataclass
 
-from halb import procs
+from halb import events, procs
 from halb.errors import HalbError
 from halb.sync import codec, core
 
@@ -450,6 +450,8 @@ async def _main(ctx, cfg, key, sock, p) -> int:
         log.warning("sync datagrams are not signed (--sync-unsigned given and no key found)")
     log.info("%s sync daemon started (mcast=%s, syncid=%d, maxlen=%d, group=%s, port=%d, ttl=%d); datagrams %s",
              cfg.role, cfg.ifname, cfg.syncid, cfg.maxlen, cfg.group, cfg.port, cfg.ttl, how)
+    events.record("sync_role", cfg.role, f"{cfg.role} sync daemon started (mcast={cfg.ifname}, syncid={cfg.syncid})",
+                  run_dir=ctx.run_dir, node=ctx.node)
     if cfg.role == "master":
         try:
             data = p["held"].read_bytes()
@@ -475,6 +477,7 @@ async def _main(ctx, cfg, key, sock, p) -> int:
                      (len(data) - 4) // (core.HELD.size + codec.ENTRY_LEN), p["held"])
         st = d.status()
         c = st["counters"]
+        events.record("sync_role", cfg.role, f"{cfg.role} sync daemon stopping", run_dir=ctx.run_dir, node=ctx.node)
         if cfg.role == "master":
             log.info("master sync daemon stopping: %d entries sent in %d datagrams", c["entries_sent"],
                      c["packets_sent"])
