@@ -196,4 +196,4 @@ def test_director_log_lines_as_events():
     assert de("Purged virtual server (stop): 10.0.0.10:80") == ("service_removed", "10.0.0.10:80")
     assert de("Virtual server 10.0.0.10:80 missing from the table: re-created") == ("table_restored", "10.0.0.10:80")
     assert de("Changed real server: 10.0.0.2:80 (10.0.0.10:80) (Weight set to 3)") is None
-    assert all(k in events.KINDS for k, _ in events._DIRECTOR)
+    assert all(k in events.KINDS for _, k in events._DIRECTOR)
