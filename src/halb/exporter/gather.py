@@ -76,8 +76,8 @@ def ask_status(path: Path, cmd: str = "status") -> tuple[dict | None, str | None
         return None, f"{path.name}: unreadable answer"
     if not isinstance(rep, dict) or not rep.get("ok"):
         return None, f"{path.name}: {rep.get('error') if isinstance(rep, dict) else 'bad answer'}"
-    st = rep.get("status", rep)
-    return (st if isinstance(st, dict) else None), None
+    st = rep.get("status")
+    return (st if isinstance(st, dict) else rep), None   # heartbeat answers its status inline
 
 
 def gather(ctx, table: bool = True) -> dict:
