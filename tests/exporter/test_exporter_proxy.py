@@ -57,7 +57,7 @@ def test_exporter_on_the_proxy_engine(tmp_path):
     vport, eport = _free_port(), _free_port()
     exporter = None
     try:
-        r = halb("proxy", "start")
+        r = halb("proxy", "start", "--maxconn", "2", "--maxconn-per-source", "0")
         assert r.returncode == 0, r.stderr
         assert halb("ipvsadm", "-A", "-t", f"127.0.0.1:{vport}", "-s", "rr").returncode == 0
         for b in backends:
@@ -81,6 +81,18 @@ def test_exporter_on_the_proxy_engine(tmp_path):
         assert s[("node_ipvs_incoming_bytes_total", ())] > 0 and s[("node_ipvs_outgoing_bytes_total", ())] > 0
         assert s[("halb_exporter_source_up", (("source", "proxy"),))] == 1
         assert ("halb_proxy_connections", (("proto", "tcp"),)) in s
+        assert s[("halb_proxy_refused_total", (("reason", "maxconn"),))] == 0
+        assert s[("halb_proxy_maxconn", ())] == 2
+        # two clients hold their connections: the third is refused at maxconn, and counted
+        held = [socket.create_connection(("127.0.0.1", vport), timeout=5) for _ in range(2)]
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{vport}/", timeout=5) as resp:
+                resp.read()
+        for c in held:
+            c.close()
+        s = _samples(halb("exporter", "--once").stdout)
+        assert s[("halb_proxy_refused_total", (("reason", "maxconn"),))] >= 1
         # the server: gzip for Prometheus, and the state as JSON
         exporter = subprocess.Popen([sys.executable, "-m", "halb", "exporter", "--listen", f"127.0.0.1:{eport}",
                                      "--interval", "0.5"], env=env, stdout=subprocess.PIPE,
@@ -98,7 +110,7 @@ def test_exporter_on_the_proxy_engine(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "the exporter did not answer"
                 time.sleep(0.2)
-        assert _samples(text)[("node_ipvs_connections_total", ())] == 8
+        assert _samples(text)[("node_ipvs_connections_total", ())] == 10   # 8 + the 2 held (the refused one is not)
         halb("ipvsadm", "-d", "-t", f"127.0.0.1:{vport}", "-r", f"127.0.0.2:{backends[0].server_port}")
         time.sleep(1.2)   # the next collection
         with urllib.request.urlopen(f"http://127.0.0.1:{eport}/metrics", timeout=5) as resp:

@@ -92,6 +92,8 @@ METRICS: dict[str, tuple[str, str]] = {
     # proxy engine
     "halb_proxy_connections": ("gauge", "Connections the user-space engine relays now, by protocol."),
     "halb_proxy_refused_total": ("counter", "Client connections the proxy engine refused, by reason."),
+    "halb_proxy_maxconn": ("gauge", "The proxy engine's connection limit (maxconn)."),
+    "halb_proxy_udp_evicted_total": ("counter", "UDP flows the proxy engine evicted to make room."),
     "halb_proxy_relayed_bytes_total": ("counter", "Bytes the proxy engine relayed, by path (splice, copy)."),
 }
 
@@ -282,13 +284,13 @@ def sync_metrics(t: Text, role: str, s: dict, now: float) -> None:
 def proxy_metrics(t: Text, p: dict) -> None:
     t.add("halb_proxy_connections", labels(proto="tcp"), int(p.get("tcp_relays", 0) or 0))
     t.add("halb_proxy_connections", labels(proto="udp"), int(p.get("udp_flows", 0) or 0))
-    refused = p.get("refused")
-    if isinstance(refused, dict):
-        for reason, n in sorted(refused.items()):
-            t.add("halb_proxy_refused_total", labels(reason=reason), int(n))
-    else:
-        t.add("halb_proxy_refused_total", labels(reason="maxconn"),
-              int(p.get("refused_maxconn", refused if isinstance(refused, int) else 0) or 0))
+    lim = p.get("limits") or {}
+    for reason, key in (("maxconn", "refused_maxconn"), ("maxconn_per_source", "refused_source"),
+                        ("descriptors", "refused_fds")):
+        t.add("halb_proxy_refused_total", labels(reason=reason), int(lim.get(key, 0) or 0))
+    if lim.get("maxconn"):
+        t.add("halb_proxy_maxconn", "", int(lim["maxconn"]))
+    t.add("halb_proxy_udp_evicted_total", "", int(lim.get("udp_evicted", 0) or 0))
     t.add("halb_proxy_relayed_bytes_total", labels(path="splice"), int(p.get("bytes_spliced", 0) or 0))
     t.add("halb_proxy_relayed_bytes_total", labels(path="copy"), int(p.get("bytes_copied", 0) or 0))
 
