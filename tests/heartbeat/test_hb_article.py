@@ -108,7 +108,8 @@ def test_article_sync_daemons_follow_the_director(make_lab, tmp_path):
             c.run_dir(n).mkdir(parents=True, exist_ok=True)
             r = lab.run(n, [sys.executable, "-m", "halb", "--node", n, "--run-dir", str(c.run_dir(n)),
                             "--engine", "nft", "ipvsadm", "--start-daemon", "backup",
-                            "--mcast-interface", lab.node(n).iface, "--syncid", "7"])
+                            "--mcast-interface", lab.node(n).iface, "--syncid", "7",
+                            "--sync-key-file", str(c.dir(n) / "authkeys")])
             assert r.returncode == 0, r.stderr
         c.start("N1")
         c.start("N2")
