@@ -318,3 +318,30 @@ def test_sighup_reloads_without_releasing(cluster_factory):
     # and a restart is still clean
     c.stop("N1")
     assert c.procs.get("N1") is None and not c.vip_on("N1")
+
+
+@pytest.mark.timeout(120)
+def test_a_node_gone_with_a_failed_stop_blocks_its_peer_until_cleanup(cluster_factory, tmp_path):
+    c, state = stuck_cluster(cluster_factory, tmp_path)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    (state / "stuck").write_text("")
+    assert halb_on(c, "N1", "heartbeat", "standby").returncode == 0
+    wait_for(lambda: "stays held here, blocked" in c.log("N1"), 10, what="the failed stop")
+    c.stop("N1")      # its stop fails again while it shuts down: the resources stay on N1
+    wait_for(lambda: "node N1 is gone with its stop failed" in c.log("N2"), 10, what="N2 to refuse the group")
+    time.sleep(1.0)
+    assert c.holders() == ["N1"] and not (state / "N2").exists()
+    assert c.status("N2")["failed_resources"][0]["state"].startswith("failed (node gone")
+    # the administrator repairs N1 and stops what runs there, then clears the failure on N2
+    (state / "stuck").unlink()
+    r = halb_on(c, "N1", "heartbeat", "-c", str(c.dir("N1")), "release")
+    assert r.returncode == 0, r.stderr
+    assert c.holders() == [] and not (state / "N1").exists()
+    r = halb_on(c, "N2", "heartbeat", "cleanup", "1")
+    assert r.returncode == 0 and "failed stop cleared" in r.stdout, r.stderr
+    wait_for(lambda: c.holders() == ["N2"] and (state / "N2").exists(), 10, what="N2 to take the group")
+    # `release` refuses while a daemon runs: it owns the resources
+    r = halb_on(c, "N2", "heartbeat", "-c", str(c.dir("N2")), "release")
+    assert r.returncode == 1 and "heartbeat is running on node N2" in r.stderr and c.holders() == ["N2"]

@@ -76,3 +76,15 @@ def test_find_group_by_number_line_or_resource():
     assert find_group("ldirectord", groups) == 0 and find_group("IPaddr2::10.0.0.101/24", groups) == 1
     assert find_group("IPaddr2", groups) is None and find_group("3", groups) is None
     assert find_group("nope", groups) is None
+
+
+def test_a_gone_peer_with_a_failed_stop_blocks_the_group_without_stonith():
+    from halb.heartbeat.recovery import blocked_by_failed_stop
+
+    gone = {"N1": v(alive=False, held={0}), "N2": v()}
+    sf = {"N1": {0}}
+    assert blocked_by_failed_stop(gone, sf, False, set()) == {0: "N1"}
+    assert blocked_by_failed_stop(gone, sf, True, set()) == {}                 # fence_targets resets it first
+    assert blocked_by_failed_stop(gone, sf, False, {("N1", 0)}) == {}          # cleaned up here
+    alive = {"N1": v(held={0}), "N2": v()}
+    assert blocked_by_failed_stop(alive, sf, False, set()) == {}               # still there: it holds it

@@ -175,6 +175,8 @@ class Daemon:
         self.fenced: set = set()
         self.fencing: set = set()        # peers being reset for a failed stop
         self.banned: set = set()         # groups this node may not run until cleanup
+        self.cleared: set = set()        # (node, group): a gone peer's failed stop, cleaned up here
+        self.blocked: dict = {}          # group -> gone peer whose stop of it failed (no STONITH)
         self.peer_busy: dict[str, bool] = {}
         self.stopping = False
         self.realtime = False
@@ -313,6 +315,7 @@ class Daemon:
                 self.log("info", f"Status update for node {e.node}: status active")
                 self.event("node_up", e.node, f"Status update for node {e.node}: status active")
                 self.fenced.discard(e.node)
+                self.cleared = {(n, gi) for n, gi in self.cleared if n != e.node}
                 changed = True
             elif k in ("link_up", "link_dead"):
                 self.log("info", str(e))
@@ -344,8 +347,17 @@ class Daemon:
             if node not in self.fencing:
                 self.fencing.add(node)
                 asyncio.get_running_loop().create_task(self.fence_stop_failure(node, gi))
+        blocked = recovery.blocked_by_failed_stop(views, stop_failed, bool(self.fence_devices), self.cleared)
+        for gi, node in blocked.items():
+            if self.blocked.get(gi) != node and gi in d.acquire:
+                self.log("error", f"not taking resource group '{self.groups[gi].describe()}': node {node} is gone "
+                                  "with its stop failed and no STONITH device can make sure it is off: "
+                                  f"'halb heartbeat cleanup {gi + 1}' here once {node} is known to be down")
+        self.blocked = blocked
         now = self.now()
         for gi in d.acquire:
+            if gi in blocked:
+                continue
             g = self.groups[gi]
             if g.state == "idle" and now >= g.retry_at:
                 g.state = "acquiring"
@@ -564,6 +576,13 @@ class Daemon:
         g = self.groups[gi]
         if g.task is not None:
             return {"ok": False, "error": f"resource group '{g.describe()}' is busy ({g.state}); try again"}
+        if gi in self.blocked:
+            node = self.blocked[gi]
+            self.cleared.add((node, gi))
+            self.log("warn", f"cleanup of '{g.describe()}': the failed stop on node {node} (gone) is cleared "
+                             "by the administrator: the group may run here")
+            self.evaluate()
+            return {"ok": True, "message": f"'{g.describe()}': node {node}'s failed stop cleared; it may run here"}
         was_banned = gi in self.banned
         self.banned.discard(gi)
         g.failcount = 0
@@ -628,7 +647,10 @@ class Daemon:
                                     "state": "failed" if i in p.get("stopfail", ()) else "banned", "error": None}
                                    for n, p in self.payloads.items() if views.get(n) and views[n].alive
                                    for i in sorted(set(p.get("stopfail", ())) | set(p.get("banned", ())))
-                                   if i < len(self.groups)],
+                                   if i < len(self.groups)]
+                                + [{"group": self.groups[i].describe(), "number": i + 1, "node": n,
+                                    "state": "failed (node gone: blocked here until cleanup)", "error": None}
+                                   for i, n in sorted(self.blocked.items())],
             "counters": dict(self.counters),
             "lanes": ([{"lane": 0, "cpu": self.lanes.cpu_of(0), "thread": "halb-heartbeat-beat"},
                        *self.lanes.status()] if self.lanes is not None else []),
@@ -740,7 +762,9 @@ class Daemon:
                       "logfacility", "use_logd")
 
     def on_sighup(self) -> None:
-        if not self.stopping:
+        if self.beats is None:
+            self.log("info", "Signal SIGHUP received during start-up: ignored (send it again once started)")
+        elif not self.stopping:
             asyncio.get_running_loop().create_task(self.reload())
 
     async def reload(self) -> None:
@@ -936,6 +960,8 @@ class Daemon:
                 self.log.close()
             raise HalbError(f"{e}: this one exits, resources left alone") from None
         try:
+            # SIGHUP must never kill heartbeat, not even while it starts
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup)
             if self.cfg.watchdog:
                 self.start_watchdog()
             await self._run()
@@ -1018,7 +1044,6 @@ class Daemon:
         self._stop_ev = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         # a full garbage collection over the start-up heap can stall a thread for tens of
         # ms: freeze what exists now so collections only scan new objects
         gc.collect()

@@ -79,6 +79,24 @@ def fence_for_stop_failure(me: str, views: dict, stop_failed: dict, fenced: set,
     return out
 
 
+def blocked_by_failed_stop(views: dict, stop_failed: dict, have_stonith: bool, cleared: set) -> dict:
+    """Groups this node must not take (group index -> node): a peer that is gone (dead or
+    shut down) last said its stop of the group failed, and no STONITH device can make sure
+    it is off (with one, fence_targets resets it first). Lifted by `cleanup` here
+    (`cleared`: (node, group) pairs) or when the peer comes back and says otherwise."""
+    if have_stonith:
+        return {}
+    out = {}
+    for n in sorted(stop_failed):
+        v = views.get(n)
+        if v is None or v.alive:
+            continue
+        for gi in sorted(stop_failed[n]):
+            if (n, gi) not in cleared:
+                out.setdefault(gi, n)
+    return out
+
+
 def find_group(spec: str, groups: list) -> int | None:
     """The group a sysadmin names: its number (1-based, as status prints it), its
     haresources line as status shows it, or one of its resources (e.g. the VIP,
