@@ -5,6 +5,10 @@
     gridname "MyGrid"
     rrd_rootdir "/var/lib/ganglia/rrds"
     RRAs "RRA:AVERAGE:0.5:1:244" "RRA:AVERAGE:0.5:24:244"
+    exporters "Web" 10.0.0.1:9643 10.0.0.2:9643   # halb: the nodes' `halb exporter`
+
+Without an `exporters` line, gmetad asks each host of the data source at the
+IP its gmond reports, port 9643; `exporters "NAME" off` asks none.
 
 Other gmetad directives are known and reported as not supported (ignored);
 an unknown word, a bad address or a bad step is an error naming file and line.
@@ -19,6 +23,7 @@ from halb.errors import ConfigError
 
 DEFAULT_STEP = 15.0
 DEFAULT_PORT = 8649
+EXPORTER_PORT = 9643
 MIN_STEP = 0.2
 
 # gmetad directives halb gmetad reads the line of but does not act on
@@ -48,6 +53,7 @@ class DataSource:
     step: float
     addresses: list[Address]
     line: int = 0
+    exporters: list[Address] | None = None   # None: each host's IP, port EXPORTER_PORT
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,8 @@ def tokenize(line: str, path, lineno) -> list[str]:
     return out
 
 
-def parse_address(tok: str, path, lineno) -> Address:
-    host, port = tok, DEFAULT_PORT
+def parse_address(tok: str, path, lineno, default_port: int = DEFAULT_PORT) -> Address:
+    host, port = tok, default_port
     if tok.startswith("["):
         end = tok.find("]")
         if end < 0:
@@ -116,7 +122,7 @@ def parse_address(tok: str, path, lineno) -> Address:
     elif tok.count(":") > 1:  # bare IPv6 address, default port
         if not re.fullmatch(r"[0-9A-Fa-f:.]+", tok):
             raise ConfigError(path, lineno, f"bad address '{tok}'")
-        return Address(tok, DEFAULT_PORT)
+        return Address(tok, default_port)
     if not host or not _HOST_RE.match(host):
         raise ConfigError(path, lineno, f"bad address '{tok}' (expected host or host:port)")
     return Address(host, port)
@@ -183,6 +189,16 @@ def parse(text: str, path: str = "<input>") -> GmetadConf:
             if not rest:
                 raise ConfigError(path, lineno, f"data_source \"{name}\" has no address")
             conf.sources.append(DataSource(name, step, [parse_address(t, path, lineno) for t in rest], lineno))
+        elif word == "exporters":
+            if len(args) < 2:
+                raise ConfigError(path, lineno, 'exporters needs a data source name and addresses (or "off")')
+            src = conf.source(args[0])
+            if src is None:
+                raise ConfigError(path, lineno, f"exporters: no data_source \"{args[0]}\" above this line")
+            if src.exporters is not None:
+                raise ConfigError(path, lineno, f"exporters: \"{args[0]}\" has an exporters line already")
+            src.exporters = [] if args[1:] == ["off"] else \
+                [parse_address(t, path, lineno, EXPORTER_PORT) for t in args[1:]]
         elif word == "gridname":
             if len(args) != 1:
                 raise ConfigError(path, lineno, "gridname takes one (quoted) name")

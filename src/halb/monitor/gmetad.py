@@ -24,14 +24,17 @@ from pathlib import Path
 from aiohttp import web
 
 from halb.errors import HalbError
-from halb.monitor import gxml, pages, svg
-from halb.monitor.conf import GmetadConf
+from halb.monitor import gxml, lbview, pages, svg
+from halb.monitor.conf import EXPORTER_PORT, Address, GmetadConf
 from halb.monitor.rrd import PERIODS, Store, StoreError, aggregate, default_layout, layout_from_rras
 from halb.monitor.state import SourceView, end_round, keep_polling, merge_answer, record_failure
 
 log = logging.getLogger("halb.gmetad")
 
 SAVE_EVERY = 60.0
+# events drawn as markers on the graphs
+MARKED = {"node_dead", "node_up", "group_acquired", "group_released", "fencing", "fencing_failed", "group_failed",
+          "real_removed", "real_restored", "real_quiesced", "table_restored"}
 
 
 def store_file(data_dir: Path, source: str) -> Path:
@@ -77,6 +80,7 @@ class Gmetad:
             lay = layout_from_rras(ds.step, conf.rras) if conf.rras else default_layout(ds.step)
             self.stores[ds.name] = Store(ds.step, lay)
         self.started = time.time()
+        self.http = None           # aiohttp session for the nodes' exporters
         self.saves = 0
         self.save_errors = 0
         self._stop: asyncio.Event | None = None
@@ -196,6 +200,64 @@ class Gmetad:
                 break
         events += end_round(src, answered, time.time())
         self.log_events(src, events)
+        await self.poll_exporters(src, t, timeout)
+
+    # ------------------------------------------------------------ the nodes' exporters
+    def exporter_addrs(self, src: SourceView) -> list[Address]:
+        if src.exporters is not None:
+            return list(src.exporters)
+        ips = sorted({h.ip for h in src.hosts.values() if h.ip})
+        return [Address(ip, EXPORTER_PORT) for ip in ips]
+
+    async def _get_json(self, url: str, timeout: float):
+        import aiohttp
+
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                raise OSError(f"HTTP {r.status}")
+            return await r.json(content_type=None)
+
+    async def poll_exporter(self, src: SourceView, addr: Address, t: float, timeout: float) -> None:
+        lb = src.lb
+        base = f"http://{addr}"
+        key = str(addr)
+        nl = next((n for n in lb.nodes.values() if n.addr == key), None)
+        if nl is None:
+            nl = lb.nodes[key] = lbview.NodeLB(node=key, addr=key)
+        nl.polls += 1
+        try:
+            snap = await self._get_json(base + "/api/state", timeout)
+            q = "" if nl.events_since is None else f"?since={nl.events_since!r}"
+            evs = (await self._get_json(base + "/api/events" + q, timeout)).get("events", [])
+        except Exception as e:  # noqa: BLE001 - refused, timeout, bad JSON: the node is shown unreachable
+            if nl.snap is not None or not nl.error:
+                log.warning("[%s] exporter %s does not answer: %s", src.name, key,
+                            str(e) or type(e).__name__)
+            nl.failures += 1
+            nl.error = str(e) or type(e).__name__
+            nl.snap = None
+            return
+        if nl.error or nl.last_ok is None:
+            log.info("[%s] exporter %s (node %s) answers", src.name, key, snap.get("node", "?"))
+        name = str(snap.get("node") or key)
+        if nl.node != name:
+            lb.nodes.pop(nl.node, None)
+            nl.node = name
+            lb.nodes[name] = nl
+        nl.snap, nl.error, nl.last_ok = snap, "", t
+        if evs:
+            lb.add_events(evs)
+            nl.events_since = max(e["t"] for e in evs)
+        store = self.stores[src.name]
+        for metric, v, units in lbview.series_points(name, snap):
+            store.update((src.name, name, metric), t, v, units, "float")
+
+    async def poll_exporters(self, src: SourceView, t: float, timeout: float) -> None:
+        addrs = self.exporter_addrs(src)
+        if addrs:
+            await asyncio.gather(*(self.poll_exporter(src, a, t, timeout) for a in addrs))
 
     async def poll_loop(self, src: SourceView) -> None:
         step = src.step
@@ -238,8 +300,27 @@ class Gmetad:
         got = self.series(cluster, host, metric, period)
         _, units, _, pts = got if got else (0, "", "", [])
         who = f"{cluster} (all hosts)" if host == "*" else host
+        src = self.source(cluster)
+        markers = [] if src is None else [(e["t"], e["kind"], f"{e['node']} {e['kind']} {e['subject']}: {e['text']}")
+                                          for e in src.lb.events if e["kind"] in MARKED and e["t"] >= now - span]
         return svg.render(pts, now - span, now, f"{who} {metric} (last {period})", units,
-                          graph_id=f"g-{host}-{metric}".replace("*", "all"))
+                          graph_id=f"g-{host}-{metric}".replace("*", "all"), markers=markers)
+
+    def lb_metrics(self, src: SourceView) -> list[str]:
+        """The per real server series kept for the data source (any node)."""
+        st = self.stores.get(src.name)
+        if st is None:
+            return []
+        names = sorted({k[2] for k in st.keys() if k[0] == src.name and k[2].startswith("lb ")})
+        # a real server's connections next to its check latency
+        return sorted(names, key=lambda m: (m.split()[-2] if m.endswith(" check") else m.split()[-2], m))
+
+    def lb_state(self, src: SourceView) -> dict:
+        lb = src.lb
+        return {"nodes": {n.node: {"address": n.addr, "up": n.snap is not None, "error": n.error,
+                                   "polls": n.polls, "failures": n.failures} for n in lb.nodes.values()},
+                "groups": lbview.groups(lb.nodes), "services": lbview.services(lb.nodes),
+                "events": lb.events[-200:]}
 
     def state(self) -> dict:
         now = time.time()
@@ -257,7 +338,8 @@ class Gmetad:
                         "hosts_up": src.hosts_up(now), "hosts_down": len(src.hosts) - src.hosts_up(now),
                         "sources": [{"address": str(a.addr), "up": a.up, "polls": a.polls, "failures": a.failures,
                                      "last_error": a.last_error} for a in src.addrs],
-                        "series": len(st.series), "rows": st.memory_rows(), "hosts": hosts})
+                        "series": len(st.series), "rows": st.memory_rows(), "hosts": hosts,
+                        "lb": self.lb_state(src)})
         return {"grid": self.conf.gridname, "config": self.conf.path, "data_dir": str(self.opts.data_dir),
                 "uptime": round(now - self.started, 3), "saves": self.saves, "save_errors": self.save_errors,
                 "clusters": out}
@@ -285,7 +367,7 @@ class Gmetad:
 
     async def h_index(self, req):
         html = pages.overview(self.conf.gridname, self.sources, time.time(), self._period(req), self.graph,
-                              self._refresh())
+                              self._refresh(), self.lb_metrics)
         return web.Response(text=html, content_type="text/html")
 
     async def h_host(self, req):
@@ -365,5 +447,7 @@ class Gmetad:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
+            if self.http is not None:
+                await self.http.close()
             await asyncio.to_thread(self.save)
             log.info("gmetad shutdown complete")

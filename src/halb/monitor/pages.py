@@ -9,6 +9,8 @@ from html import escape
 from typing import Callable
 from urllib.parse import quote, urlencode
 
+from halb import events
+from halb.monitor import lbview
 from halb.monitor.rrd import PERIODS
 from halb.monitor.state import DEFAULT_GRAPHS, SourceView
 
@@ -22,17 +24,30 @@ th{background:#eee} .up{color:#070;font-weight:bold} .down{color:#b00;font-weigh
 .periods a{margin-right:.8em} .periods a.on{font-weight:bold;text-decoration:none;color:#000}
 .graphs{display:flex;flex-wrap:wrap;gap:8px} .graphs svg{border:1px solid #ccc}
 .small{color:#666;font-size:.85em} .metrics label{display:inline-block;width:16em}
+.source-down{background:#fdd;border:1px solid #b00;padding:4px 8px;color:#b00;font-weight:bold}
+.check-up{color:#070} .check-down{color:#b00;font-weight:bold} tr.removed td{color:#999}
+table.service th.svc{background:#dde7f7} td.num{text-align:right}
+.ev-node_dead td,.ev-real_removed td,.ev-fencing td,.ev-group_failed td{color:#b00}
+.ev-node_up td,.ev-real_restored td,.ev-real_added td,.ev-group_acquired td{color:#070}
 """
 
-# refresh the graphs without reloading the page (vanilla JS, no framework)
+# the page refreshes itself without a reload (vanilla JS, no framework): it
+# fetches itself and swaps every element of class "live" (tables, graphs) by
+# its new version; the form and the scroll position stay as they are
 JS = """
 (function(){
   var every = %d * 1000;
   function refresh(){
-    document.querySelectorAll('[data-graph]').forEach(function(box){
-      fetch(box.getAttribute('data-graph')).then(function(r){ return r.ok ? r.text() : null; })
-        .then(function(t){ if (t) box.innerHTML = t; }).catch(function(){});
-    });
+    fetch(location.href, {cache: 'no-store'}).then(function(r){ return r.ok ? r.text() : null; })
+      .then(function(t){
+        if (!t) return;
+        var doc = new DOMParser().parseFromString(t, 'text/html');
+        document.querySelectorAll('.live[id]').forEach(function(el){
+          var n = doc.getElementById(el.id);
+          if (n) el.innerHTML = n.innerHTML;
+        });
+        document.body.setAttribute('data-refreshed', String(Date.now()));
+      }).catch(function(){});
   }
   setInterval(refresh, every);
 })();
@@ -82,18 +97,26 @@ def _mem(h) -> str:
 
 
 def overview(gridname: str, sources: list[SourceView], now: float, period: str, graph: Graph,
-             refresh: float = 15) -> str:
+             refresh: float = 15, lb_metrics: Callable[[SourceView], list[str]] | None = None) -> str:
     out = [f"<h1>{escape(gridname if gridname != 'unspecified' else 'halb')} Grid Report</h1>",
            _periods(period, lambda p: "/?" + urlencode({"r": p}))]
-    for src in sources:
+    for i, src in enumerate(sources):
         up = src.hosts_up(now)
         down = len(src.hosts) - up
         state = ("never answered" if src.up is None else "answering" if src.up else "not answering")
         out.append(f'<h2 class="cluster" data-cluster="{escape(src.name)}">{escape(src.name)}</h2>')
-        out.append(f'<p>Hosts up: <span class="up hosts-up">{up}</span> &nbsp; '
-                   f'Hosts down: <span class="down hosts-down">{down}</span> &nbsp; '
-                   f'<span class="small">data source {escape(state)}; polled every {src.step:g} s from '
-                   f'{escape(", ".join(str(a.addr) for a in src.addrs))}</span></p>')
+        out.append(f'<div class="live" id="src-{i}">')
+        if not src.up:
+            errs = "; ".join(f"{a.addr}: {a.last_error}" for a in src.addrs if a.last_error)
+            since = (f" since {time.strftime('%H:%M:%S', time.localtime(src.last_ok))}" if src.last_ok else "")
+            out.append(f'<p class="source-down" data-source-state="{"never" if src.up is None else "down"}">'
+                       f'data source {escape(state)}{escape(since)}: what follows is its last known state'
+                       f'{" (" + escape(errs) + ")" if errs else ""}</p>')
+        else:
+            out.append(f'<p>Hosts up: <span class="up hosts-up">{up}</span> &nbsp; '
+                       f'Hosts down: <span class="down hosts-down">{down}</span> &nbsp; '
+                       f'<span class="small">data source {escape(state)}; polled every {src.step:g} s from '
+                       f'{escape(", ".join(str(a.addr) for a in src.addrs))}</span></p>')
         out.append('<div class="graphs cluster-graphs">')
         for m in ("load_one", "cpu_user", "mem_free", "bytes_in"):
             u = graph_url(src.name, "*", m, period)
@@ -115,7 +138,92 @@ def overview(gridname: str, sources: list[SourceView], now: float, period: str, 
             u = graph_url(src.name, h.name, "load_one", period)
             out.append(f'<div data-graph="{escape(u)}">{graph(src.name, h.name, "load_one", period)}</div>')
         out.append("</div>")
+        out.append(lb_section(src, now, period, graph, lb_metrics(src) if lb_metrics else []))
+        out.append("</div>")
     return _page(f"{gridname} Grid Report", "\n".join(out), refresh)
+
+
+def _rate(v) -> str:
+    from halb.monitor.svg import fmt_value
+    return fmt_value(float(v or 0))
+
+
+def lb_section(src: SourceView, now: float, period: str, graph: Graph, metrics: list[str],
+               max_graphs: int = 40, max_events: int = 30) -> str:
+    """The load balancer of a data source: VIP holders, virtual services with
+    their real servers, the nodes' exporters, the events, per real server graphs."""
+    lb = src.lb
+    if not lb.nodes:
+        return ('<p class="small lb-none">no halb exporter answered for this data source '
+                '(run <code>halb exporter</code> on the nodes)</p>')
+    out = ['<div class="lb">', '<h3>Virtual IPs</h3>',
+           '<table class="vips"><tr><th>resource group</th><th>VIP</th><th>held by</th><th>preferred</th></tr>']
+    groups = lbview.groups(lb.nodes)
+    for g in groups:
+        if g["held_by"]:
+            held = f'<span class="up">{escape(", ".join(g["held_by"]))}</span>'
+        elif g.get("seen_holders"):
+            held = f'{escape(", ".join(g["seen_holders"]))} <span class="small">(as its peers see it)</span>'
+        else:
+            held = '<span class="down">no node</span>'
+        out.append(f'<tr class="vip" data-group="{escape(g["group"])}" data-holders="{escape(" ".join(g["held_by"]))}">'
+                   f'<td>{escape(g["group"])}</td><td>{escape(", ".join(g["vips"]) or "-")}</td>'
+                   f'<td class="holder">{held}</td><td>{escape(g["preferred"])}</td></tr>')
+    if not groups:
+        out.append('<tr><td colspan="4" class="small">no heartbeat answered</td></tr>')
+    out.append("</table>")
+    out.append("<h3>Virtual services</h3>")
+    svcs = lbview.services(lb.nodes)
+    if not svcs:
+        out.append('<p class="small">no virtual service in any table</p>')
+    for s in svcs:
+        pers = f", persistent {s['persistent']} s" if s["persistent"] else ""
+        out.append(f'<table class="service" data-service="{escape(s["service"])}" data-node="{escape(s["node"])}">'
+                   f'<tr><th class="svc" colspan="9">{escape(s["service"])} {escape(s["scheduler"])}{escape(pers)} '
+                   f'on {escape(s["node"])} &mdash; {_rate(s["cps"])} conn/s, in {_rate(s["inbps"])} B/s, '
+                   f'out {_rate(s["outbps"])} B/s</th></tr>'
+                   '<tr><th>real server</th><th>forward</th><th>weight</th><th>check</th><th>active</th>'
+                   '<th>inactive</th><th>conn/s</th><th>in B/s</th><th>out B/s</th></tr>')
+        for r in s["reals"]:
+            chk = r["check"]
+            detail = ""
+            if r.get("failcount"):
+                detail = f' ({r["failcount"]} failed)'
+            lat = f' {1000 * r["check_seconds"]:.1f} ms' if r.get("check_seconds") is not None and chk == "up" else ""
+            cls = ' class="real removed"' if r.get("removed") else ' class="real"'
+            out.append(f'<tr{cls} data-real="{escape(r["real"])}" data-check="{escape(chk)}">'
+                       f'<td>{escape(r["real"])}{" (not in the table)" if r.get("removed") else ""}</td>'
+                       f'<td>{escape(r["fwd"])}</td><td class="num weight">{"-" if r["weight"] is None else r["weight"]}</td>'
+                       f'<td class="check-{escape(chk)}" title="{escape(r.get("check_msg") or "")}">'
+                       f'{escape(chk)}{escape(detail)}{escape(lat)}</td>'
+                       f'<td class="num active">{r["active"]}</td><td class="num inactive">{r["inactive"]}</td>'
+                       f'<td class="num">{_rate(r["cps"])}</td><td class="num">{_rate(r["inbps"])}</td>'
+                       f'<td class="num">{_rate(r["outbps"])}</td></tr>')
+        out.append("</table>")
+    out.append('<p class="small exporters">exporters: ' + "; ".join(
+        f'<span class="exporter" data-node="{escape(n.node)}" data-up="{1 if n.snap else 0}">{escape(n.node)} '
+        f'({escape(n.addr)}) {"answering" if n.snap else "<b class=down>not answering</b>: " + escape(n.error)}</span>'
+        for n in sorted(lb.nodes.values(), key=lambda n: n.node)) + "</p>")
+    out.append("<h3>Events</h3>")
+    evs = lb.events[-max_events:][::-1]
+    if not evs:
+        out.append('<p class="small">no event yet</p>')
+    else:
+        out.append('<table class="events"><tr><th>time</th><th>node</th><th>event</th><th>subject</th><th>what</th></tr>')
+        for e in evs:
+            out.append(f'<tr class="event ev-{escape(e["kind"])}" data-kind="{escape(e["kind"])}" '
+                       f'data-node="{escape(e["node"])}"><td>{escape(events.fmt_time(e["t"]))}</td>'
+                       f'<td>{escape(e["node"])}</td><td>{escape(e["kind"])}</td><td>{escape(e["subject"])}</td>'
+                       f'<td>{escape(e["text"])}</td></tr>')
+        out.append("</table>")
+    if metrics:
+        out.append('<h3>Real servers</h3><div class="graphs lb-graphs">')
+        for m in metrics[:max_graphs]:
+            u = graph_url(src.name, "*", m, period)
+            out.append(f'<div data-graph="{escape(u)}" data-metric="{escape(m)}">{graph(src.name, "*", m, period)}</div>')
+        out.append("</div>")
+    out.append("</div>")
+    return "\n".join(out)
 
 
 def host_page(src: SourceView, host: str, now: float, period: str, chosen: list[str], available: list[str],
@@ -131,7 +239,7 @@ def host_page(src: SourceView, host: str, now: float, period: str, chosen: list[
                    f'{h.age(now):.0f} s ago (TMAX {h.tmax} s); gmond started '
                    f'{time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.gmond_started))}</p>')
     out.append(_periods(period, lambda p: host_url(src.name, host, p, chosen)))
-    out.append('<div class="graphs">')
+    out.append('<div class="graphs live" id="host-graphs">')
     for m in chosen:
         u = graph_url(src.name, host, m, period)
         out.append(f'<div data-graph="{escape(u)}">{graph(src.name, host, m, period)}</div>')
@@ -143,13 +251,13 @@ def host_page(src: SourceView, host: str, now: float, period: str, chosen: list[
         out.append(f'<label><input type="checkbox" name="m" value="{escape(m)}"{on}> {escape(m)}</label>')
     out.append('<p><button type="submit">show</button></p></form>')
     if h is not None:
-        out.append('<h2>current values</h2><table class="values"><tr><th>metric</th><th>value</th>'
-                   '<th>units</th><th>age</th></tr>')
+        out.append('<h2>current values</h2><div class="live" id="host-values">'
+                   '<table class="values"><tr><th>metric</th><th>value</th><th>units</th><th>age</th></tr>')
         for name in sorted(h.metrics):
             m = h.metrics[name]
             out.append(f"<tr><td>{escape(name)}</td><td>{escape(m.val)}</td><td>{escape(m.units.strip())}</td>"
                        f"<td>{m.tn} s</td></tr>")
-        out.append("</table>")
+        out.append("</table></div>")
     return _page(f"{host} - {src.name}", "\n".join(out), refresh)
 
 

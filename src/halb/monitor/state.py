@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from halb.monitor.conf import Address, DataSource
 from halb.monitor.gxml import Cluster, Host, Metric
+from halb.monitor.lbview import SourceLB
 
 DOWN_FACTOR = 4
 
@@ -63,10 +64,13 @@ class SourceView:
     xml_errors: int = 0
     owner: str = "unspecified"
     url: str = "unspecified"
+    exporters: list[Address] | None = None     # None: each host's IP at the exporter port
+    lb: SourceLB = field(default_factory=SourceLB)
 
     @classmethod
     def of(cls, ds: DataSource) -> SourceView:
-        return cls(ds.name, ds.step, [AddrState(a) for a in ds.addresses])
+        return cls(ds.name, ds.step, [AddrState(a) for a in ds.addresses],
+                   exporters=getattr(ds, "exporters", None))
 
     def hosts_up(self, now: float) -> int:
         return sum(1 for h in self.hosts.values() if h.alive(now))

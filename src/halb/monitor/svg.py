@@ -8,6 +8,10 @@ import time
 from html import escape
 
 W, H = 520, 190
+MARKER_COLORS = {"node_dead": "#c00", "real_removed": "#c00", "real_quiesced": "#e80", "fencing": "#c00",
+                 "fencing_failed": "#c00", "group_failed": "#c00", "link_dead": "#e80",
+                 "node_up": "#080", "real_restored": "#080", "real_added": "#080", "link_up": "#080",
+                 "table_restored": "#080"}
 LEFT, RIGHT, TOP, BOTTOM = 56, 26, 24, 44
 
 
@@ -41,7 +45,10 @@ def _tlabel(t: float, span: float) -> str:
 
 
 def render(points: list[tuple[float, float]], t0: float, t1: float, title: str, units: str = "",
-           width: int = W, height: int = H, graph_id: str = "") -> str:
+           width: int = W, height: int = H, graph_id: str = "", markers=()) -> str:
+    """`markers`: (time, kind, label) of events, drawn as vertical lines
+    (red for a loss: node dead, real server removed; green for a return;
+    blue for the rest) with the label as their tooltip."""
     pw, ph = width - LEFT - RIGHT, height - TOP - BOTTOM
     known = [v for _, v in points if not math.isnan(v)]
     lo = min(0.0, min(known)) if known else 0.0
@@ -95,6 +102,14 @@ def render(points: list[tuple[float, float]], t0: float, t1: float, title: str, 
     if units.strip():
         out.append(f'<text x="12" y="{TOP + ph / 2:.0f}" font-size="10" font-family="sans-serif" '
                    f'transform="rotate(-90 12 {TOP + ph / 2:.0f})" text-anchor="middle">{escape(units)}</text>')
+    for mt, kind, label in markers:
+        if not t0 <= mt <= t1:
+            continue
+        color = MARKER_COLORS.get(kind, "#36c")
+        xx = x(mt)
+        out.append(f'<line class="marker" data-kind="{escape(kind)}" x1="{xx:.1f}" y1="{TOP}" x2="{xx:.1f}" '
+                   f'y2="{TOP + ph}" stroke="{color}" stroke-width="1.5" stroke-dasharray="4,2">'
+                   f'<title>{escape(label)}</title></line>')
     if d_parts:
         out.append(f'<path class="series" d="{" ".join(d_parts)}" fill="none" stroke="#1f5fbf" '
                    f'stroke-width="1.5" data-points="{len(known)}"/>')
