@@ -52,15 +52,22 @@ def hold_pid_file(path, taken: str) -> int:
     process holds raises HalbError: `taken` then "(pid N, pid file PATH)"."""
     from halb.errors import HalbError
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(10):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            other = os.read(fd, 32).decode(errors="replace").strip()
-        finally:
-            os.close(fd)
-        raise HalbError(f"{taken} (pid {other or '?'}, pid file {path})") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = (os.read(fd, 32).decode(errors="replace").split() or ["?"])[0]
+            finally:
+                os.close(fd)
+            raise HalbError(f"{taken} (pid {other}, pid file {path})") from None
+        try:  # the holder unlinked it as we locked it: lock the file that is there now
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -16,6 +16,7 @@ import pytest
 
 import director_servers as servers
 from halb.context import Context
+from halb.director import daemon as dmod
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -42,7 +43,7 @@ def proxy(tmp_path):
         yield ctx
     finally:
         for f in ctx.run_dir.glob("director.*.pid"):
-            cfg = f.name[len("director."):-len(".pid")]
+            cfg = f.name[len("director."):-len(".pid")].rsplit(".", 1)[0]  # base name . hash of full path
             halb(ctx, "director", str(tmp_path / cfg), "stop", check=False)
         halb(ctx, "proxy", "stop", check=False)
 
@@ -177,7 +178,7 @@ def test_cli_errors_are_one_line(proxy, tmp_path):
     r = halb(ctx, "director", str(bad), "start", check=False)
     assert r.returncode != 0 and r.stderr.strip() == \
         f"halb: {bad}:3: forward method must be gate, masq or ipip"
-    assert not (ctx.run_dir / "director.bad.cf.pid").exists()
+    assert not list(ctx.run_dir.glob("director.bad.cf*.pid"))
     r = halb(ctx, "director", str(tmp_path / "absent.cf"), "start", check=False)
     assert r.returncode != 0 and "Config file not found" in r.stderr and len(r.stderr.splitlines()) == 1
     r = halb(ctx, "director", str(bad), "dance", check=False)
@@ -242,7 +243,7 @@ def test_engine_restart_and_sighup_reload(proxy, tmp_path):
         assert dests(ctx, vport) is None
         wait_for(lambda: dests(ctx, vport) == both, timeout=20, what="service re-created after the engine restart")
         assert get(vport).split()[-1] in ("N1", "N2")
-        pid = int((ctx.run_dir / "director.eng.cf.pid").read_text())
+        pid = int(dmod.pid_path(ctx, cfg).read_text().split()[0])
         cfg.write_text(cfg.read_text().replace(f"127.0.0.1:{n2.port} masq 1", f"127.0.0.1:{n2.port} masq 7"))
         os.kill(pid, signal.SIGHUP)
         wait_for(lambda: dests(ctx, vport) == {("127.0.0.1", n1.port): 1, ("127.0.0.1", n2.port): 7},
@@ -286,7 +287,7 @@ def test_debug_mode_logs_checks_and_table_edits_then_stale_pid(proxy, tmp_path):
         assert f"Purged virtual server (stop): 127.0.0.1:{vport}" in err
         assert dests(ctx, vport) is None
         # a pid file left by a killed director: status says stale (exit 1), start works
-        (ctx.run_dir / "director.dbg.cf.pid").write_text("999999\n")
+        dmod.pid_path(ctx, cfg).write_text("999999\n")
         r = halb(ctx, "director", str(cfg), "status", check=False)
         assert r.returncode == 1 and "stale pid file" in r.stderr
         halb(ctx, "director", str(cfg), "start")
@@ -303,3 +304,69 @@ def test_forwarding_method_the_engine_cannot_do_is_refused_with_its_line(proxy, 
     assert r.stderr.strip() == (f"halb: {cfg}:4: forwarding method 'gate' is not supported by the proxy engine "
                                 "(Direct Return needs the kernel engine: --engine nft)")
     assert dests(ctx, 9) is None  # nothing half-applied
+
+
+def _directors(cfg: Path) -> list[int]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cl = p.info["cmdline"] or []
+        if "--foreground" in cl and str(cfg) in cl:
+            out.append(p.info["pid"])
+    return out
+
+
+def test_started_twice_at_once_runs_one_director_and_stop_leaves_none(proxy, tmp_path):
+    """Two `start` at the same moment (one naming the file through another
+    path): one director runs; after `stop` none is left to re-create the
+    service, and status says stopped."""
+    ctx = proxy
+    vport = servers.free_port()
+    silent = socket.socket()  # accepts connections, never answers: the first check round lasts checktimeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    with silent, servers.NginxSite(tmp_path / "n1", "N1") as n1:
+        cfg = write_cfg(tmp_path / "twice.cf", vport, n1.port, silent.getsockname()[1])
+        cfg.write_text(cfg.read_text().replace("checktimeout=2", "checktimeout=3"))
+        (tmp_path / "sub").mkdir()
+        other_name = tmp_path / "sub" / ".." / "twice.cf"
+        argv = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
+                "--engine", "proxy", "director"]
+        ps = [subprocess.Popen(argv + [str(c), "start"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for c in (cfg, other_name)]
+        outs = [p.communicate(timeout=60) for p in ps]
+        assert all(p.returncode == 0 for p in ps) or \
+            any("already running" in err for _, err in outs), outs
+        wait_for(lambda: dests(ctx, vport), what="the service")
+        time.sleep(1)
+        assert len(_directors(cfg)) == 1, _directors(cfg)
+        halb(ctx, "director", str(other_name), "stop")
+        assert _directors(cfg) == []
+        r = halb(ctx, "director", str(cfg), "status", check=False)
+        assert r.returncode == 3 and "stopped" in r.stdout
+        time.sleep(2.5)  # more than a reconcile period of an orphan: nothing re-creates the service
+        assert dests(ctx, vport) is None
+
+
+def test_two_configs_with_one_base_name_are_two_directors(proxy, tmp_path):
+    """The pid file is named by the config's full path, not its base name."""
+    ctx = proxy
+    v1, v2 = servers.free_port(), servers.free_port()
+    with servers.NginxSite(tmp_path / "n1", "N1") as n1, servers.NginxSite(tmp_path / "n2", "N2") as n2:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        c1 = write_cfg(tmp_path / "a" / "ld.cf", v1, n1.port, n2.port)
+        c2 = write_cfg(tmp_path / "b" / "ld.cf", v2, n1.port, n2.port)
+        try:
+            halb(ctx, "director", str(c1), "start")
+            r = halb(ctx, "director", str(c2), "start")
+            assert "already running" not in r.stderr + r.stdout
+            wait_for(lambda: dests(ctx, v1) and dests(ctx, v2), what="both services")
+            assert dmod.pid_path(ctx, c1) != dmod.pid_path(ctx, c2)
+            halb(ctx, "director", str(c1), "stop")
+            assert dests(ctx, v1) is None and dests(ctx, v2)
+            assert halb(ctx, "director", str(c2), "status", check=False).returncode == 0
+        finally:
+            for c in (c1, c2):
+                halb(ctx, "director", str(c), "stop", check=False)

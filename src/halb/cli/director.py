@@ -41,13 +41,16 @@ def find_config(name: str) -> Path:
     raise ConfigError(name, None, "Config file not found")
 
 
-def read_pid(ctx: Context, cfg: Path) -> tuple[int | None, bool]:
-    """(pid, alive) from the pid file."""
+def read_pid(ctx: Context, cfg: Path, ready: bool = False) -> tuple[int | None, bool]:
+    """(pid, alive) from the pid file (its first line; the daemon adds a line
+    "ready" once its first check round is done: with ready=True, a daemon
+    still starting counts as not alive)."""
     try:
-        pid = int(dmod.pid_path(ctx, cfg).read_text().strip())
-    except (OSError, ValueError):
+        lines = dmod.pid_path(ctx, cfg).read_text().split()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
         return None, False
-    return pid, pid_alive(pid, "director")
+    return pid, pid_alive(pid, "director") and (not ready or "ready" in lines[1:])
 
 
 def control(ctx: Context, cfg: Path, cmd: str, timeout: float = 60) -> dict:
@@ -116,7 +119,7 @@ def cmd_start(ctx: Context, cfg_path: Path, debug: bool, internal_fg: bool) -> i
     if debug or cfg.supervised or internal_fg:
         return run_foreground(ctx, cfg_path, debug)
     ctx.ensure_run_dir()
-    errf = ctx.run_dir / f"director.{cfg_path.name}.start.err"
+    errf = ctx.run_dir / f"director.{dmod.cfg_name(cfg_path)}.start.err"
     argv = [sys.executable, "-m", "halb", "--node", ctx.node, "--run-dir", str(ctx.run_dir),
             "--engine", ctx.engine, "director", "--foreground", str(cfg_path), "start"]
     with open(errf, "wb") as err:
@@ -128,7 +131,7 @@ def cmd_start(ctx: Context, cfg_path: Path, debug: bool, internal_fg: bool) -> i
         if rc is not None:
             msg = errf.read_text(errors="replace").strip().splitlines()
             raise HalbError(msg[-1].removeprefix("halb: ") if msg else f"director exited with status {rc}")
-        pid, alive = read_pid(ctx, cfg_path)
+        pid, alive = read_pid(ctx, cfg_path, ready=True)
         if alive and pid == p.pid:
             return 0
         time.sleep(0.05)

@@ -26,14 +26,21 @@ from halb.director import alerts, checks
 from halb.director.config import Config, load
 from halb.director.state import Alert, Command, DirectorCore, Edit, Log, Monitor, fmt_hp
 from halb.errors import ConfigError, EngineUnavailable, HalbError
-from halb.procs import serve_commands
+from halb.procs import hold_pid_file, serve_commands
 
 log = logging.getLogger("halb.director")
 RECONCILE_EVERY = 5  # seconds between checks that our virtual services are still in the table
 
 
 def cfg_name(config_path: str | Path) -> str:
-    return Path(config_path).name
+    """The config's name in run-dir file names: its base name and 8 hex digits
+    of its full path (two configs of the same base name in different
+    directories are two directors; one config named two ways is one)."""
+    import hashlib
+
+    p = Path(config_path)
+    full = str(p.resolve()) if p.exists() else os.path.abspath(p)
+    return f"{p.name}.{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
 def pid_path(ctx: Context, config_path) -> Path:
@@ -45,7 +52,7 @@ def sock_path(ctx: Context, config_path) -> Path:
 
 
 def log_path(ctx: Context, config_path) -> Path:
-    return ctx.run_dir / f"director.{cfg_name(config_path)}.log"
+    return ctx.run_dir / f"director.{Path(config_path).name}.log"  # the name a user looks for
 
 
 def describe_op(op) -> str:
@@ -579,6 +586,19 @@ class Director:
         self._warn(self.cfg)
         self.ctx.ensure_run_dir()
         pidf, sockf = pid_path(self.ctx, self.config_path), sock_path(self.ctx, self.config_path)
+        # the pid file, locked first: a second director for this config stops
+        # here, before it reads or touches the table (it wrote "ready" once up)
+        pid_fd = hold_pid_file(pidf, f"halb director for {self.config_path} is already running")
+        try:
+            return await self._run(loop, pidf, sockf, pid_fd)
+        finally:
+            try:
+                os.unlink(pidf)
+            except FileNotFoundError:
+                pass
+            os.close(pid_fd)
+
+    async def _run(self, loop, pidf, sockf, pid_fd) -> int:
         self.info(f"Starting halb director (Linux Director compatible) with pid: {os.getpid()}")
         live = await self.engine_call("services")
         self._check_engine(self.cfg)
@@ -617,9 +637,7 @@ class Director:
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
             if self.cfg.execute:
                 self._spawn(self.children("start", self.cfg.execute))
-            tmp = pidf.with_suffix(".tmp")
-            tmp.write_text(f"{os.getpid()}\n")
-            tmp.replace(pidf)
+            os.write(pid_fd, b"ready\n")  # after the pid: `start` returns now
             await self.stopping.wait()
             self.info("Linux Director Daemon terminating")
         finally:
@@ -651,11 +669,10 @@ class Director:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
             server.close()
-            for f in (sockf, pidf):
-                try:
-                    f.unlink()
-                except FileNotFoundError:
-                    pass
+            try:
+                sockf.unlink()
+            except FileNotFoundError:
+                pass
             errf = self.ctx.run_dir / f"director.{cfg_name(self.config_path)}.start.err"
             try:
                 if errf.stat().st_size == 0:  # the daemon's stderr: kept only when it says something
