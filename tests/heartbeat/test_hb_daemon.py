@@ -293,19 +293,22 @@ def test_sighup_reloads_without_releasing(cluster_factory):
     bad_line = len(good.splitlines()) + 1
     hup_and_wait("N1", "keeping the running configuration")
     assert f"ha.cf:{bad_line}: keepalive: 'soon' is not a time" in c.log("N1")
-    # timers, keys (a new active key on both nodes), a ping node: applied; haresources: refused
-    auth = 'auth 2\n1 md5 "secret"\n2 sha1 "rotated secret"\n'
-    for n in ("N1", "N2"):
-        c.write(n, deadtime="500ms", warntime="400ms", keepalive="40ms",
-                extra=f"ping {lab.client(0).ip}\n" if n == "N1" else "")
-        c.dir(n).joinpath("authkeys").write_text(auth)
-    c.dir("N1").joinpath("haresources").write_text(c.haresources + f"N2 IPaddr2::{lab.vip[:-1]}9\n")
-    hup_and_wait("N1", "reload: log files reopened; applied:")
-    hup_and_wait("N2", "reload: log files reopened; applied:")
+    # timers, keys, a ping node: applied; haresources: refused. Keys as a sysadmin rotates
+    # them: the new key added on every node first, then made the active one everywhere
+    for active in (1, 2):
+        auth = f'auth {active}\n1 md5 "secret"\n2 sha1 "rotated secret"\n'
+        for n in ("N1", "N2"):
+            c.write(n, deadtime="500ms", warntime="400ms", keepalive="40ms",
+                    extra=f"ping {lab.client(0).ip}\n" if n == "N1" else "")
+            c.dir(n).joinpath("authkeys").write_text(auth)
+        c.dir("N1").joinpath("haresources").write_text(c.haresources + f"N2 IPaddr2::{lab.vip[:-1]}9\n")
+        hup_and_wait("N1", "reload: log files reopened; applied:")
+        hup_and_wait("N2", "reload: log files reopened; applied:")
     log1 = c.log("N1")
-    applied = log1.rsplit("applied: ", 1)[1].splitlines()[0]
+    first, second = [a.splitlines()[0] for a in log1.split("applied: ")[-2:]]
     for what in ("keepalive", "deadtime", "warntime", "ping", "authkeys"):
-        assert what in applied, applied
+        assert what in first, first
+    assert second == "authkeys"
     assert "reload: haresources changed: that needs a restart of heartbeat" in log1
     st = c.status("N1")
     assert st["deadtime"] == 0.5 and st["keepalive"] == 0.04 and len(st["groups"]) == 1

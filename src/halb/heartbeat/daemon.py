@@ -770,7 +770,17 @@ class Daemon:
     async def reload(self) -> None:
         """SIGHUP, as heartbeat: re-read ha.cf, authkeys and haresources; a bad file keeps
         the running configuration (logged with its file:line); what can change without
-        releasing a resource is applied, the rest is refused in one log line."""
+        releasing a resource is applied, the rest is refused in one log line. One reload
+        at a time (a second SIGHUP waits for the first)."""
+        if getattr(self, "_reload_lock", None) is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            try:
+                await self._reload()
+            except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
+                self.log("error", f"reload failed: {type(e).__name__}: {e}: the daemon goes on")
+
+    async def _reload(self) -> None:
         from dataclasses import fields
 
         from halb.heartbeat.config import load_ha_dir
