@@ -12,10 +12,32 @@ import time
 import pytest
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from hb_cluster import wait_for  # noqa: E402
+from hb_cluster import Cluster, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.root]
 pytest_plugins = ["halb.lab.testing"]
+
+
+@pytest.fixture
+def cluster_factory(make_lab):
+    """As conftest's, in a short directory of its own: the director's control socket
+    (run dir + config name + hash) must fit a unix socket path (107 bytes)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    made = []
+
+    def factory(apache=True, clients=1, **kw):
+        lab = make_lab(nodes=2, clients=clients, apache=apache)
+        c = Cluster(lab, Path(tempfile.mkdtemp(prefix="hbd-")), **kw)
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        c.close()
+        shutil.rmtree(c.base, ignore_errors=True)
 
 
 def halb_on(c, node, *args, timeout=20):
@@ -111,9 +133,13 @@ def test_monitor_restarts_a_killed_director(cluster_factory):
         (c.dir(n) / "ldirectord.cf").write_text(article.ldirectord_cf(c.lab, "checktimeout=1\ncheckinterval=1\n"))
     c.start("N1")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    wait_for(lambda: c.status("N1")["groups"][0]["state"] == "held", 30, what="the group held on N1")
     pid = wait_for(lambda: director_pid(c, "N1"), 30, what="the director on N1")
     os.kill(pid, signal.SIGKILL)
-    new = wait_for(lambda: (p := director_pid(c, "N1")) and p != pid and p, 20, 0.1, what="the director back")
+    try:
+        new = wait_for(lambda: (p := director_pid(c, "N1")) and p != pid and p, 20, 0.1, what="the director back")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{c.log('N1')[-3000:]}") from None
     assert new != pid
     log = c.log("N1")
     assert "Resource monitor failed: ldirectord::" in log and "Restarting resource ldirectord::" in log
@@ -228,6 +254,7 @@ def test_watchdog_releases_the_vip_and_director_of_a_killed_or_hung_daemon(clust
     c.start("N1")
     c.start("N2")
     wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    wait_for(lambda: c.status("N1")["groups"][0]["state"] == "held", 30, what="the group held on N1")
     wait_for(lambda: director_pid(c, "N1"), 30, what="the director on N1")
     st = c.status("N1")
     assert "death-watch pid" in st["watchdog"] and "no such device (no softdog here)" in c.log("N1")
@@ -242,6 +269,7 @@ def test_watchdog_releases_the_vip_and_director_of_a_killed_or_hung_daemon(clust
     assert "every resource stopped on this node" in c.log("N1")
     r = c.lab.run("N1", ["nft", "list", "tables"])
     assert "halb" not in r.stdout, r.stdout
+    wait_for(lambda: c.status("N2")["groups"][0]["state"] == "held", 30, what="the group held on N2")
     wait_for(lambda: director_pid(c, "N2"), 30, what="the director on N2")
     # a hung daemon (SIGSTOP) stops kicking: the watch kills it (as softdog reboots) and releases
     st2 = c.status("N2")
@@ -348,3 +376,32 @@ def test_a_node_gone_with_a_failed_stop_blocks_its_peer_until_cleanup(cluster_fa
     # `release` refuses while a daemon runs: it owns the resources
     r = halb_on(c, "N2", "heartbeat", "-c", str(c.dir("N2")), "release")
     assert r.returncode == 1 and "heartbeat is running on node N2" in r.stderr and c.holders() == ["N2"]
+
+
+FLAKY = """#!/bin/sh
+# a resource whose start fails while the file 'broken' exists next to its state file
+d=$(dirname "$1")
+case "$2" in
+  start) [ -f "$d/broken" ] && { echo "cannot start" >&2; exit 1; }; echo on > "$1" ;;
+  stop) rm -f "$1" ;;
+  status) if [ -f "$1" ]; then echo running; else echo stopped; fi ;;
+esac
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_start_is_tried_again_without_any_other_event(cluster_factory, tmp_path):
+    c = cluster_factory(apache=False)
+    (tmp_path / "broken").write_text("")
+    c.haresources = f"N1 IPaddr2::{c.lab.vip} flaky::{tmp_path}/state\n"
+    c.write("N1")
+    rd = c.dir("N1") / "resource.d"
+    rd.mkdir()
+    (rd / "flaky").write_text(FLAKY)
+    (rd / "flaky").chmod(0o755)
+    c.start("N1")      # alone: after initdead nothing else happens
+    wait_for(lambda: "flaky" in c.log("N1") and "start failed" in c.log("N1"), 15, what="the failed start")
+    assert c.holders() == []
+    (tmp_path / "broken").unlink()
+    wait_for(lambda: c.holders() == ["N1"] and (tmp_path / "state").exists(), 10, what="the start tried again")
+    assert c.status("N1")["groups"][0]["failcount"] in (1, 2)

@@ -373,8 +373,11 @@ class Daemon:
     def retry_later(self, g: GroupState) -> None:
         """A takeover that could not be done: the group is idle again, tried later."""
         g.state = "idle"
-        g.retry_at = self.now() + max(1.0, self.cfg.deadtime)
+        delay = max(1.0, self.cfg.deadtime)
+        g.retry_at = self.now() + delay
         self.send_beat()
+        # tried again then, even if nothing else happens in between
+        asyncio.get_running_loop().call_later(delay + 0.01, self.evaluate)
 
     def transition_done(self, g: GroupState, state: str) -> None:
         g.state = state
