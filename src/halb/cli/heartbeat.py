@@ -134,9 +134,11 @@ def print_status(s):
         iv = s["monitor_interval"]
         print(f"  resource monitor: {'every ' + format(iv * 1000, 'g') + ' ms' if iv > 0 else 'off'}")
     for f in s.get("failed_resources", []):
+        where = (f"here once {f['node']} is known to be down" if f["state"].startswith("failed (node gone")
+                 else f"on {f['node']} once repaired")
         print(f"  FAILED: group {f['number']} [{f['group']}] on {f['node']}: {f['state']}"
               + (f" ({f['error']})" if f.get("error") else "")
-              + f"; 'halb heartbeat cleanup {f['number']}' on {f['node']} once repaired")
+              + f"; 'halb heartbeat cleanup {f['number']}' {where}")
     fs = s.get("fencing_state")
     if fs:
         devs = ", ".join(fs["devices"]) or ("none usable from this node" if fs["stonith_configured"] else "none")
