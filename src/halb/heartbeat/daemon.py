@@ -982,7 +982,13 @@ class Daemon:
             if getattr(self, "wd_task", None) is not None:
                 self.wd_task.cancel()
             if self.watchdog is not None:
-                self.watchdog.close()     # magic close: a clean stop, nothing for it to do
+                if getattr(self, "clean_shutdown", False):
+                    self.watchdog.close()     # magic close: a clean stop, nothing for it to do
+                else:
+                    if not hasattr(self, "clean_shutdown"):     # the log is still open
+                        self.log("error", "heartbeat is ending without having released its resources: "
+                                          "the watchdog releases them")
+                    self.watchdog.abandon()
             try:
                 pid_path.unlink()
             except OSError:
@@ -1126,6 +1132,10 @@ class Daemon:
             await asyncio.to_thread(self.worker.close)
         if self.ping_sock:
             self.ping_sock.close()
+        # a group whose stop failed still runs here: the watchdog (if any) gets to try again
+        self.clean_shutdown = all(g.state == "idle" for g in self.groups)
+        if not self.clean_shutdown and self.watchdog is not None:
+            self.log("error", "some resources could not be stopped: the watchdog tries again once heartbeat is gone")
         self.log("info", "heartbeat shutdown complete.")
         self.event("daemon", "heartbeat", "heartbeat shutdown complete.")
         if isinstance(self.log, Logger):

@@ -51,6 +51,10 @@ class Device:
             pass
         os.close(self.fd)
 
+    def abandon(self) -> None:
+        """The daemon ends without having released its resources: no magic close."""
+        os.close(self.fd)
+
     def describe(self) -> str:
         return f"{self.path} (kernel watchdog: the machine reboots if heartbeat stops kicking it)"
 
@@ -91,6 +95,11 @@ class DeathWatch:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(2)
+
+    def abandon(self) -> None:
+        """The daemon ends without having released its resources (it failed): end of
+        file without the magic close, so the watch releases them once we are gone."""
+        os.close(self.fd)
 
     def describe(self) -> str:
         return (f"death-watch pid {self.proc.pid} (no watchdog device): releases this node's resources "
