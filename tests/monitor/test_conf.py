@@ -37,8 +37,8 @@ trusted_hosts 127.0.0.1 169.229.50.165
     assert v6.addresses == [Address("::1", 8700), Address("fe80::1", 8649)] and str(v6.addresses[0]) == "[::1]:8700"
     assert c.gridname == "MyGrid" and c.rrd_rootdir == "/var/lib/ganglia/rrds"
     assert c.rras == [RRA("AVERAGE", 0.5, 1, 244), RRA("MAX", 0.5, 24, 244)]
-    assert c.warnings == ["g.conf:9: 'xml_port' is not supported by halb gmetad (ignored)",
-                          "g.conf:10: 'trusted_hosts' is not supported by halb gmetad (ignored)"]
+    assert c.trusted_hosts == ["127.0.0.1", "169.229.50.165"] and not c.all_trusted
+    assert c.warnings == ["g.conf:9: 'xml_port' is not supported by halb gmetad (ignored)"]
     assert b.line == 4
 
 

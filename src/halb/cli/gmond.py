@@ -11,6 +11,7 @@ from halb.errors import UsageError
 
 USAGE = """usage: halb gmond [--bind ADDR] [--port N] [--cluster NAME] [--interval SECS]
                   [--tmax SECS] [--dmax SECS] [--owner NAME] [--location TEXT] [--no-halb-metrics]
+                  [--allow ADDR[,ADDR...]]...
 
 Collects this node's metrics (Ganglia's names: load_one, cpu_user, mem_free,
 bytes_in, ...; plus halb's virtual services and heartbeat state when they run
@@ -25,6 +26,10 @@ foreground; logs to stderr; stops cleanly on SIGTERM or Ctrl-C.
                     a report (default 20, gmond's host_tmax)
   --dmax SECS       host DMAX: gmetad forgets the host after this (default 0: never)
   --no-halb-metrics only the system metrics
+  --allow ADDRS     only these may read the XML dump: addresses, networks
+                    (10.0.0.0/24) or host names, comma-separated, repeatable
+                    (gmond.conf's tcp_accept_channel acl); others are closed
+                    at once and logged. Default: anyone (list your gmetads!)
 """
 
 
@@ -44,6 +49,7 @@ def parse(argv):
     p.add_argument("--tmax", type=int, default=20)
     p.add_argument("--dmax", type=int, default=0)
     p.add_argument("--no-halb-metrics", action="store_true")
+    p.add_argument("--allow", action="append")
     p.add_argument("-h", "--help", action="store_true")
     a = p.parse_args(argv)
     if a.help:
@@ -56,6 +62,11 @@ def parse(argv):
         raise UsageError("gmond: --tmax must be at least 1 and --dmax at least 0")
     if not a.cluster:
         raise UsageError("gmond: --cluster needs a name")
+    if a.allow is not None:
+        a.allow = [x.strip() for v in a.allow for x in v.split(",") if x.strip()]
+        for x in a.allow:
+            if x.startswith("-") or len(x) > 253 or any(c.isspace() for c in x):
+                raise UsageError(f"gmond: --allow {x[:40]!r}: give addresses, networks or host names")
     return a
 
 
@@ -70,6 +81,6 @@ def main(ctx: Context, argv: list[str]) -> int:
                         format="%(asctime)s halb-gmond[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     cfg = GmondConfig(node=ctx.node, bind=a.bind, port=a.port, cluster=a.cluster, owner=a.owner,
                       location=a.location, interval=a.interval, tmax=a.tmax, dmax=a.dmax,
-                      halb_metrics=not a.no_halb_metrics)
+                      halb_metrics=not a.no_halb_metrics, allow=a.allow)
     asyncio.run(Gmond(cfg, ctx).run())
     return 0

@@ -6,6 +6,10 @@
     rrd_rootdir "/var/lib/ganglia/rrds"
     RRAs "RRA:AVERAGE:0.5:1:244" "RRA:AVERAGE:0.5:24:244"
     exporters "Web" 10.0.0.1:9643 10.0.0.2:9643   # halb: the nodes' `halb exporter`
+    trusted_hosts 10.0.0.5 admin.example.com   # who may use the web front end and API
+    all_trusted off                            #   (besides this host); on: anyone
+    host_dmax 86400     # halb (gmond.conf's name): forget a host silent this long (0: never)
+    max_hosts 1000      # halb: at most this many hosts per data source
 
 Without an `exporters` line, gmetad asks each host of the data source at the
 IP its gmond reports, port 9643; `exporters "NAME" off` asks none.
@@ -26,9 +30,13 @@ DEFAULT_PORT = 8649
 EXPORTER_PORT = 9643
 MIN_STEP = 0.2
 
+HOST_DMAX = 86400      # s: a host silent this long is forgotten even when its gmond says DMAX 0
+MAX_HOSTS = 1000       # hosts per data source
+MAX_SECONDS = 10 * 365 * 86400
+
 # gmetad directives halb gmetad reads the line of but does not act on
 UNSUPPORTED = {
-    "authority", "trusted_hosts", "all_trusted", "setuid", "setuid_username", "xml_port",
+    "authority", "setuid", "setuid_username", "xml_port",
     "interactive_port", "server_threads", "umask", "case_sensitive_hostnames", "carbon_server",
     "carbon_port", "carbon_protocol", "carbon_timeout", "graphite_prefix", "graphite_path",
     "memcached_parameters", "riemann_server", "riemann_port", "riemann_protocol", "riemann_attributes",
@@ -72,6 +80,10 @@ class GmetadConf:
     rrd_rootdir: str | None = None
     rras: list[RRA] | None = None
     warnings: list[str] = field(default_factory=list)
+    trusted_hosts: list[str] | None = None   # None: no line (anyone may use the web front end)
+    all_trusted: bool = False
+    host_dmax: int = HOST_DMAX
+    max_hosts: int = MAX_HOSTS
 
     def source(self, name: str) -> DataSource | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -211,6 +223,23 @@ def parse(text: str, path: str = "<input>") -> GmetadConf:
             if not args:
                 raise ConfigError(path, lineno, "RRAs needs at least one \"RRA:CF:xff:steps:rows\"")
             conf.rras = [parse_rra(t, path, lineno) for t in args]
+        elif word == "trusted_hosts":
+            if not args:
+                raise ConfigError(path, lineno, "trusted_hosts needs at least one address or host name")
+            for a in args:
+                if not _HOST_RE.match(a.replace("/", "", 1)) and ":" not in a:
+                    raise ConfigError(path, lineno, f"trusted_hosts: bad address or host name {a!r}")
+            conf.trusted_hosts = (conf.trusted_hosts or []) + args
+        elif word == "all_trusted":
+            if len(args) != 1 or args[0].lower() not in ("on", "off", "yes", "no", "true", "false", "1", "0"):
+                raise ConfigError(path, lineno, "all_trusted takes on or off")
+            conf.all_trusted = args[0].lower() in ("on", "yes", "true", "1")
+        elif word in ("host_dmax", "max_hosts"):
+            low, high = (0, MAX_SECONDS) if word == "host_dmax" else (1, 1_000_000)
+            if len(args) != 1 or not args[0].isdigit() or len(args[0]) > 10 or not low <= int(args[0]) <= high:
+                raise ConfigError(path, lineno, f"{word} takes a whole number from {low} to {high}"
+                                                + (" (seconds; 0: never)" if word == "host_dmax" else ""))
+            setattr(conf, word, int(args[0]))
         elif word in UNSUPPORTED:
             conf.warnings.append(f"{path}:{lineno}: '{word}' is not supported by halb gmetad (ignored)")
         else:

@@ -74,7 +74,8 @@ class GmetadOptions:
 class Gmetad:
     def __init__(self, conf: GmetadConf, opts: GmetadOptions):
         self.conf, self.opts = conf, opts
-        self.sources = [SourceView.of(ds) for ds in conf.sources]
+        self.sources = [SourceView.of(ds, getattr(conf, "host_dmax", 86400), getattr(conf, "max_hosts", 1000))
+                        for ds in conf.sources]
         self.stores: dict[str, Store] = {}
         for ds in conf.sources:
             lay = layout_from_rras(ds.step, conf.rras) if conf.rras else default_layout(ds.step)
@@ -113,20 +114,53 @@ class Gmetad:
             log.info("data source \"%s\": %d series reloaded from %s%s", name, loaded, path,
                      f" ({reset} started again: their archive layout changed)" if reset else "")
 
-    def save(self) -> None:
+    def snapshot(self) -> list:
+        """Every store's consistent copy, taken on the event loop's thread (the
+        pollers add series there: a save reading the live dicts from another
+        thread would die of 'dictionary changed size during iteration')."""
+        out = []
         for name, st in self.stores.items():
+            try:
+                out.append((name, st.snapshot()))
+            except Exception as e:  # noqa: BLE001 - counted and logged; the others are still saved
+                self.save_errors += 1
+                log.error("data source \"%s\": cannot take a copy of its series to save (%s)", name, e)
+        return out
+
+    def write_snapshot(self, snap: list) -> None:
+        """Write the copies (any thread). Every failure is counted and logged;
+        the other stores are written all the same and the next save tries again."""
+        from halb.monitor.rrd import dumps_snapshot
+
+        for name, s in snap:
             path = store_file(self.opts.data_dir, name)
             try:
-                write_atomic(path, st.dumps())
+                write_atomic(path, dumps_snapshot(s))
             except OSError as e:
                 self.save_errors += 1
                 log.error("%s: cannot write (%s)", path, e.strerror)
+            except Exception as e:  # noqa: BLE001 - a bug must not end the saving
+                self.save_errors += 1
+                log.error("%s: cannot save (%s: %s)", path, type(e).__name__, e)
         self.saves += 1
+
+    def save(self) -> None:
+        """Save from the event loop's thread (the start and tests)."""
+        self.write_snapshot(self.snapshot())
+
+    async def save_now(self) -> None:
+        snap = self.snapshot()                          # on the loop: consistent
+        await asyncio.to_thread(self.write_snapshot, snap)  # serialising and writing: off the loop
 
     async def save_loop(self):
         while True:
             await asyncio.sleep(self.opts.save_every)
-            await asyncio.to_thread(self.save)
+            try:
+                await self.save_now()
+            except Exception as e:  # noqa: BLE001 - never stop saving
+                self.save_errors += 1
+                log.error("saving the series failed (%s: %s); trying again in %g s", type(e).__name__, e,
+                          self.opts.save_every)
 
     # ------------------------------------------------------------ polling
     @staticmethod
@@ -165,9 +199,12 @@ class Gmetad:
                 log.info("[%s] host %s is up", src.name, what)
             elif kind == "host_expired":
                 log.info("[%s] host %s removed (older than its DMAX)", src.name, what)
+            elif kind == "hosts_full":
+                log.warning("[%s] new host %s not kept", src.name, what)
 
     async def poll_once(self, src: SourceView, t: float) -> None:
         store = self.stores[src.name]
+        begun = time.monotonic()
         timeout = min(10.0, max(0.5, src.step * 0.8))
         answered = False
         events = []
@@ -198,7 +235,7 @@ class Gmetad:
                             src.name, store.max_series)
             if not keep_polling(clusters):
                 break
-        events += end_round(src, answered, time.time())
+        events += end_round(src, answered, t + (time.monotonic() - begun))  # now, on t's clock
         self.log_events(src, events)
         await self.poll_exporters(src, t, timeout)
 
@@ -346,7 +383,24 @@ class Gmetad:
 
     # ------------------------------------------------------------ web
     def app(self) -> web.Application:
-        app = web.Application()
+        from halb.monitor.access import Access
+
+        trusted = getattr(self.conf, "trusted_hosts", None)
+        self.access = Access(None if getattr(self.conf, "all_trusted", False) else trusted)
+        self.refused_clients = 0
+        gm = self
+
+        @web.middleware
+        async def trusted_only(req, handler):
+            if not gm.access.allows(req.remote):
+                gm.refused_clients += 1
+                if gm.refused_clients == 1 or gm.refused_clients % 1000 == 0:
+                    log.warning("refused %s %s (not in trusted_hosts; %d refused so far)", req.remote,
+                                req.path[:100], gm.refused_clients)
+                raise web.HTTPForbidden(text="not a trusted host (gmetad.conf trusted_hosts)\n")
+            return await handler(req)
+
+        app = web.Application(middlewares=[trusted_only])
         app.router.add_get("/", self.h_index)
         app.router.add_get("/host/{cluster}/{host}", self.h_host)
         app.router.add_get("/graph.svg", self.h_graph)
@@ -436,7 +490,11 @@ class Gmetad:
         for src in self.sources:
             log.info("data source \"%s\": polling %s every %g s", src.name,
                      " ".join(str(a.addr) for a in src.addrs), src.step)
-        log.info("web front end on http://%s:%d/ (data in %s)", self.opts.host, self.opts.port, self.opts.data_dir)
+        log.info("web front end on http://%s:%d/ (data in %s), for %s", self.opts.host, self.opts.port,
+                 self.opts.data_dir, self.access.describe() if self.access.open else
+                 "localhost and trusted_hosts " + self.access.describe())
+        for name in self.access.unresolved:
+            log.warning("trusted_hosts %s: no such host (ignored)", name)
         tasks = [loop.create_task(self.poll_loop(s)) for s in self.sources]
         tasks.append(loop.create_task(self.save_loop()))
         try:
@@ -449,5 +507,5 @@ class Gmetad:
             await runner.cleanup()
             if self.http is not None:
                 await self.http.close()
-            await asyncio.to_thread(self.save)
+            await self.save_now()
             log.info("gmetad shutdown complete")

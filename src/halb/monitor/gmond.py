@@ -29,6 +29,7 @@ class GmondConfig:
     tmax: int = 20             # host TMAX: gmetad shows the host down after 4 x TMAX without report
     dmax: int = 0
     halb_metrics: bool = True
+    allow: list[str] | None = None   # --allow: who may read the XML dump (None: anyone)
 
 
 class Gmond:
@@ -43,6 +44,10 @@ class Gmond:
         self.clients = 0
         self._halb_busy = False
         self._stop: asyncio.Event | None = None
+        from halb.monitor.access import Access
+
+        self.access = Access(cfg.allow, localhost=False)
+        self.refused = 0
 
     def collect_system(self, now: float) -> None:
         for name, m in self.collector.system().items():
@@ -79,6 +84,13 @@ class Gmond:
         return gxml.render([cl])
 
     async def handle(self, reader, writer):
+        peer = (writer.get_extra_info("peername") or ("",))[0]
+        if not self.access.allows(peer):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("refused the XML dump to %s (not in --allow; %d refused so far)", peer, self.refused)
+            writer.close()
+            return
         self.clients += 1
         try:
             writer.write(self.dump(time.time()))
@@ -110,8 +122,11 @@ class Gmond:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.collect_system(time.time())
-        log.info("gmond for host %s (cluster \"%s\") serving XML on %s:%d, collecting every %g s",
-                 self.cfg.node, self.cfg.cluster, self.cfg.bind, self.cfg.port, self.cfg.interval)
+        log.info("gmond for host %s (cluster \"%s\") serving XML on %s:%d to %s, collecting every %g s",
+                 self.cfg.node, self.cfg.cluster, self.cfg.bind, self.cfg.port, self.access.describe(),
+                 self.cfg.interval)
+        for name in self.access.unresolved:
+            log.warning("--allow %s: no such host (ignored)", name)
         task = loop.create_task(self.collect_loop())
         try:
             await self._stop.wait()

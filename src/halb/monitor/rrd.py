@@ -162,6 +162,38 @@ class Series:
         return a.res, pts[i:]
 
 
+def _num(x: float):
+    """A float for the JSON header: NaN as null, infinities as strings (JSON has neither)."""
+    if math.isfinite(x):
+        return x
+    return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _unnum(x) -> float:
+    if x is None:
+        return NAN
+    if isinstance(x, str) and x not in ("inf", "-inf"):
+        raise ValueError(f"not a number: {x[:20]!r}")
+    return float(x)
+
+
+def dumps_snapshot(snap: tuple) -> bytes:
+    step, snap_series = snap
+    body = bytearray()
+    series = []
+    for key, units, typ, last_t, last_v, archives in snap_series:
+        archs = []
+        for cf, xff, res, rows, cur, n, acc, values in archives:
+            archs.append({"cf": cf, "xff": xff, "res": res, "rows": rows, "cur": cur,
+                          "n": n, "acc": _num(acc), "offset": len(body)})
+            body += values
+        series.append({"key": list(key), "units": units, "type": typ, "last_t": last_t,
+                       "last_v": _num(last_v), "archives": archs})
+    header = json.dumps({"step": step, "byteorder": sys.byteorder, "series": series},
+                        allow_nan=False, separators=(",", ":")).encode()
+    return MAGIC + struct.pack(">I", len(header)) + header + bytes(body)
+
+
 class Store:
     """Every series of a data source, keyed by (cluster, host, metric); at most
     max_series of them (5,000 x 3,432 rows = 137 MB at the 15 s step), new ones
@@ -176,6 +208,8 @@ class Store:
         self.refused_old = 0
 
     def update(self, key: tuple[str, str, str], t: float, v: float, units: str = "", typ: str = "float") -> bool:
+        if not math.isfinite(v):  # inf (a value past 1.8e308) is no measure: unknown, as rrdtool's NaN
+            v = NAN
         s = self.series.get(key)
         if s is None:
             if len(self.series) >= self.max_series:
@@ -201,21 +235,20 @@ class Store:
         return sum(a.rows for s in self.series.values() for a in s.archives)
 
     # ------------------------------------------------------------ file format
-    def dumps(self) -> bytes:
-        """The whole store as bytes: magic, header length, JSON header, the rows (float64)."""
-        body = bytearray()
+    def snapshot(self) -> tuple:
+        """A consistent copy of the store (taken on the thread that updates it,
+        in one go: the rows are copied as bytes); dumps_snapshot() turns it into
+        the file's bytes anywhere, e.g. in a worker thread."""
         series = []
         for key, s in self.series.items():
-            archs = []
-            for a in s.archives:
-                archs.append({"cf": a.cf, "xff": a.xff, "res": a.res, "rows": a.rows, "cur": a.cur,
-                              "n": a.n, "acc": a.acc, "offset": len(body)})
-                body += a.values.tobytes()
-            series.append({"key": list(key), "units": s.units, "type": s.type, "last_t": s.last_t,
-                           "last_v": None if math.isnan(s.last_v) else s.last_v, "archives": archs})
-        header = json.dumps({"step": self.step, "byteorder": sys.byteorder, "series": series},
-                            allow_nan=False, separators=(",", ":")).encode()
-        return MAGIC + struct.pack(">I", len(header)) + header + bytes(body)
+            series.append((key, s.units, s.type, s.last_t, s.last_v,
+                           [(a.cf, a.xff, a.res, a.rows, a.cur, a.n, a.acc, a.values.tobytes())
+                            for a in s.archives]))
+        return self.step, series
+
+    def dumps(self) -> bytes:
+        """The whole store as bytes: magic, header length, JSON header, the rows (float64)."""
+        return dumps_snapshot(self.snapshot())
 
     def loads(self, data: bytes) -> tuple[int, int]:
         """Fill this (empty) store from dumps() bytes. Series whose archives do not
@@ -259,9 +292,9 @@ class Store:
                         vals.byteswap()
                     a.values = vals
                     a.cur = None if d["cur"] is None else int(d["cur"])
-                    a.n, a.acc = int(d["n"]), float(d["acc"])
+                    a.n, a.acc = int(d["n"]), _unnum(d["acc"])
                 s.last_t = None if ent.get("last_t") is None else float(ent["last_t"])
-                s.last_v = NAN if ent.get("last_v") is None else float(ent["last_v"])
+                s.last_v = _unnum(ent.get("last_v"))
                 self.series[key] = s
                 loaded += 1
         except StoreError:

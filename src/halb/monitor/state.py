@@ -10,13 +10,17 @@ report wins). With real gmonds sharing state this is gmetad's behaviour.
 Host state, as gmetad and its web front end judge it: a host is up while
 the age of its last report (TN, kept growing here while nobody reports it)
 is at most 4 x its TMAX; it is then shown down, and forgotten after DMAX
-seconds when DMAX is not 0.
+seconds when DMAX is not 0, else after the data source's host_dmax (gmond's
+setting of that name, default a day: a gmond reporting ever new host names
+cannot grow gmetad for ever). At most max_hosts hosts per data source: a new
+one past that takes the place of the longest silent host that is down, or is
+refused (counted in `refused_hosts`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from halb.monitor.conf import Address, DataSource
+from halb.monitor.conf import HOST_DMAX, MAX_HOSTS, Address, DataSource
 from halb.monitor.gxml import Cluster, Host, Metric
 from halb.monitor.lbview import SourceLB
 
@@ -66,11 +70,25 @@ class SourceView:
     url: str = "unspecified"
     exporters: list[Address] | None = None     # None: each host's IP at the exporter port
     lb: SourceLB = field(default_factory=SourceLB)
+    host_dmax: int = HOST_DMAX
+    max_hosts: int = MAX_HOSTS
+    refused_hosts: int = 0
 
     @classmethod
-    def of(cls, ds: DataSource) -> SourceView:
+    def of(cls, ds: DataSource, host_dmax: int = HOST_DMAX, max_hosts: int = MAX_HOSTS) -> SourceView:
         return cls(ds.name, ds.step, [AddrState(a) for a in ds.addresses],
-                   exporters=getattr(ds, "exporters", None))
+                   exporters=getattr(ds, "exporters", None), host_dmax=host_dmax, max_hosts=max_hosts)
+
+    def make_room(self, now: float) -> bool:
+        """Room for one more host: True when under max_hosts or when the longest
+        silent host that is down was dropped for it."""
+        if len(self.hosts) < self.max_hosts:
+            return True
+        down = [h for h in self.hosts.values() if not h.alive(now)]
+        if not down:
+            return False
+        del self.hosts[min(down, key=lambda h: h.heard).name]
+        return True
 
     def hosts_up(self, now: float) -> int:
         return sum(1 for h in self.hosts.values() if h.alive(now))
@@ -107,6 +125,12 @@ def merge_answer(src: SourceView, addr: Address, clusters: list[Cluster], now: f
             if view is not None and view.heard > heard + 1e-6:
                 continue  # another address reported it more recently
             if view is None:
+                if not src.make_room(now):
+                    src.refused_hosts += 1
+                    if src.refused_hosts == 1 or src.refused_hosts % 1000 == 0:
+                        events.append(("hosts_full", f"{h.name} ({src.max_hosts} hosts kept, the most; "
+                                                     f"{src.refused_hosts} refused so far)"))
+                    continue
                 view = src.hosts[h.name] = HostView(h.name, up=False)
             newer = heard > view.heard + 1e-6 or h.reported != view.reported
             view.ip, view.heard, view.tmax, view.dmax = h.ip, heard, h.tmax, h.dmax
@@ -144,7 +168,8 @@ def end_round(src: SourceView, answered: bool, now: float) -> list[tuple[str, st
     for name in list(src.hosts):
         h = src.hosts[name]
         alive = h.alive(now)
-        if h.dmax and h.age(now) > h.dmax:
+        dmax = h.dmax or src.host_dmax
+        if dmax and h.age(now) > dmax:
             del src.hosts[name]
             events.append(("host_expired", name))
             continue
