@@ -2,6 +2,8 @@
 
     halb lab up [--name NAME] [--nodes N] [--clients N] [--no-apache] [--nginx] [--subnet CIDR]
                 [--gateway N1]
+    halb lab up --topology ecmp [--directors N] [--reals M] [--clients N] [--name NAME]
+                (N active directors behind an ECMP router with BIRD, BGP + BFD: halb.lab.ecmp)
     halb lab down [--name NAME | --stale | --all]
     halb lab status [--name NAME] [--json]
     halb lab exec [--name NAME] NODE -- CMD [ARGS...]
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet")
     up.add_argument("--gateway", metavar="NODE", help="NAT variant: clients and VIP on a public LAN, NODE routes")
     up.add_argument("--json", action="store_true")
+    up.add_argument("--topology", choices=["article", "ecmp"], default="article")
+    up.add_argument("--directors", type=int, default=3, help="ecmp: active directors")
+    up.add_argument("--reals", type=int, default=4, help="ecmp: real servers")
     down = sub.add_parser("down", help="remove the lab and everything it created")
     down.add_argument("--name")
     down.add_argument("--all", action="store_true")
@@ -83,6 +88,13 @@ def main(ctx, argv: list[str]) -> int:
         sys.stdout.write(__doc__.split("\n\n", 1)[1])
         return 0 if argv else 2
     args = _parser().parse_args(argv)
+    if args.cmd == "up" and args.topology == "ecmp":
+        from halb.lab.ecmp import EcmpLab
+
+        ecmp = EcmpLab(directors=args.directors, reals=args.reals, clients=args.clients, name=args.name,
+                       persistent=True).build()
+        _print_status(ecmp.lab, args.json, ecmp.describe())
+        return 0
     if args.cmd == "up":
         lab = Lab(nodes=args.nodes, clients=args.clients, apache=not args.no_apache,
                   nginx=args.nginx, name=args.name, subnet=args.subnet,
@@ -108,7 +120,13 @@ def main(ctx, argv: list[str]) -> int:
             print(f"lab {st.name}: removed " + (", ".join(removed) or "nothing"))
         return 0
     if args.cmd == "status":
-        _print_status(_attach(args.name), args.json)
+        lab = _attach(args.name)
+        extra = None
+        if (lab.dir / "ecmp.json").exists():
+            from halb.lab.ecmp import EcmpLab
+
+            extra = EcmpLab.attach(lab.name).describe()
+        _print_status(lab, args.json, extra)
         return 0
     if args.cmd == "exec":
         lab = _attach(args.name)
@@ -141,8 +159,10 @@ def main(ctx, argv: list[str]) -> int:
     raise UsageError("lab: missing sub-command (up|down|status|exec|apache|link)")
 
 
-def _print_status(lab: Lab, as_json: bool = False) -> None:
+def _print_status(lab: Lab, as_json: bool = False, ecmp: dict | None = None) -> None:
     d = lab.describe()
+    if ecmp:
+        d["ecmp"] = ecmp
     if as_json:
         print(json.dumps(d, indent=2))
         return
@@ -157,3 +177,7 @@ def _print_status(lab: Lab, as_json: bool = False) -> None:
         print(f"  {n['name']:<9} {n['ip']:<16} {n['netns']:<24} {n['iface']:<12} {n['mac']:<18} {n['link']:<7} {apache:<8} {pids}")
         if n.get("pub_ip"):
             print(f"  {'':<9} {n['pub_ip']:<16} {'(public leg)':<24} {n['pub_iface']:<12} {n['pub_mac']:<18}")
+    if ecmp:
+        print(f"  ecmp: VIP {ecmp['vip']} (-s {ecmp['scheduler']} {ecmp['schedflags']}), router N1, "
+              f"directors {' '.join(ecmp['directors'])}, real servers {' '.join(ecmp['reals'])}; "
+              f"router's next hops for the VIP: {' '.join(ecmp['router_nexthops']) or 'none'}")

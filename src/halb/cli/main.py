@@ -22,6 +22,7 @@ COMMANDS = {
     "lab": "the article's network in namespaces (N1, N2, clients, Apache)",
     "director": "ldirectord-compatible health checking",
     "sync": "connection-state sync daemons (ipvsadm --start-daemon)",
+    "bgp": "announce this director's VIPs over BGP (BIRD 2) while it is fit",
     "heartbeat": "membership and failover of the VIP and the director",
     "dsh": "run a command on every node, in parallel",
     "demo": "the whole cluster on this machine, in one command",
