@@ -12,6 +12,7 @@
     checkinterval=0.2                    # s between two judgements of this director's fitness
     rise=0                               # s of continuous fitness before a VIP is announced
     logfile=/var/log/halb-bgp.log        # default: stderr (local0 style lines)
+    realtime=yes                         # BIRD at SCHED_FIFO priority 10 (BFD keeps its timing)
 
 One directive a line, `name=value`, `#` starts a comment. Every problem is a
 ConfigError naming the file and the line (or the file alone for what is
@@ -64,6 +65,7 @@ class BgpConfig:
     rise: float = 0.0
     logfile: str | None = None
     local_address: str = ""                       # source of the sessions (default router_id)
+    realtime: bool = True
 
     @property
     def keepalive(self) -> int:
@@ -162,7 +164,7 @@ class _Parser:
         vips: dict[str, int] = {}
         peers: dict[str, int] = {}
         single = ("router_id", "local_as", "bfd", "hold", "director", "selftest", "checkinterval",
-                  "rise", "logfile", "local_address")
+                  "rise", "logfile", "local_address", "realtime")
         for n, raw in enumerate(text.split("\n"), 1):
             if "\x00" in raw:
                 self.err(n, "binary data (NUL byte) in configuration")
@@ -218,9 +220,13 @@ class _Parser:
                 cfg.rise = self.number(n, val, "rise", 0, RISE_MAX)
             elif name == "logfile":
                 cfg.logfile = val.strip("\"'")
+            elif name == "realtime":
+                if val.lower() not in ("yes", "no"):
+                    self.err(n, f"realtime: '{val}' must be yes or no")
+                cfg.realtime = val.lower() == "yes"
             else:
                 self.err(n, f'Unknown command "{name}" (router_id, local_as, neighbor, bfd, hold, announce, '
-                            "director, selftest, checkinterval, rise, logfile, local_address)")
+                            "director, selftest, checkinterval, rise, logfile, local_address, realtime)")
         for req in ("router_id", "local_as"):
             if req not in seen:
                 self.err(None, f"{req} is missing")

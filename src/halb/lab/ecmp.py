@@ -162,7 +162,9 @@ class EcmpLab:
         (d / "bird.conf").write_text(router_conf(r.ip, ROUTER_AS, peers, bfd=self.bfd, hold=self.hold,
                                                  source=f"halb lab {lab.name}"))
         log = open(d / "bird.log", "ab")
-        lab.popen("N1", ["bird", "-f", "-c", d / "bird.conf", "-s", d / "bird.ctl", "-P", d / "bird.pid"],
+        # real-time priority, as a router's BFD has its own CPU: on a busy
+        # machine a 60 ms detection time must not fire because BIRD waited
+        lab.popen("N1", ["chrt", "-f", "10", "bird", "-f", "-c", d / "bird.conf", "-s", d / "bird.ctl", "-P", d / "bird.pid"],
                   stdin=open("/dev/null", "rb"), stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 10
         while not (d / "bird.ctl").exists():
@@ -255,3 +257,195 @@ class EcmpLab:
                 "reals": self.reals, "clients": self.clients, "scheduler": self.scheduler,
                 "schedflags": self.schedflags, "bfd": list(self.bfd) if self.bfd else None,
                 "router_nexthops": self.nexthops()}
+
+
+class FlowLoad:
+    """What users of the VIP would notice: `flows` long-lived keep-alive HTTP
+    connections from a client (a request every `period` s on each, the
+    answering real server recorded), and a steady stream of new connections
+    (`new_rate` a second, one request each). A flow is broken when a request
+    fails (reset, close, no answer within `timeout`) or is answered by
+    another real server than before; a new connection failed when it gets no
+    answer. Counters are read between `mark()`s (one per event)."""
+
+    def __init__(self, lab: Lab, client: str, vip: str, flows: int = 64, period: float = 0.1,
+                 new_rate: float = 20.0, timeout: float = 3.0, path: str = "/testcluster.html"):
+        import threading
+
+        self.lab, self.client, self.vip = lab, client, vip
+        self.n, self.period, self.new_rate, self.timeout = flows, period, new_rate, timeout
+        self.req = f"GET {path} HTTP/1.1\r\nHost: {vip}\r\nUser-Agent: halb-ecmp\r\n\r\n".encode()
+        self.path = path
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.flows: list[dict] = []
+        self.broken: list[dict] = []     # {"flow", "server", "why", "t"}
+        self.new_ok = 0
+        self.new_failed: list[tuple[float, str]] = []
+        self.requests = 0
+        self.threads: list = []
+
+    # a flow ----------------------------------------------------------------------------
+    def _open(self, i: int) -> dict:
+        s = self.lab.socket(self.client)
+        s.settimeout(self.timeout)
+        s.connect((self.vip, 80))
+        f = {"i": i, "sock": s, "server": None, "buf": b"", "alive": True}
+        f["server"] = self._ask(f)
+        return f
+
+    def _ask(self, f: dict) -> str:
+        """One request on the flow's connection; the answering server's name."""
+        s = f["sock"]
+        s.sendall(self.req)
+        buf = f["buf"]
+        while True:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                length = 0
+                for ln in head.split(b"\r\n")[1:]:
+                    k, _, v = ln.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                if len(rest) >= length:
+                    f["buf"] = rest[length:]
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        raise OSError(f"status {head.split(b' ', 2)[1:2]}")
+                    return rest[:length].decode().strip()
+            chunk = s.recv(65536)
+            if not chunk:
+                raise OSError("connection closed by the other end")
+            buf += chunk
+
+    def _flow_loop(self, flows: list[dict]) -> None:
+        import time as _t
+
+        while not self.stop_ev.is_set():
+            t0 = _t.monotonic()
+            for f in flows:
+                if not f["alive"] or self.stop_ev.is_set():
+                    continue
+                try:
+                    got = self._ask(f)
+                    with self.lock:
+                        self.requests += 1
+                    if got != f["server"]:
+                        raise OSError(f"answered by {got} instead of {f['server']}")
+                except (OSError, ValueError) as e:
+                    f["alive"] = False
+                    with self.lock:
+                        self.broken.append({"flow": f["i"], "server": f["server"], "why": str(e) or type(e).__name__,
+                                            "t": _t.monotonic()})
+                    f["sock"].close()
+            left = self.period - (_t.monotonic() - t0)
+            if left > 0:
+                self.stop_ev.wait(left)
+
+    def _new_loop(self) -> None:
+        import time as _t
+
+        from halb.lab.lab import LabError as _LE
+
+        gap = 1.0 / self.new_rate
+        while not self.stop_ev.is_set():
+            t0 = _t.monotonic()
+            try:
+                status, body = self.lab.http_get(self.client, f"http://{self.vip}{self.path}", timeout=self.timeout)
+                if status != 200:
+                    raise _LE(f"status {status}")
+                with self.lock:
+                    self.new_ok += 1
+            except _LE as e:
+                with self.lock:
+                    self.new_failed.append((t0, str(e)))
+            left = gap - (_t.monotonic() - t0)
+            if left > 0:
+                self.stop_ev.wait(left)
+
+    # control ---------------------------------------------------------------------------
+    def start(self, threads: int = 4) -> "FlowLoad":
+        import threading
+
+        self.flows = [self._open(i) for i in range(self.n)]
+        per = (self.n + threads - 1) // threads
+        for k in range(threads):
+            part = self.flows[k * per:(k + 1) * per]
+            if part:
+                t = threading.Thread(target=self._flow_loop, args=(part,), daemon=True, name=f"flows{k}")
+                t.start()
+                self.threads.append(t)
+        if self.new_rate > 0:
+            t = threading.Thread(target=self._new_loop, daemon=True, name="newconns")
+            t.start()
+            self.threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(self.timeout + 2)
+        for f in self.flows:
+            try:
+                f["sock"].close()
+            except OSError:
+                pass
+
+    def mark(self) -> dict:
+        with self.lock:
+            return {"broken": len(self.broken), "new_ok": self.new_ok, "new_failed": len(self.new_failed),
+                    "requests": self.requests}
+
+    def since(self, m: dict) -> dict:
+        """What happened since mark `m`: broken flows (list), new connections ok / failed."""
+        with self.lock:
+            return {"broken": list(self.broken[m["broken"]:]), "new_ok": self.new_ok - m["new_ok"],
+                    "new_failed": list(self.new_failed[m["new_failed"]:]), "requests": self.requests - m["requests"]}
+
+    def servers(self) -> dict[str, int]:
+        """Live flows per real server."""
+        out: dict[str, int] = {}
+        for f in self.flows:
+            if f["alive"]:
+                out[f["server"]] = out.get(f["server"], 0) + 1
+        return out
+
+    def alive(self) -> int:
+        return sum(1 for f in self.flows if f["alive"])
+
+
+class RouteWatch:
+    """`ip monitor route` in the router: when the VIP's route changed, on our clock."""
+
+    def __init__(self, ecmp: "EcmpLab"):
+        import subprocess
+        import threading
+
+        self.ecmp = ecmp
+        self.events: list[tuple[float, str]] = []
+        self.p = ecmp.lab.popen("N1", ["ip", "monitor", "route"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, bufsize=1)
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+        time.sleep(0.2)
+
+    def _read(self) -> None:
+        for line in self.p.stdout:
+            if self.ecmp.vip in line:
+                self.events.append((time.monotonic(), line.strip()))
+
+    def first_after(self, t0: float, timeout: float = 10) -> float | None:
+        """Seconds from t0 to the first change of the VIP's route after t0."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, _ in list(self.events):
+                if t >= t0:
+                    return t - t0
+            time.sleep(0.005)
+        return None
+
+    def close(self) -> None:
+        self.p.terminate()
+        try:
+            self.p.wait(3)
+        except Exception:
+            self.p.kill()

@@ -26,7 +26,7 @@ from copy import copy, deepcopy
 from functools import reduce
 from math import gcd
 
-from halb.model import Dest, Service
+from halb.model import Dest, Service, parse_ip
 from halb.sched import Packet, make_scheduler, update_overload
 
 MAX_PERIOD = 1024
@@ -73,9 +73,15 @@ def slot_table(svc: Service, counts: dict[tuple[str, int], tuple[int, int]] | No
     if not dests:
         return "", 1, []
     if name in ("sh", "dh", "mh"):
+        # the table is built from the real servers in address order, not in
+        # the order they were added: every director that has the same real
+        # servers has the same table (active-active behind ECMP, halb bgp),
+        # and a flow that the router moves to another director reaches the
+        # same real server
+        order = sorted(range(len(dests)), key=lambda i: (parse_ip(dests[i].addr).packed, dests[i].port))
         sch = make_scheduler(svc)
-        sch.update(dests)
-        table = sch.table
+        sch.update([dests[i] for i in order])
+        table = [order[i] if 0 <= i < len(order) else i for i in sch.table] if sch.table else sch.table
         if table is None or not table:
             return "ip saddr", 1, []
         size = len(table)

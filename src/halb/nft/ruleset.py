@@ -150,9 +150,17 @@ def slot_base(sid: int) -> int:
 def sched_expr(plan: ServicePlan) -> str:
     base = slot_base(plan.sid)
     if plan.hash_expr:
-        return (f"jhash {plan.hash_expr} mod {plan.slots} seed 0x{0x5eed0000 | (plan.sid & 0xFFFF):x} "
+        return (f"jhash {plan.hash_expr} mod {plan.slots} seed 0x{hash_seed(plan.svc.key):x} "
                 f"offset {base}")
     return f"numgen inc mod {plan.slots} offset {base}"
+
+
+def hash_seed(key) -> int:
+    """The jhash seed of a hashing service: from the service's identity (not
+    its local id), so every director hashes a client to the same slot."""
+    import zlib
+
+    return 0x5eed0000 | (zlib.crc32(f"{key.proto}/{key.addr}:{key.port}/{key.fwmark}".encode()) & 0xFFFF)
 
 
 def slots_delete(sid: int, slots) -> list[str]:
