@@ -101,15 +101,19 @@ class Observer:
     def director(self) -> tuple[bool, str]:
         if self.cfg.director is None:
             return True, ""
-        from halb.director.daemon import pid_path, sock_path
+        from halb.cli.director import find_config, read_pid
+        from halb.director.daemon import sock_path
+        from halb.errors import ConfigError
 
-        name = self.cfg.director
         try:
-            pid = int(pid_path(self.ctx, name).read_text().strip())
-        except (OSError, ValueError):
+            name = find_config(self.cfg.director)
+        except ConfigError:
+            return False, f"the director's configuration {self.cfg.director} is not found"
+        pid, alive = read_pid(self.ctx, name, ready=True)
+        if pid is None:
             return False, f"the director ({Path(name).name}) is not running"
-        if not pid_alive(pid, "director"):
-            return False, f"the director ({Path(name).name}, pid {pid}) is gone"
+        if not alive:
+            return False, f"the director ({Path(name).name}, pid {pid}) is gone or still starting"
         try:
             reply = ask(sock_path(self.ctx, name), {"cmd": "status"}, timeout=1.0)
         except (OSError, socket.timeout) as e:
