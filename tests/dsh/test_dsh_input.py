@@ -108,9 +108,9 @@ def test_modes_follow_dsh(conf):
     assert plan(conf, "-M", "-a", "x").show_names is True
     assert plan(conf, "-M", "-H", "-a", "x").show_names is False
     p = plan(conf, "-m", "u@h", "-r", "ssh", "-o", "-p2222", "echo", "a b")
-    assert p.argv_for("u@h") == ["ssh", "-o", "BatchMode=yes", "-p2222", "-l", "u", "h", "echo", "a b"]
+    assert p.argv_for("u@h") == ["ssh", "-o", "BatchMode=yes", "-p2222", "-l", "u", "--", "h", "echo", "a b"]
     p = plan(conf, "-m", "h", "-o", "-oBatchMode=no", "x")
-    assert p.argv_for("h") == ["ssh", "-oBatchMode=no", "h", "x"]
+    assert p.argv_for("h") == ["ssh", "-oBatchMode=no", "--", "h", "x"]
 
 
 def test_posix_option_parsing_stops_at_the_command(conf):
@@ -243,3 +243,24 @@ def test_cluster_group_from_minimal_ha_cf_warns(conf, tmp_path):
     r = dsh("--config-dir", conf, "--ha-cf", tmp_path / "missing.cf", "-g", "cluster", "true")
     assert r.returncode == 255
     one_error_line(r, "unknown group 'cluster'", "missing.cf")
+
+
+def test_machine_names_starting_with_a_dash_never_reach_ssh(tmp_path, conf):
+    """`-m -oProxyCommand=...` used to run a local command through ssh: any
+    machine or user name starting with '-' is refused (command line and
+    files), and ssh's options always end with `--` before the host."""
+    pwned = tmp_path / "pwned"
+    evil = f"-oProxyCommand=touch {pwned}"
+    r = dsh("--config-dir", conf, "-m", evil.replace(" ", ""), "-r", "ssh", "true")
+    one_error_line(r, "cannot start with '-'")
+    assert r.returncode == 255
+    (conf / "group" / "evil").write_text("N1\n-oProxyCommand=true\n")
+    r = dsh("--config-dir", conf, "-g", "evil", "true")
+    one_error_line(r, "cannot start with '-'")
+    for spec in ("-lroot@N1", "-x@N1", "N[1-2],-o"):
+        with pytest.raises(DshUsageError, match="cannot start with '-'"):
+            for s in split_commas(spec):
+                expand_spec(s)
+    assert not pwned.exists()
+    argv = plan(conf, "-m", "N1", "-r", "ssh", "uname").argv_for("N1")
+    assert argv[argv.index("N1") - 1] == "--"

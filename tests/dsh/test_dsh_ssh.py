@@ -139,4 +139,4 @@ def test_dsh_conf_keys_apply(sshlab, tmp_path):
     # -v tells what was read and what ran
     assert f"halb dsh: loading config file {conf / 'dsh.conf'}" in r.stderr
     assert "halb dsh: 2 machines (2 at a time): N1 N2" in r.stderr
-    assert f"halb dsh: N2: executing ssh -o BatchMode=yes -F{sshlab.ssh_config} N2 'sleep 1; uname -n'" in r.stderr
+    assert f"halb dsh: N2: executing ssh -o BatchMode=yes -F{sshlab.ssh_config} -- N2 'sleep 1; uname -n'" in r.stderr

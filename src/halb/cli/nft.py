@@ -50,6 +50,7 @@ def main(ctx, argv: list[str]) -> int:
     from halb.nft.engine import connect
     eng = connect(ctx)
     if args.cmd == "flush":
+        from halb.nft.engine import check_namespace; check_namespace()  # noqa: E702 - HALB_NFT_HOST_GUARD
         eng.flush()
         print("halb nft: table, ip rules and routing tables removed")
         return 0

@@ -25,6 +25,10 @@ def split_server(smtp: str) -> tuple[str, int]:
     return smtp, 25
 
 
+def envelope_from_is_option(sender: str | None) -> bool:
+    return bool(sender) and re.sub(r"^.*<([^>]*)>.*$", r"\1", sender).startswith("-")
+
+
 def build_message(subject: str, to: str, sender: str | None, status: str,
                   hostname: str | None = None) -> EmailMessage:
     host = hostname or socket.gethostname()
@@ -45,6 +49,8 @@ def send(subject: str, to: str, smtp: str | None, sender: str | None, status: st
     """Send one alert (blocking; run it in a thread). Raises OSError/SMTPException."""
     msg = build_message(subject, to, sender, status)
     rcpts = [a.strip() for a in to.split(",") if a.strip()]
+    if any(a.startswith("-") for a in rcpts) or envelope_from_is_option(sender):
+        raise ValueError(f"refusing e-mail addresses that start with '-' ({to!r})")
     envelope_from = re.sub(r"^.*<([^>]*)>.*$", r"\1", msg["From"])
     if smtp:
         host, port = split_server(smtp)
@@ -54,5 +60,5 @@ def send(subject: str, to: str, smtp: str | None, sender: str | None, status: st
     sendmail = shutil.which("sendmail") or ("/usr/sbin/sendmail" if os.path.exists("/usr/sbin/sendmail") else None)
     if not sendmail:
         raise OSError("no smtp= server configured and no local sendmail")
-    subprocess.run([sendmail, "-oi", "-f", envelope_from, *rcpts], input=msg.as_bytes(),
+    subprocess.run([sendmail, "-oi", "-f", envelope_from, "--", *rcpts], input=msg.as_bytes(),
                    check=True, timeout=timeout, capture_output=True)

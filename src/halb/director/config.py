@@ -284,6 +284,11 @@ class _Parser:
             val = m.group(1)
         if not val.strip():
             self.err(line, "no email address specified")
+        for a in val.split(","):
+            a = a.strip()
+            if a.startswith("-") or not a or any(c.isspace() or ord(c) < 32 for c in a):
+                # it would reach sendmail's command line as an option
+                self.err(line, f'invalid email address "{a}"' + (" (cannot start with '-')" if a.startswith("-") else ""))
         return val.strip()
 
     def smtp(self, line: int, val: str) -> str:
@@ -382,6 +387,8 @@ class _Parser:
         elif name == "emailalertfrom":
             cfg.emailalertfrom = self.quoted(n, val, "email from address", required_quotes=False) \
                 if val else self.err(n, "no email from address specified")
+            if cfg.emailalertfrom.lstrip().lstrip("<").startswith("-"):
+                self.err(n, f'invalid email from address "{cfg.emailalertfrom}" (cannot start with \'-\')')
         elif name == "maintenancedir":
             cfg.maintenancedir = self.quoted(n, val, "maintenance directory", required_quotes=False)
         else:

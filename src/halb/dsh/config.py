@@ -160,6 +160,7 @@ def expand_spec(spec: str, where: str = "") -> list[str]:
         raise DshUsageError(f"{where}bad machine '{spec}': expected user@host")
     if any(c.isspace() for c in spec):
         raise DshUsageError(f"{where}bad machine '{spec}': blanks inside a machine name")
+    _no_option(spec, user, host, where)
     if "[" not in host and "]" not in host:
         return [spec]
     from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
@@ -169,7 +170,16 @@ def expand_spec(spec: str, where: str = "") -> list[str]:
     except (NodeSetException, ValueError) as e:
         msg = str(e).strip() or "invalid node set"
         raise DshUsageError(f"{where}bad node set '{host}': {msg}") from None
+    for n in names:
+        _no_option(spec, user, n, where)
     return [prefix + n for n in names]
+
+
+def _no_option(spec: str, user: str, host: str, where: str) -> None:
+    """A machine or user name starting with '-' would reach ssh as an option
+    (`-oProxyCommand=...` runs a local command): refused."""
+    if host.startswith("-") or user.startswith("-"):
+        raise DshUsageError(f"{where}bad machine '{spec}': a machine or user name cannot start with '-'")
 
 
 def merge_unique(into: list[str], names) -> list[str]:

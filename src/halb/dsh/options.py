@@ -106,8 +106,12 @@ class Plan:
             # never let ssh ask a question nobody will answer
             argv += ["-o", "BatchMode=yes"]
         argv += self.rshopts
+        if user.startswith("-") or host.startswith("-"):  # expand_spec refuses these: never an option
+            raise ValueError(f"machine name {spec!r} starts with '-'")
         if sep:
             argv += ["-l", user]
+        if os.path.basename(argv[0]) == "ssh":
+            argv.append("--")  # options end here
         argv.append(host)
         argv += self.command
         return argv
