@@ -75,7 +75,7 @@ def test_a_save_failure_is_counted_logged_and_saving_goes_on(tmp_path, caplog):
 def test_series_added_while_saving_never_break_the_save(tmp_path):
     """The pollers add series on the loop while the periodic save runs: the
     copy is taken on the loop, the writing in a thread."""
-    conf = parse('data_source "s" 1 127.0.0.1:1\n')
+    conf = parse('data_source "s" 1 127.0.0.1:1\nRRAs "RRA:AVERAGE:0.5:1:10"\n')
     g = Gmetad(conf, GmetadOptions(data_dir=tmp_path, save_every=0.001))
     st = g.stores["s"]
     st.max_series = 100_000
@@ -86,7 +86,10 @@ def test_series_added_while_saving_never_break_the_save(tmp_path):
             st.update(("s", f"h{i}", "m"), 1000.0, float(i))
             if i % 20 == 0:
                 await asyncio.sleep(0)
-        await asyncio.sleep(0.05)
+        for _ in range(200):
+            if g.saves >= 3:
+                break
+            await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

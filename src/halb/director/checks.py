@@ -116,6 +116,8 @@ async def run(spec: CheckSpec, negotiate: bool | None = None) -> Result:
         return await _timed(fn(spec), spec.negotiatetimeout)
     except asyncio.CancelledError:
         raise
+    except SlowRegex as e:
+        return Result(False, str(e))
     except Exception as e:  # a check never takes the daemon down
         return Result(False, f"{type(e).__name__}: {e}")
 
@@ -178,8 +180,30 @@ async def _close(writer) -> None:
         pass
 
 
+RX_TIMEOUT = 0.25          # s: a receive expression that takes longer fails the check
+RX_TEXT_MAX = 1 << 20      # characters of an answer searched
+
+
+class SlowRegex(Exception):
+    pass
+
+
+def receive_search(rx: str, text: str, flags: int = 0) -> bool:
+    """re.search, time-bounded: a catastrophic `receive` expression (e.g.
+    (a|a)+$ on a long answer) would otherwise hold the director's event loop
+    for ever. Uses the regex module (re-compatible syntax, VERSION0) and its
+    timeout; SlowRegex when it is exceeded."""
+    import regex
+
+    try:
+        return regex.search(rx, text[:RX_TEXT_MAX], flags | regex.VERSION0, timeout=RX_TIMEOUT) is not None
+    except TimeoutError:
+        raise SlowRegex(f"receive string /{rx[:60]}/ took more than {RX_TIMEOUT:g} s to match "
+                        f"(catastrophic backtracking?): check failed") from None
+
+
 def _match(rx: str, text: str) -> bool:
-    return bool(re.search(rx, text, re.M)) if rx else True
+    return receive_search(rx, text, re.M) if rx else True
 
 
 # --------------------------------------------------------------------------
@@ -391,6 +415,15 @@ def _split(url: str):
     return u.scheme, u.hostname, u.port, u.netloc, path
 
 
+def _same_server(url: str, nxt: str, spec: CheckSpec) -> bool:
+    a, b = _split(url), _split(nxt)
+    if spec.service == "http_proxy":
+        return (a[0], a[1], a[2]) == (b[0], b[1], b[2])
+    port_a = a[2] or (443 if a[0] == "https" else 80)
+    port_b = b[2] or (443 if b[0] == "https" else 80)
+    return b[0] in ("http", "https") and (a[1] or "") == (b[1] or "") and port_a == port_b
+
+
 async def check_http(spec: CheckSpec) -> Result:
     url = spec.url
     proxy = spec.service == "http_proxy"
@@ -414,12 +447,17 @@ async def check_http(spec: CheckSpec) -> Result:
         data = await _fetch(spec, conn_host, conn_port, conn_tls, req)
         status, line, headers, body = _parse_http(data)
         if status in (301, 302, 303, 307, 308) and headers.get("location"):
-            url = urljoin(url, headers["location"])
+            nxt = urljoin(url, headers["location"])
+            if not _same_server(url, nxt, spec):
+                # ldirectord does not follow at all; halb follows only on the same real server:
+                # a redirect elsewhere would check (and trust) another host
+                return Result(False, f"{line}: redirect to {nxt[:100]} (another host or port) not followed")
+            url = nxt
             continue
         break
     if 200 <= status < 300:
         text = body.decode("latin-1")
-        if not spec.receive or re.search(spec.receive, text):
+        if not spec.receive or receive_search(spec.receive, text):
             return Result(True, line)
         return Result(False, f"{line}: receive string /{spec.receive}/ not found in {text[:80]!r}")
     return Result(False, line)
@@ -536,7 +574,7 @@ async def check_simpletcp(spec: CheckSpec) -> Result:
                 break
             n += len(line)
             text = line.decode("latin-1")
-            if re.search(spec.receive, text):
+            if receive_search(spec.receive, text):
                 return Result(True, text.strip()[:100])
         return Result(False, f"receive string /{spec.receive}/ not found")
     finally:
@@ -581,7 +619,7 @@ async def check_ftp(spec: CheckSpec) -> Result:
         await _smtp_reply(r)
         w.write(b"QUIT\r\n")
         text = data.decode("latin-1")
-        if re.search(spec.receive, text):
+        if receive_search(spec.receive, text):
             return Result(True, f"RETR {spec.request}: receive string found")
         return Result(False, f"RETR {spec.request}: receive string /{spec.receive}/ not found")
     finally:
@@ -708,7 +746,7 @@ async def check_dns(spec: CheckSpec) -> Result:
             else:
                 continue
             seen.append(val)
-            if re.search(spec.receive, val):
+            if receive_search(spec.receive, val):
                 return Result(True, f"{name} -> {val}")
     return Result(False, f"Response mismatch: {name} -> {', '.join(seen) or 'no answer'}")
 
@@ -789,7 +827,7 @@ async def check_ldap(spec: CheckSpec) -> Result:
             if len(conn.entries) != 1:
                 return Result(False, f"No answer received ({len(conn.entries)} entries for {base!r})")
             dn = conn.entries[0].entry_dn
-            if not spec.receive or re.search(spec.receive, dn):
+            if not spec.receive or receive_search(spec.receive, dn):
                 return Result(True, f"Success: {dn}")
             return Result(False, f"Response mismatch: {dn}")
         finally:

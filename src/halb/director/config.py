@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,8 +188,14 @@ class Config:
 
 # ---------------------------------------------------------------------------
 
-_NUM = re.compile(r"^\d+(\.\d+)?$")
-_INT = re.compile(r"^\d+$")
+# at most 12 digits before and 9 after the point: int() of 4,300+ digits raises
+# (Python's limit), and no setting means anything that large anyway
+_NUM = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
+_INT = re.compile(r"^\d{1,12}$")
+# the range of every number of ldirectord.cf (halb's bounds; ldirectord has none)
+TIME_MIN, TIME_MAX = 0.05, 86400.0     # checkinterval, checktimeout, negotiatetimeout (s)
+COUNT_MAX = 1000                       # checkcount, failurecount, checktype=N
+INT_MAX = 2147483647
 _QUOTED = re.compile(r'^"(.*)"$')
 
 
@@ -200,15 +207,22 @@ class _Parser:
 
     def err(self, line: int, msg: str):
         msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+        if len(msg) > 300:  # a 5,000-character value is not echoed whole
+            msg = f"{msg[:200]}...[{len(msg) - 280} characters]...{msg[-80:]}"
         raise ConfigError(self.path, line, msg)
 
     # -- value helpers -----------------------------------------------------
-    def positive(self, line: int, val: str, what: str, integer: bool = False) -> float | int:
+    def positive(self, line: int, val: str, what: str, integer: bool = False,
+                 low: float | None = None, high: float | None = None) -> float | int:
         val = val.strip()
         if not (_INT if integer else _NUM).match(val) or float(val) <= 0:
-            self.err(line, f"invalid {what} value '{val}' (a positive "
+            shown = val if len(val) <= 40 else val[:20] + "..." + f" ({len(val)} characters)"
+            self.err(line, f"invalid {what} value '{shown}' (a positive "
                            f"{'integer' if integer else 'number'} is needed)")
-        return int(val) if integer or _INT.match(val) else float(val)
+        n = int(val) if integer or _INT.match(val) else float(val)
+        if (low is not None and n < low) or (high is not None and n > high):
+            self.err(line, f"invalid {what} value '{val}' (from {low:g} to {high:g})")
+        return n
 
     def yesno(self, line: int, val: str, name: str) -> bool:
         val = val.strip()
@@ -400,22 +414,22 @@ class _Parser:
         with the same words and errors in both: set on ``target`` (the Config
         or a Virtual). False when ``name`` is not one of them."""
         if name == "checktimeout":
-            target.checktimeout = self.positive(n, val, "check timeout")
+            target.checktimeout = self.positive(n, val, "check timeout", low=TIME_MIN, high=TIME_MAX)
         elif name == "connecttimeout":
             self.err(n, "connecttimeout directive deprecated in favour of negotiatetimeout")
         elif name == "timeout":
             self.err(n, "timeout directive deprecated in favour of checktimeout and negotiatetimeout")
         elif name == "negotiatetimeout":
-            target.negotiatetimeout = self.positive(n, val, "negotiate timeout")
+            target.negotiatetimeout = self.positive(n, val, "negotiate timeout", low=TIME_MIN, high=TIME_MAX)
         elif name == "checkinterval":
             # ldirectord words this one differently in the two places
-            target.checkinterval = self.positive(n, val, interval_label)
+            target.checkinterval = self.positive(n, val, interval_label, low=TIME_MIN, high=TIME_MAX)
         elif name == "checkcount":
-            target.checkcount = self.positive(n, val, "check count", integer=True)
+            target.checkcount = self.positive(n, val, "check count", integer=True, low=1, high=COUNT_MAX)
             cfg.warnings.append(f"{self.path}:{n}: checkcount option is deprecated and slated for "
                                 "removal.  please see 'failurecount'")
         elif name == "failurecount":
-            target.failurecount = self.positive(n, val, "failure count", integer=True)
+            target.failurecount = self.positive(n, val, "failure count", integer=True, low=1, high=COUNT_MAX)
         elif name == "fallbackcommand":
             target.fallbackcommand = self.quoted(n, val, "fallback command", required_quotes=False)
         elif name == "quiescent":
@@ -423,8 +437,8 @@ class _Parser:
         elif name == "emailalert":
             target.emailalert = self.emailalert(n, val)
         elif name == "emailalertfreq":
-            if not _NUM.match(val):
-                self.err(n, "invalid email alert frequency")
+            if not _NUM.match(val) or float(val) > 10 * 365 * 86400:
+                self.err(n, "invalid email alert frequency (0 to 315360000 seconds)")
             target.emailalertfreq = float(val)
         elif name == "emailalertstatus":
             target.emailalertstatus = self.emailstatus(n, val)
@@ -445,7 +459,7 @@ class _Parser:
             if m and not re.match(r"^\d+$", vattr):
                 v.addr = self.host(n, m.group(1), 4, "virtual server")
                 port_text = m.group(2)
-            elif re.match(r"^\d+$", vattr):
+            elif re.match(r"^\d{1,12}$", vattr):
                 v.fwmark = int(vattr)
                 if not 0 < v.fwmark < 2**32:
                     self.err(n, f"invalid firewall mark {vattr}")
@@ -459,7 +473,7 @@ class _Parser:
             if m:
                 v.addr = self.host(n, m.group(1), 6, "virtual server")
                 port_text = m.group(2)
-            elif re.match(r"^\d+$", vattr):
+            elif re.match(r"^\d{1,12}$", vattr):
                 v.fwmark = int(vattr)
                 if not 0 < v.fwmark < 2**32:
                     self.err(n, f"invalid firewall mark {vattr}")
@@ -508,6 +522,9 @@ class _Parser:
                 _check_regex(self, ln, v.receive)
             elif name == "checktype":
                 if _INT.match(val):
+                    if not 1 <= int(val) <= COUNT_MAX:
+                        self.err(ln, f"checktype={val}: the number of connect checks between negotiate "
+                                     f"checks must be from 1 to {COUNT_MAX}")
                     v.num_connects = int(val)
                     v.checktype = "combined"
                 elif val in CHECKTYPES:
@@ -517,6 +534,12 @@ class _Parser:
                                  '"external", "external-perl" or a positive number')
             elif name == "checkcommand":
                 v.checkcommand = self.quoted(ln, val, "check command", required_quotes=False)
+                try:
+                    words = shlex.split(v.checkcommand)
+                except ValueError as e:  # unbalanced quotes: the check could never run
+                    self.err(ln, f"invalid check command '{v.checkcommand}': {e}")
+                if not words:
+                    self.err(ln, "no check command specified")
             elif name == "checkport":
                 if not _INT.match(val):
                     self.err(ln, "invalid port")
@@ -546,8 +569,8 @@ class _Parser:
                         self.err(ln, f"invalid scheduler flag '{f}' (one of: {', '.join(SCHED_FLAGS)})")
                 v.schedflags = flags
             elif name == "persistent":
-                if not _INT.match(val):
-                    self.err(ln, "invalid persistent timeout")
+                if not _INT.match(val) or int(val) > INT_MAX:
+                    self.err(ln, f"invalid persistent timeout (0 to {INT_MAX} seconds)")
                 v.persistent = int(val)
             elif name == "netmask":
                 if af == 6:
@@ -646,7 +669,7 @@ class _Parser:
             self.err(ln, "forward method must be gate, masq or ipip")
         fwd, rest = fm.group(1), fm.group(2)
         weight = 1
-        wm = re.match(r"^\s+(\d+)(.*)$", rest)
+        wm = re.match(r"^\s+(\d{1,12})(?!\d)(.*)$", rest)
         if wm:
             weight = int(wm.group(1))
             if weight > 65535:
@@ -663,7 +686,9 @@ class _Parser:
             rest = qm.group(3)
         lo = hi = 0
         for tok in rest.split():
-            tm = re.match(r"^([lu]):(\d+)$", tok)
+            tm = re.match(r"^([lu]):(\d{1,12})$", tok)
+            if tm and int(tm.group(2)) > INT_MAX:
+                self.err(ln, f"threshold {tok} out of range (0..{INT_MAX})")
             if not tm:
                 self.err(ln, f'Invalid real server line, around "{rest.strip()}"')
             if tm.group(1) == "l":
@@ -699,9 +724,16 @@ def _strip_comment(s: str) -> str:
 
 
 def _check_regex(p: _Parser, ln: int, rx: str) -> None:
+    """The receive expression compiles (checks match it with a time bound:
+    halb.director.checks.receive_search), and is not absurdly long."""
+    if len(rx) > 4096:
+        p.err(ln, f"receive regular expression of {len(rx)} characters (at most 4096)")
     try:
         re.compile(rx)
-    except (re.error, RecursionError, OverflowError) as e:
+        import regex
+
+        regex.compile(rx, regex.VERSION0)
+    except Exception as e:  # re.error, regex.error, RecursionError, OverflowError...
         p.err(ln, f"invalid receive regular expression '{rx}': {e}")
 
 

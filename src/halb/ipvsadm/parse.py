@@ -184,7 +184,11 @@ def string_to_number(s: str | None, lo: int, hi: int) -> int | None:
     """strtol(s, 10) that must consume the whole string, within [lo, hi]."""
     if s is None or not _NUM.fullmatch(s):
         return None
-    n = int(s)
+    t = s.strip()
+    digits = t.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 20:  # out of every range (and int() refuses 4,300+ digits)
+        return None
+    n = -int(digits) if t.startswith("-") else int(digits)
     return n if lo <= n <= hi else None
 
 

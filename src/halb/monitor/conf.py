@@ -29,6 +29,7 @@ DEFAULT_STEP = 15.0
 DEFAULT_PORT = 8649
 EXPORTER_PORT = 9643
 MIN_STEP = 0.2
+MAX_STEP = 86400.0
 
 HOST_DMAX = 86400      # s: a host silent this long is forgotten even when its gmond says DMAX 0
 MAX_HOSTS = 1000       # hosts per data source
@@ -141,7 +142,7 @@ def parse_address(tok: str, path, lineno, default_port: int = DEFAULT_PORT) -> A
 
 
 def _port(s: str, tok, path, lineno) -> int:
-    if not s.isdigit() or not (0 < int(s) < 65536):
+    if not s.isdigit() or len(s) > 5 or not (0 < int(s) < 65536):
         raise ConfigError(path, lineno, f"bad port in address '{tok}' (1-65535)")
     return int(s)
 
@@ -150,7 +151,7 @@ def _step(tok: str) -> float | None:
     """The polling step when this token is a number, else None (it is an address)."""
     if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", tok):
         return None
-    return float(tok)
+    return float(tok) if len(tok) <= 20 else float("inf")  # too long: refused as out of range
 
 
 def parse_rra(tok: str, path, lineno) -> RRA:
@@ -167,7 +168,8 @@ def parse_rra(tok: str, path, lineno) -> RRA:
         x = -1.0
     if not (0.0 <= x < 1.0) or math.isnan(x):
         raise ConfigError(path, lineno, f"bad RRA '{tok}': xff {xff!r} (0 <= xff < 1)")
-    if not steps.isdigit() or int(steps) < 1 or not rows.isdigit() or not (1 <= int(rows) <= 100000):
+    if not steps.isdigit() or len(steps) > 9 or int(steps) < 1 or not rows.isdigit() or len(rows) > 9 \
+            or not (1 <= int(rows) <= 100000):
         raise ConfigError(path, lineno, f"bad RRA '{tok}': steps and rows must be positive integers "
                                         "(rows at most 100000)")
     return RRA(cf, x, int(steps), int(rows))
@@ -197,6 +199,9 @@ def parse(text: str, path: str = "<input>") -> GmetadConf:
                 if step < MIN_STEP:
                     raise ConfigError(path, lineno, f"data_source \"{name}\": polling step {rest[0]} is too short "
                                                     f"(at least {MIN_STEP:g} s)")
+                if step > MAX_STEP:
+                    raise ConfigError(path, lineno, f"data_source \"{name}\": polling step {rest[0][:20]} is too "
+                                                    f"long (at most {MAX_STEP:g} s)")
                 rest = rest[1:]
             if not rest:
                 raise ConfigError(path, lineno, f"data_source \"{name}\" has no address")
