@@ -2,10 +2,11 @@
 """Benchmark of the nft engine (kernel data plane) in the namespace lab.
 
 One run, bounded (~6 min), needs root:
-  (1) data path, client0 -> nginx on N2 (1 worker), five paths set up at
+  (1) data path, client0 -> nginx on N2 (1 worker), six paths set up at
       once (see paths_up): direct, bare-hop (plain routing through N3),
       naive-dr (hand-written mark rule + policy route on N3), gate (halb,
-      Direct Return, N1), masq (halb, NAT, N1). Short slices of every path
+      Direct Return, N1), masq (halb, NAT, N1), xdp (halb's xdp engine,
+      Direct Return balanced in N4's driver). Short slices of every path
       are interleaved in a random order per round, so slow phases of the
       shared 2 cores hit every path alike; figures are medians and ratios
       are paired per round.
@@ -26,6 +27,7 @@ One run, bounded (~6 min), needs root:
         included.
 
     python3 bench/bench_nft.py [--rounds 8] [--lat-rounds 12] [--rate 1000] [--services 1000] [--servers 10]
+                               [--paths direct,bare-hop,naive-dr,gate,masq,xdp]
 """
 from __future__ import annotations
 
@@ -108,7 +110,7 @@ def apply_inner(n_services: int, n_servers: int, vip: str, rip_base: str, run_di
 
 # ---------------------------------------------------------------------------
 # (1) data path
-PATHS = ("direct", "bare-hop", "naive-dr", "gate", "masq")
+PATHS = ("direct", "bare-hop", "naive-dr", "gate", "masq", "xdp")
 
 # A fixed-rate latency probe: requests start on a clock (RATE per second),
 # each latency counts from the request's start to the end of its response;
@@ -269,6 +271,7 @@ def halb(lab, *args, stdin=None):
 
 
 def main() -> int:
+    global PATHS
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=8, help="interleaved throughput rounds (1 s slices)")
     ap.add_argument("--lat-rounds", type=int, default=12, help="interleaved latency rounds")
@@ -281,6 +284,7 @@ def main() -> int:
     ap.add_argument("--skip-lat", action="store_true")
     ap.add_argument("--skip-apply", action="store_true")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--paths", default=",".join(PATHS), help="paths to measure (comma-separated; direct always)")
     ap.add_argument("--apply-inner", nargs=3, metavar=("VIP", "RIP_BASE", "RUN_DIR"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.apply_inner:
@@ -292,7 +296,13 @@ def main() -> int:
     from halb.lab import Lab
 
     print(f"load average at start {os.getloadavg()[0]:.2f}")
-    with Lab(nodes=3, clients=1, apache=False, nginx=False, nginx_port=PORT) as lab:
+    want = {p.strip() for p in a.paths.split(",") if p.strip()} | {"direct"}
+    unknown = want - set(PATHS)
+    if unknown:
+        print(f"bench_nft: unknown path(s) {', '.join(sorted(unknown))} (known: {', '.join(PATHS)})", file=sys.stderr)
+        return 2
+    PATHS = tuple(p for p in PATHS if p in want)
+    with Lab(nodes=4, clients=1, apache=False, nginx=False, nginx_port=PORT) as lab:
         lab.nginx_start("N2")
         try:
             urls = paths_up(lab)
@@ -319,6 +329,7 @@ def main() -> int:
             print(f"flush (table, rules, routes removed): {res['flush_s'] * 1000:.0f} ms")
         finally:
             lab.run("N1", [sys.executable, "-m", "halb", "--engine", "nft", "nft", "flush"])
+            lab.run("N4", [sys.executable, "-m", "halb", "xdp", "flush"])
             lab.run("N2", [sys.executable, "-m", "halb", "realserver", "stop"])
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     return 0
@@ -336,13 +347,19 @@ def paths_up(lab) -> dict[str, tuple[str, int]]:
       gate      client0 -> VIP:8080 on N1, halb's nft engine, Direct Return
       masq      client0 -> VIP:8081 on N1, halb's nft engine, NAT to N2:8080
                 (the client is on the real server's LAN: masqueraded)
+      xdp       client0 -> VIP3:8080 on N4, halb's xdp engine, Direct Return
+                (XDP_TX in N4's driver; its switch port runs an XDP_PASS
+                program and client0 computes its own checksums: lab.xdp_tx_ready)
     """
     n1, n2, n3, c = lab.node("N1"), lab.node("N2"), lab.node("N3"), lab.client(0)
-    vip, vip2, bare = lab.vip, lab.addr(11), lab.addr(50)
+    vip, vip2, bare, vip3 = lab.vip, lab.addr(11), lab.addr(50), lab.addr(12)
+    n4 = lab.node("N4")
+    lab.run("N4", ["ip", "addr", "add", f"{vip3}/{lab.prefixlen}", "dev", n4.iface], check=True)
     lab.run("N1", ["ip", "addr", "add", f"{vip}/{lab.prefixlen}", "dev", n1.iface], check=True)
     lab.run("N3", ["ip", "addr", "add", f"{vip2}/{lab.prefixlen}", "dev", n3.iface], check=True)
     lab.run("N2", ["ip", "addr", "add", f"{bare}/{lab.prefixlen}", "dev", n2.iface], check=True)
-    lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", vip, "--vip", vip2], check=True)
+    lab.run("N2", [sys.executable, "-m", "halb", "realserver", "start", "--vip", vip, "--vip", vip2,
+                   "--vip", vip3], check=True)
     lab.run("client0", ["ip", "route", "add", f"{bare}/32", "via", n3.ip], check=True)
     naive = (f"sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
              f"net.ipv4.conf.{n3.iface}.send_redirects=0"
@@ -356,8 +373,16 @@ def paths_up(lab) -> dict[str, tuple[str, int]]:
     halb(lab, "ipvsadm", "-R", stdin=f"-A -t {vip}:{PORT} -s rr\n-a -t {vip}:{PORT} -r {n2.ip}:{PORT} -g\n"
                                      f"-A -t {vip}:{PORT + 1} -s rr\n-a -t {vip}:{PORT + 1} -r {n2.ip}:{PORT} -m\n")
     urls = {"direct": (n2.ip, PORT), "bare-hop": (bare, PORT), "naive-dr": (vip2, PORT),
-            "gate": (vip, PORT), "masq": (vip, PORT + 1)}
+            "gate": (vip, PORT), "masq": (vip, PORT + 1), "xdp": (vip3, PORT)}
+    if "xdp" in PATHS:
+        lab.xdp_tx_ready("N4")
+        r = lab.run("N4", [sys.executable, "-m", "halb", "--engine", "xdp", "ipvsadm", "-R"],
+                    input=f"-A -t {vip3}:{PORT} -s rr\n-a -t {vip3}:{PORT} -r {n2.ip}:{PORT} -g\n")
+        if r.returncode != 0 or r.stderr.strip():
+            raise RuntimeError(f"xdp engine set-up on N4: {r.stderr.strip()}")
     for name, (addr, port) in urls.items():
+        if name not in PATHS:
+            continue
         body = lab.run("client0", ["curl", "-s", "-m", "3", f"http://{addr}:{port}/testcluster.html"]).stdout.strip()
         if body != "N2":
             raise RuntimeError(f"{name}: {addr}:{port} answered {body!r}")
@@ -409,9 +434,14 @@ def data_path(lab, a, urls) -> None:
                 cells.append(f"{statistics.median(res[p][mode]):>16.0f} {statistics.median(ratios):>9.2f} "
                              f"{_iqr(ratios):>10} {statistics.median(cpu[p][mode]):>10.1f}")
             print(f"{p:<9} {cells[0]}   {cells[1][2:]}")
-        for base in ("bare-hop", "naive-dr"):
-            g = [statistics.median([x / y for x, y in zip(res['gate'][m], res[base][m])]) for m in ("ka", "close")]
-            print(f"gate / {base}: keep-alive {g[0]:.2f}, conn/req {g[1]:.2f}")
+        for eng in ("gate", "xdp"):
+            for base in ("bare-hop", "naive-dr"):
+                if eng not in PATHS or base not in PATHS:
+                    continue
+                g = [statistics.median([x / y for x, y in zip(res[eng][m], res[base][m])]) for m in ("ka", "close")]
+                c = [statistics.median([x / y for x, y in zip(cpu[eng][m], cpu[base][m])]) for m in ("ka", "close")]
+                print(f"{eng} / {base}: keep-alive {g[0]:.2f}, conn/req {g[1]:.2f} (per-round ratios, median); "
+                      f"CPU per request {c[0]:.2f} / {c[1]:.2f}")
         print("target: gate and masq >= 0.9 x direct (median of the per-round ratios, IQR over rounds; "
               "CPU us/req = busy time of both cores per request, median)")
     if a.skip_lat:
@@ -455,7 +485,7 @@ def data_path(lab, a, urls) -> None:
             print(f"{p:<9} {mode:<6} {pct(xs, 50):>7.0f} {pct(xs, 90):>7.0f} {pct(xs, 99):>7.0f} "
                   f"{pct(xs, 99.9):>8.0f}   {pct(xs, 99) - d99:>+14.0f} us   "
                   f"{statistics.median(diffs):>+8.0f} us [{q[0]:+.0f}, {q[2]:+.0f}]")
-    print(f"failed requests: {errors}; target: p99 added < 200 us "
+    print(f"failed requests: {errors}; target: p99 added < 200 us (xdp: < 50 us) "
           f"(close = one connection per request: the director's new-connection path)")
     # what the director itself adds to every packet, free of the machine's
     # stalls (a stall rarely falls inside a few microseconds): the time
@@ -470,6 +500,8 @@ def data_path(lab, a, urls) -> None:
     print(f"\n== forwarding time in the director (capture on its LAN interface: in -> out, every packet "
           f"of the latency slices) ==")
     print(f"{'path':<9} {'packets':>8} {'p50 us':>7} {'p99 us':>7} {'p99.9 us':>8} {'max us':>8}")
+    if "xdp" in PATHS:
+        print("(xdp: frames sent with XDP_TX never reach the capture taps: not measured here)")
     for p, xs in fwd.items():
         if xs:
             print(f"{p:<9} {len(xs):>8} {pct(xs, 50):>7.1f} {pct(xs, 99):>7.1f} {pct(xs, 99.9):>8.1f} {max(xs):>8.1f}")

@@ -20,6 +20,10 @@
  * - the slot table has two generations: halb writes the idle one, then
  *   switches the service's `gen` in one map update (atomic per service).
  * - per-CPU counters per real server (connections, packets, bytes).
+ * - the next hop: bpf_fib_lookup (route + neighbour table) for the first
+ *   packet of each connection, its answer kept in the real server's entry
+ *   for the packets after it; halb's own resolution when the kernel has no
+ *   neighbour entry yet.
  * The Layout here and in halb/xdp/layout.py must match (LAYOUT_VERSION).
  */
 #include <linux/bpf.h>
@@ -365,6 +369,15 @@ int halb_xdp(struct xdp_md *ctx)
 	}
 	if (dv->local)
 		return XDP_PASS;
+	if (!new_conn && dv->has_mac) {
+		/* an established flow: the MAC the last new connection's route
+		 * lookup found (bpf_fib_lookup once per connection, not per packet) */
+		__builtin_memcpy(eth->h_dest, dv->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, dv->smac, ETH_ALEN);
+		if (dv->ifindex == 0 || dv->ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(dv->ifindex, 0);
+	}
 	{
 		struct bpf_fib_lookup fib = {};
 		long rc;
@@ -377,6 +390,12 @@ int halb_xdp(struct xdp_md *ctx)
 		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 			__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 			__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+			/* the route's answer for the flows to come (a changed MAC or
+			 * route is picked up at the next new connection) */
+			__builtin_memcpy(dv->mac, fib.dmac, ETH_ALEN);
+			__builtin_memcpy(dv->smac, fib.smac, ETH_ALEN);
+			dv->ifindex = fib.ifindex;
+			dv->has_mac = 1;
 			if (fib.ifindex == ctx->ingress_ifindex)
 				return XDP_TX;
 			return bpf_redirect(fib.ifindex, 0);
