@@ -163,6 +163,7 @@ def _print_status(lab: Lab, as_json: bool = False, ecmp: dict | None = None) -> 
     d = lab.describe()
     if ecmp:
         d["ecmp"] = ecmp
+        d["vip"] = ecmp["vip"]  # the VIP the directors announce (on no LAN)
     if as_json:
         print(json.dumps(d, indent=2))
         return
