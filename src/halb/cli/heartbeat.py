@@ -22,11 +22,18 @@ USAGE = """usage: halb heartbeat [-c HA_DIR] [-d] run
        halb heartbeat status [--json] | nodes | standby | takeover | reload
        halb heartbeat cleanup GROUP      (GROUP: its number in status, or one of its resources)
        halb heartbeat [-c HA_DIR] release
+       halb heartbeat [-c HA_DIR] -t
 
   status exits 0 when the daemon runs, 3 when it does not (LSB), 4 when it does not answer
 
   -c HA_DIR   directory with ha.cf, authkeys (mode 600) and haresources (default /etc/ha.d)
   -d          debug log (every dropped packet)
+  -t          test the configuration: every error of the three files, exit 0 or 1
+  --version   print halb's version
+
+Under systemd (halb-heartbeat.service) the daemon logs to the journal and
+tells systemd when it is ready; `systemctl reload` (SIGHUP) re-reads and
+checks the files and reopens the log files, SIGUSR1 reopens the log files.
 """
 
 
@@ -51,6 +58,8 @@ def main(ctx, argv) -> int:
             ha_dir = a[2:]
         elif a == "-d":
             debug = True
+        elif a == "-t":
+            rest.append("-t")
         elif a == "--json":
             as_json = True
         elif a.startswith("-"):
@@ -62,6 +71,8 @@ def main(ctx, argv) -> int:
     if not rest:
         raise UsageError(f"heartbeat: expected one of {cmds} (see --help)")
     cmd = rest[0]
+    if cmd == "-t":
+        return test_config(ctx, ha_dir)
     if cmd == "cleanup":
         if len(rest) != 2:
             raise UsageError("heartbeat: cleanup GROUP (its number in 'halb heartbeat status', or one of its resources)")
@@ -190,6 +201,51 @@ def release(ctx, ha_dir) -> int:
     ha = load_ha_dir(ha_dir, ctx.node)
     return release_all(ha, ctx.node, ctx.ensure_run_dir(), engine=ctx.engine,
                        why=os.environ.get("HALB_RELEASE_WHY"))
+
+
+def test_config(ctx, ha_dir) -> int:
+    """`-t`: every error of ha.cf, authkeys and haresources (heartbeat -t)."""
+    from pathlib import Path
+
+    from halb.configtest import all_errors, report
+    from halb.errors import ConfigError
+    from halb.heartbeat import config as hc
+
+    d = Path(ha_dir)
+    if not d.is_dir():
+        return report([ConfigError(d, None, "not a directory (expected HA_DIR with ha.cf, authkeys, haresources)")])
+    errors, warnings, checked = [], [], []
+
+    def one(name, parse):
+        path = d / name
+        try:
+            text = hc._read(path)
+        except ConfigError as e:
+            errors.append(e)
+            return None
+        res, errs = all_errors(lambda t: parse(t, path), text)
+        errors.extend(errs)
+        checked.append(str(path))
+        return res
+
+    hacf = one("ha.cf", hc.parse_hacf)
+    if hacf is not None:
+        warnings.extend(hacf.warnings)
+        try:
+            hacf.check_node(ctx.node)
+        except ConfigError as e:
+            errors.append(e)
+    auth = one("authkeys", hc.parse_authkeys)
+    if auth is not None:
+        try:
+            hc.load_authkeys(d / "authkeys")        # its mode
+            if hacf is not None:
+                hc.check_auth_for_links(auth, hacf)
+        except ConfigError as e:
+            errors.append(e)
+    if (d / "haresources").exists():
+        one("haresources", lambda t, p: hc.parse_haresources(t, p, hacf.nodes if hacf else None))
+    return report(errors, warnings, checked)
 
 
 def run(ctx, ha_dir, debug) -> int:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from halb import events
+from halb import events, logs, sdnotify
 from halb.errors import ConfigError, HalbError
 from halb.heartbeat import recovery, stonith
 from halb.heartbeat.beatloop import BeatLoop
@@ -56,8 +56,11 @@ class Logger:
         self.debug_on = debug
         self.problems = []
         self.files = self._open(logfile, debugfile, self.problems)    # (file, takes debug lines)
+        # under systemd stderr is the journal: lines carry their priority, and syslog
+        # (logfacility) would put each one there a second time
+        self.journal = stream is sys.stderr and sdnotify.under_journal()
         self.syslog = None
-        if facility and facility.lower() != "none":
+        if facility and facility.lower() != "none" and not self.journal:
             import syslog
 
             fac = getattr(syslog, "LOG_" + facility.upper(), None)
@@ -97,8 +100,7 @@ class Logger:
             return
         if t is None:
             t = time.time()
-        stamp = time.strftime("%Y/%m/%d_%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
-        self.q.put((level, msg, f"heartbeat[{os.getpid()}]: {stamp} {level}: {msg}\n"))
+        self.q.put((level, msg, f"heartbeat[{os.getpid()}]: {logs.stamp(t)} {level}: {msg}\n"))
 
     _PRIO = {"debug": 7, "info": 6, "warn": 4, "error": 3}
 
@@ -116,6 +118,8 @@ class Logger:
                     except OSError:
                         pass
                 continue
+            if self.journal:
+                line = f"<{logs.LEVEL_WORD.get(level, 6)}>{level}: {msg}\n"
             try:
                 self.stream.write(line)
                 self.stream.flush()
@@ -778,10 +782,13 @@ class Daemon:
         if getattr(self, "_reload_lock", None) is None:
             self._reload_lock = asyncio.Lock()
         async with self._reload_lock:
+            sdnotify.reloading()
             try:
                 await self._reload()
             except Exception as e:  # noqa: BLE001 - a reload must never take the daemon down
                 self.log("error", f"reload failed: {type(e).__name__}: {e}: the daemon goes on")
+            finally:
+                sdnotify.ready()
 
     async def _reload(self) -> None:
         from dataclasses import fields
@@ -1063,6 +1070,7 @@ class Daemon:
         self._stop_ev = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         # a full garbage collection over the start-up heap can stall a thread for tens of
         # ms: freeze what exists now so collections only scan new objects
         gc.collect()
@@ -1079,11 +1087,16 @@ class Daemon:
         if self.lanes is not None:
             self.lanes.start(self.beats.body)
             watch = loop.create_task(self.lanes_watch())
+        sdnotify.ready(f"node {self.me}: beating on {len(self.channels)} link(s)")
+        dog = loop.create_task(self.sd_watchdog_loop()) if sdnotify.watchdog_interval() else None
         try:
             await self._stop_ev.wait()
         finally:
+            sdnotify.stopping()
             if watch is not None:
                 watch.cancel()
+            if dog is not None:
+                dog.cancel()
             await self.shutdown(server, respawn)
 
     def _delivered(self, items):
@@ -1094,6 +1107,17 @@ class Daemon:
 
     def request_stop(self):
         self._stop_ev.set()
+
+    async def sd_watchdog_loop(self):
+        """systemd's watchdog (WatchdogSec=): pinged from the event loop, so a loop
+        stuck for longer than WatchdogSec gets the daemon restarted."""
+        await sdnotify.watchdog_loop()
+
+    def reopen_logs(self):
+        """SIGUSR1 (logrotate): reopen the log files, nothing else."""
+        if isinstance(self.log, Logger):
+            for p in self.log.reopen(self.cfg.logfile, self.cfg.debugfile):
+                self.log("warn", p)
 
     async def shutdown(self, server, respawn):
         self.stopping = True
