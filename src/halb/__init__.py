@@ -1,3 +1,3 @@
 """halb: a high-availability load-balancing cluster (LVS, ldirectord, heartbeat)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -16,8 +16,11 @@ from halb.errors import ConfigError, HalbError
 MAX_ERRORS = 200
 
 
-def all_errors(parse: Callable[[str], object], text: str) -> tuple[object | None, list[HalbError]]:
-    """(result of the last parse or None, errors in file order)."""
+def all_errors(parse: Callable[[str], object], text: str,
+               stand_in: Callable[[int, str], str] | None = None) -> tuple[object | None, list[HalbError]]:
+    """(result of the last parse or None, errors in file order). `stand_in(line_no, text)`
+    gives what replaces a bad line (default: a blank line), e.g. a valid section header
+    so the lines of a section whose header is wrong are still checked as its lines."""
     lines = text.splitlines(keepends=True)
     errors: list[HalbError] = []
     blanked: set[int] = set()
@@ -29,7 +32,7 @@ def all_errors(parse: Callable[[str], object], text: str) -> tuple[object | None
             if ln and 1 <= ln <= len(lines) and ln not in blanked:
                 errors.append(e)
                 blanked.add(ln)
-                lines[ln - 1] = "\n"
+                lines[ln - 1] = stand_in(ln, lines[ln - 1]) if stand_in else "\n"
                 continue
             if blanked and not ln:
                 e = ConfigError(e.path, None, e.message + " (perhaps because of the lines above)")

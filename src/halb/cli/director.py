@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -24,9 +25,13 @@ from halb.errors import ConfigError, HalbError, UsageError
 from halb.procs import pid_alive
 
 USAGE = """usage: halb director [-d] [CONFIG] start|stop|restart|try-restart|reload|force-reload|status
+       halb director -t [CONFIG]
 
   -d, --debug   stay in the foreground, log every check and table edit (DEBUG2 lines)
+  -t            test the configuration: every error of the file, exit 0 or 1
+  --foreground  start: stay in the foreground (as halb-director@.service runs it)
   CONFIG        ldirectord.cf path or name (looked up in /etc/ha.d and /etc/ha.d/conf)
+  --version     print halb's version
 """
 COMMANDS = ("start", "stop", "restart", "try-restart", "reload", "force-reload", "status")
 
@@ -73,6 +78,18 @@ def setup_logging(debug: bool, logfile: str | None, cfgname: str, supervised: bo
     root = logging.getLogger("halb.director")
     root.handlers.clear()
     root.propagate = False
+    from halb.sdnotify import under_journal
+
+    if under_journal() and not debug:
+        # systemd: the journal once, with priorities (logfile= still writes its file below)
+        from halb.logs import JournalFormatter
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(JournalFormatter())
+        root.addHandler(h)
+        if logfile is None or not logfile.startswith("/"):
+            root.setLevel(logging.INFO)
+            return
+        supervised = False
     if supervised and not debug:
         # as ldirectord under daemontools: "[date] message" on stdout
         h = logging.StreamHandler(sys.stdout)
@@ -81,7 +98,9 @@ def setup_logging(debug: bool, logfile: str | None, cfgname: str, supervised: bo
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(message)s"))
     elif logfile.startswith("/"):
-        h = logging.FileHandler(logfile)
+        from halb import logs
+        h = logging.handlers.WatchedFileHandler(logfile)     # follows logrotate
+        logs._file_handlers.append(h)                        # reopened on SIGHUP/SIGUSR1
         h.setFormatter(logging.Formatter(f"[%(asctime)s|{cfgname}|%(process)d] %(message)s",
                                          "%a %b %d %H:%M:%S %Y"))
     else:
@@ -96,9 +115,11 @@ def setup_logging(debug: bool, logfile: str | None, cfgname: str, supervised: bo
 
 
 def run_foreground(ctx: Context, cfg_path: Path, debug: bool) -> int:
+    from halb.sdnotify import under_journal
+
     cfg = load(cfg_path)
     logfile = cfg.logfile
-    if not debug and not cfg.supervised and logfile is None:
+    if not debug and not cfg.supervised and logfile is None and not under_journal():
         logfile = str(dmod.log_path(ctx, cfg_path))
     setup_logging(debug, None if (debug or cfg.supervised) else logfile, cfg_path.name, cfg.supervised)
     d = dmod.Director(ctx, cfg_path, debug=debug)
@@ -192,14 +213,35 @@ def cmd_reload(ctx: Context, cfg_path: Path) -> int:
     return 0
 
 
+def test_config(name: str) -> int:
+    """`-t`: every error of an ldirectord.cf (names resolved as the daemon would)."""
+    from halb.configtest import all_errors, report
+    from halb.director.config import parse_text
+    from halb.heartbeat.config import _read
+
+    try:
+        path = find_config(name)
+        text = _read(path)
+    except ConfigError as e:
+        return report([e])
+    def stand_in(ln, line):      # a bad virtual= header: its indented lines are still checked
+        if line.startswith("virtual") and "=" in line:
+            return f"virtual=192.0.2.1:{ln}\n"
+        return "\n"
+    cfg, errors = all_errors(lambda t: parse_text(t, str(path)), text, stand_in)
+    return report(errors, getattr(cfg, "warnings", ()) if cfg else (), [path])
+
+
 def main(ctx: Context, argv: list[str]) -> int:
-    debug = internal_fg = False
+    debug = internal_fg = test = False
     args = []
     for a in argv:
         if a in ("-d", "--debug"):
             debug = True
         elif a == "--foreground":
             internal_fg = True
+        elif a == "-t":
+            test = True
         elif a in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0
@@ -209,6 +251,10 @@ def main(ctx: Context, argv: list[str]) -> int:
             raise UsageError(f"director: unknown option '{a}'\n{USAGE.rstrip()}")
         else:
             args.append(a)
+    if test:
+        if len(args) > 1:
+            raise UsageError("director: -t takes one CONFIG (default ldirectord.cf)")
+        return test_config(args[0] if args else "ldirectord.cf")
     if len(args) == 1:
         name, cmd = "ldirectord.cf", args[0]
     elif len(args) == 2:

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if argv else 2
         if cmd not in COMMANDS:
             raise HalbError(f"unknown command '{cmd}' (see halb --help)")
+        if "--version" in rest[:rest.index("--") if "--" in rest else None] and cmd not in ("ipvsadm", "dsh"):
+            print(f"halb {cmd} {__version__}")     # ipvsadm and dsh print their own
+            return 0
         try:
             mod = importlib.import_module(f"halb.cli.{cmd.replace('-', '_')}")
         except ModuleNotFoundError as e:

@@ -119,7 +119,7 @@ async def run(spec: CheckSpec, negotiate: bool | None = None) -> Result:
     except SlowRegex as e:
         return Result(False, str(e))
     except Exception as e:  # a check never takes the daemon down
-        return Result(False, f"{type(e).__name__}: {e}")
+        return Result(False, _errstr(e) if isinstance(e, ModuleNotFoundError) else f"{type(e).__name__}: {e}")
 
 
 async def _timed(coro, timeout: float) -> Result:
@@ -132,7 +132,15 @@ async def _timed(coro, timeout: float) -> Result:
         return Result(False, _errstr(e))
 
 
+# optional check clients: Python module -> halb's extra that installs it
+EXTRAS = {"pymysql": "mysql", "pg8000": "pgsql", "ldap3": "ldap", "dns": "dns"}
+
+
 def _errstr(e: BaseException) -> str:
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in EXTRAS:
+        extra = EXTRAS[e.name.split(".")[0]]
+        return (f"check client not installed (Python module {e.name.split('.')[0]}): install halb's "
+                f"'{extra}' extra (scripts/install --extras {extra}, or pip install 'halb[{extra}]')")
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

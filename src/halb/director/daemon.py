@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from halb import events
+from halb import events, logs, sdnotify
 from halb.context import Context
 from halb.director import alerts, checks
 from halb.director.config import Config, load
@@ -481,6 +481,15 @@ class Director:
                 log.error(f"system(halb director {child} {c}) failed: {msg[-1] if msg else p.returncode}")
 
     # -- reload / status / stop ---------------------------------------------------
+    async def _sighup(self):
+        """SIGHUP (systemctl reload): reopen the log files, then reload."""
+        sdnotify.reloading()
+        logs.reopen()
+        try:
+            await self.reload()
+        finally:
+            sdnotify.ready()
+
     async def reload(self) -> tuple[bool, str]:
         self.info("Reloading Linux Director Daemon config")
         mtime, digest = self._digest()
@@ -634,11 +643,14 @@ class Director:
             side = [loop.create_task(self.watch_config()), loop.create_task(self.ticker())]
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._sighup()))
+            loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
             if self.cfg.execute:
                 self._spawn(self.children("start", self.cfg.execute))
             os.write(pid_fd, b"ready\n")  # after the pid: `start` returns now
+            sdnotify.ready(f"checking {sum(len(v.reals) for v in self.cfg.virtuals)} real server(s)")
             await self.stopping.wait()
+            sdnotify.stopping()
             self.info("Linux Director Daemon terminating")
         finally:
             for t, _, _ in self.tasks.values():
