@@ -120,18 +120,3 @@ def reopen() -> None:
             pass
         finally:
             fh.release()
-
-
-def fatal(name: str, message: str, logfile=None) -> None:
-    """A start-up error that ends the daemon: to the journal (or stderr) and its log file."""
-    if under_journal():
-        sys.stderr.write(f"<3>{message}\n")
-    else:
-        sys.stderr.write(f"{stamp()} {name}[{os.getpid()}]: error: {message}\n")
-    if logfile:
-        try:
-            with open(logfile, "a") as f:
-                f.write(f"{stamp()} {name}[{os.getpid()}]: error: {message}\n")
-        except OSError:
-            pass
-    sys.stderr.flush()

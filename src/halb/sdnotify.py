@@ -64,6 +64,17 @@ def watchdog_interval() -> float | None:
         return None
 
 
+async def watchdog_loop() -> None:
+    """Ping the watchdog from the event loop until cancelled: a loop stuck longer
+    than WatchdogSec= gets the daemon restarted by systemd."""
+    import asyncio
+
+    every = watchdog_interval()
+    while every:
+        watchdog()
+        await asyncio.sleep(every)
+
+
 def under_journal() -> bool:
     """True when stderr is connected to systemd's journal ($JOURNAL_STREAM names
     stderr's device:inode): lines then carry a <N> priority prefix and no time stamp,

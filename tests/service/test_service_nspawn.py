@@ -372,7 +372,8 @@ def test_two_debian_machines_with_systemd():
         assert not n2.has_addr(vip)
         assert n2.run("ip -o addr show dev lo").stdout.count(vip) == 0
         assert "halb" not in n2.run("nft list tables", check=False).stdout
-        assert n2.run("pgrep -f 'halb|heartbeat'", check=False).stdout.strip() == ""
+        procs_left = [a for a in n2.run("ps -eo args=").stdout.splitlines() if "halb" in a and "ps -eo" not in a]
+        assert not procs_left, procs_left
         assert n2.run("systemctl list-units --all --no-legend 'halb-*'", check=False).stdout.strip() == ""
         timings["total"] = time.monotonic() - t0
         print("service test timings (s from start): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items())

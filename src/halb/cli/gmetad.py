@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -22,6 +21,11 @@ Runs in the foreground; logs to stderr; saves and stops on SIGTERM or Ctrl-C.
   --data-dir DIR    where the series are kept (default: rrd_rootdir of the file,
                     else RUN_DIR/gmetad)
   --check           read the file, say what would be polled, and exit
+  -t                test the file: every error, exit 0 or 1
+  --version         print halb's version
+
+SIGHUP (systemctl reload) re-reads the file and polls new or changed data
+sources; a bad file is logged with file:line and the running one kept.
 """
 
 
@@ -46,12 +50,25 @@ def main(ctx: Context, argv: list[str]) -> int:
     p.add_argument("--listen", default="0.0.0.0:8080")
     p.add_argument("--data-dir")
     p.add_argument("--check", action="store_true")
+    p.add_argument("-t", "--test", action="store_true")
     p.add_argument("-h", "--help", action="store_true")
     a = p.parse_args(argv)
     if a.help:
         sys.stdout.write(USAGE)
         return 0
     from halb.monitor import conf as gconf
+
+    if a.test:
+        from halb.configtest import all_errors, report
+        from halb.errors import ConfigError
+
+        try:
+            with open(a.conf, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            return report([ConfigError(a.conf, None, f"cannot read: {e.strerror}")])
+        conf, errors = all_errors(lambda t: gconf.parse(t, a.conf), text)
+        return report(errors, conf.warnings if conf else (), [a.conf])
 
     host, port = parse_listen(a.listen)
     conf = gconf.load(a.conf)
@@ -65,7 +82,8 @@ def main(ctx: Context, argv: list[str]) -> int:
         return 0
     from halb.monitor.gmetad import Gmetad, GmetadOptions
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s halb-gmetad[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    from halb import logs
+
+    logs.setup("gmetad")
     asyncio.run(Gmetad(conf, GmetadOptions(data_dir=data_dir, host=host, port=port)).run())
     return 0

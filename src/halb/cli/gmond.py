@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from halb.context import Context
@@ -77,8 +76,9 @@ def main(ctx: Context, argv: list[str]) -> int:
         return 0
     from halb.monitor.gmond import Gmond, GmondConfig
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s halb-gmond[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    from halb import logs
+
+    logs.setup("gmond")
     cfg = GmondConfig(node=ctx.node, bind=a.bind, port=a.port, cluster=a.cluster, owner=a.owner,
                       location=a.location, interval=a.interval, tmax=a.tmax, dmax=a.dmax,
                       halb_metrics=not a.no_halb_metrics, allow=a.allow)

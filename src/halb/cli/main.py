@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return int(mod.main(ctx, rest) or 0)
     except HalbError as e:
-        print(f"halb: {e}", file=sys.stderr)
+        from halb.sdnotify import under_journal
+        # under systemd stderr is the journal: a fatal start-up error at error priority
+        print(f"{'<3>' if under_journal() else ''}halb: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         return 130

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import signal
@@ -16,7 +15,8 @@ from halb.errors import ConfigError, EngineUnavailable, HalbError, UsageError
 
 USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splice] [--wait SECS]
 
-  run      run the daemon in the foreground (logs to stderr)
+  run      run the daemon in the foreground (logs to stderr; under systemd to the
+           journal); SIGHUP re-reads --config and applies what changed
   start    start the daemon in the background (pid file and log in the run dir)
   stop     stop it cleanly (listeners closed, relays ended, socket and pid file removed)
   status   print its state (exit 3 when not running)
@@ -30,6 +30,7 @@ USAGE = """usage: halb proxy {run|start|stop|status} [--config FILE] [--no-splic
   --maxconn-per-source N
                 run/start: at most N of them per client address (default maxconn / 4;
                 0 = no cap)
+  -t            test the rules file of --config: every error, exit 0 or 1
   --wait SECS   stop: how long to wait for the daemon to exit before SIGTERM, then
                 SIGKILL (default 5)
 """
@@ -60,7 +61,11 @@ def _parse(argv):
     p.add_argument("--maxconn", type=_count("--maxconn", 1))
     p.add_argument("--maxconn-per-source", type=_count("--maxconn-per-source", 0))
     p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("-t", "--test", action="store_true")
     a = p.parse_args(argv)
+    if a.test:
+        a.action = "test"
+        return a
     if a.help or a.action is None:
         return None
     if a.wait <= 0:
@@ -75,6 +80,8 @@ def main(ctx: Context, argv: list[str]) -> int:
     if a is None:
         sys.stdout.write(USAGE)
         return 0 if argv else 2
+    if a.action == "test":
+        return cmd_test(a)
     return {"run": cmd_run, "start": cmd_start, "stop": cmd_stop, "status": cmd_status}[a.action](ctx, a)
 
 
@@ -87,7 +94,9 @@ def _pid_path(ctx):
 
 
 def _log_path(ctx):
-    return ctx.run_dir / "proxy.log"
+    from halb.logs import default_logfile
+
+    return default_logfile(ctx.run_dir, "proxy")      # /var/log/halb/proxy.log on a real node
 
 
 def load_rules(path: str):
@@ -113,12 +122,46 @@ def load_rules(path: str):
 def cmd_run(ctx: Context, a) -> int:
     from halb.proxy.daemon import run_daemon
 
+    from halb import logs
+
+    logs.setup("halb-proxy")
     initial = load_rules(a.config) if a.config else None
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s halb-proxy[%(process)d]: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
     return run_daemon(ctx.node, ctx.run_dir, splice=not a.no_splice, initial=initial,
                       maxconn=a.maxconn, maxconn_per_source=a.maxconn_per_source)
+
+
+def cmd_test(a) -> int:
+    """`-t`: every error of the rules file (ipvsadm -S lines), exit 0 or 1."""
+    from halb.configtest import all_errors, report
+
+    if not a.config:
+        return report([], (), ["no rules file (--config): nothing to check"])
+    path = a.config
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        return report([ConfigError(path, None, f"cannot read: {e.strerror}")])
+
+    def parse(t):
+        from halb.ipvsadm.parse import parse_restore
+        from halb.model import Table
+        try:
+            plan = parse_restore(t)
+        except HalbError as e:
+            m = re.match(r"line (\d+): (.*)", str(e), re.S)
+            if m:
+                raise ConfigError(path, int(m.group(1)), m.group(2)) from None
+            raise ConfigError(path, None, str(e)) from None
+        table = Table(default_fwd="masq")
+        table.allowed_fwd, table.engine_name = ("masq",), "proxy"
+        try:
+            table.apply(plan.ops)          # what the daemon would refuse (a duplicate, gate...)
+        except HalbError as e:
+            raise ConfigError(path, plan.line_of(getattr(e, "index", None)), str(e)) from None
+        return plan
+    _, errors = all_errors(parse, text)
+    return report(errors, (), [path])
 
 
 def _running(ctx):

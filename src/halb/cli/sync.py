@@ -72,9 +72,14 @@ def cmd_run(ctx: Context, rest: list[str]) -> int:
         cmd = parse_argv(["--start-daemon", *rest])
     except UsageError as e:
         raise UsageError(f"sync run: {e}") from None
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("HALB_SYNC_DEBUG") else logging.INFO,
-                        stream=sys.stderr, format="%(asctime)s halb-sync[%(process)d]: %(message)s",
-                        datefmt="%Y-%m-%d %H:%M:%S")
+    level = logging.DEBUG if os.environ.get("HALB_SYNC_DEBUG") else logging.INFO
+    from halb.sdnotify import under_journal
+    if under_journal():                   # systemd: the journal once, with priorities
+        from halb import logs
+        logs.setup("halb-sync", level=level)
+    else:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s halb-sync[%(process)d]: %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S")
     return run(ctx, _config(cmd.daemon))
 
 

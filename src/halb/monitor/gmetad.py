@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from halb import logs, sdnotify
 from halb.errors import HalbError
 from halb.monitor import gxml, lbview, pages, svg
 from halb.monitor.conf import EXPORTER_PORT, Address, GmetadConf
@@ -466,6 +467,59 @@ class Gmetad:
         body, ctype = exposition(self)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
+    # ------------------------------------------------------------ reload
+    def reload(self) -> None:
+        """SIGHUP (systemctl reload): reopen the log files, re-read gmetad.conf; a bad
+        file is logged (file:line) and the running configuration kept. Data sources
+        that are new or changed are polled anew (a changed step starts new series),
+        removed ones stop being polled (their file stays); the others go on untouched."""
+        from halb.monitor import conf as gconf
+
+        sdnotify.reloading()
+        logs.reopen()
+        try:
+            try:
+                new = gconf.load(self.conf.path)
+            except HalbError as e:
+                log.error("reload: %s; keeping the running configuration", e)
+                return
+            for w in new.warnings:
+                log.warning("%s", w)
+            loop = asyncio.get_running_loop()
+            old = {ds.name: ds for ds in self.conf.sources}
+            key = lambda ds: (ds.step, [str(a) for a in ds.addresses])  # noqa: E731
+            changed = 0
+            for name in set(old) - {ds.name for ds in new.sources}:
+                t = self._polls.pop(name, None)
+                if t is not None:
+                    t.cancel()
+                self.sources = [s for s in self.sources if s.name != name]
+                changed += 1
+            for ds in new.sources:
+                prev = old.get(ds.name)
+                if prev is not None and key(prev) == key(ds) and new.rras == self.conf.rras:
+                    continue
+                t = self._polls.pop(ds.name, None)
+                if t is not None:
+                    t.cancel()
+                if prev is None or prev.step != ds.step or new.rras != self.conf.rras:
+                    lay = layout_from_rras(ds.step, new.rras) if new.rras else default_layout(ds.step)
+                    self.stores[ds.name] = Store(ds.step, lay)
+                view = SourceView.of(ds, getattr(new, "host_dmax", 86400), getattr(new, "max_hosts", 1000))
+                self.sources = [s for s in self.sources if s.name != ds.name] + [view]
+                self._polls[ds.name] = loop.create_task(self.poll_loop(view))
+                changed += 1
+            if (getattr(new, "trusted_hosts", None), getattr(new, "all_trusted", False)) != \
+                    (getattr(self.conf, "trusted_hosts", None), getattr(self.conf, "all_trusted", False)):
+                from halb.monitor.access import Access
+                self.access = Access(None if getattr(new, "all_trusted", False) else new.trusted_hosts)
+                changed += 1
+                log.info("reload: web front end now for %s", self.access.describe())
+            self.conf = new
+            log.info("reload: %s applied (%d data source(s) new, changed or removed)", new.path, changed)
+        finally:
+            sdnotify.ready()
+
     # ------------------------------------------------------------ run
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -487,6 +541,8 @@ class Gmetad:
             raise HalbError(f"gmetad: cannot listen on {self.opts.host}:{self.opts.port}: {e.strerror}") from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
         for src in self.sources:
             log.info("data source \"%s\": polling %s every %g s", src.name,
                      " ".join(str(a.addr) for a in src.addrs), src.step)
@@ -495,12 +551,17 @@ class Gmetad:
                  "localhost and trusted_hosts " + self.access.describe())
         for name in self.access.unresolved:
             log.warning("trusted_hosts %s: no such host (ignored)", name)
-        tasks = [loop.create_task(self.poll_loop(s)) for s in self.sources]
-        tasks.append(loop.create_task(self.save_loop()))
+        self._polls = {s.name: loop.create_task(self.poll_loop(s)) for s in self.sources}
+        tasks = [loop.create_task(self.save_loop())]
+        if sdnotify.watchdog_interval():
+            tasks.append(loop.create_task(sdnotify.watchdog_loop()))
+        sdnotify.ready(f"{len(self.sources)} data source(s)")
         try:
             await self._stop.wait()
         finally:
+            sdnotify.stopping()
             log.info("shutting down: saving the series")
+            tasks += list(self._polls.values())
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+from halb import logs, sdnotify
 from halb.errors import HalbError
 from halb.monitor import gxml
 from halb.monitor.collect import Collector, host_ip
@@ -110,6 +111,14 @@ class Gmond:
                 await self.collect_halb()
             await asyncio.sleep(self.cfg.interval)
 
+    def reload(self) -> None:
+        """SIGHUP: gmond's settings are its options (restart to change them); the log
+        files are reopened and the daemon goes on."""
+        sdnotify.reloading()
+        logs.reopen()
+        log.info("reload: log files reopened (gmond's settings are its command-line options)")
+        sdnotify.ready()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -121,6 +130,8 @@ class Gmond:
             raise HalbError(f"gmond: cannot listen on {self.cfg.bind}:{self.cfg.port}: {e.strerror}") from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
         self.collect_system(time.time())
         log.info("gmond for host %s (cluster \"%s\") serving XML on %s:%d to %s, collecting every %g s",
                  self.cfg.node, self.cfg.cluster, self.cfg.bind, self.cfg.port, self.access.describe(),
@@ -128,9 +139,14 @@ class Gmond:
         for name in self.access.unresolved:
             log.warning("--allow %s: no such host (ignored)", name)
         task = loop.create_task(self.collect_loop())
+        dog = loop.create_task(sdnotify.watchdog_loop()) if sdnotify.watchdog_interval() else None
+        sdnotify.ready(f"serving XML on {self.cfg.bind}:{self.cfg.port}")
         try:
             await self._stop.wait()
         finally:
+            sdnotify.stopping()
+            if dog is not None:
+                dog.cancel()
             task.cancel()
             server.close()
             await server.wait_closed()

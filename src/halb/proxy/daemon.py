@@ -56,6 +56,7 @@ import signal
 import socket
 import time
 
+from halb import logs, sdnotify
 from halb.errors import ConfigError, HalbError, IpvsError
 from halb.model import Conn, Op, Stats, Table, fmt_hostport, op_from_dict, to_dict
 from halb.proxy import tuning
@@ -621,6 +622,7 @@ class ProxyDaemon:
         self.poller = Poller(self.loop)
         self.stopping = asyncio.Event()
         self._setup_limits()
+        self.rules_path, self.rules_table = None, None
         if initial is not None:
             path, ops, line_of = initial
             try:
@@ -629,8 +631,12 @@ class ProxyDaemon:
                 self.shutdown()
                 raise ConfigError(path, line_of(getattr(e, "index", None)), str(e)) from None
             log.info("applied %d rules from %s", len(ops), path)
+            self.rules_path = path
+            self.rules_table = self._file_table(ops)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
         try:
             os.unlink(sock_path)
         except FileNotFoundError:
@@ -644,9 +650,14 @@ class ProxyDaemon:
         ticker = asyncio.ensure_future(self._ticker())
         log.info("halb proxy for node %s running (pid %d), control socket %s, data path: %s",
                  self.node, os.getpid(), sock_path, "splice" if self.splice else "buffered copy")
+        sdnotify.ready(f"{len(self.table.services)} virtual service(s)")
+        dog = asyncio.ensure_future(sdnotify.watchdog_loop()) if sdnotify.watchdog_interval() else None
         try:
             await self.stopping.wait()
         finally:
+            sdnotify.stopping()
+            if dog is not None:
+                dog.cancel()
             ticker.cancel()
             server.close()
             self.shutdown()
@@ -679,6 +690,46 @@ class ProxyDaemon:
         self.limits = lim
         log.info("descriptor limit %d; maxconn %d%s, per source %s", nofile, lim.maxconn,
                  " (from the descriptor limit)" if lim.auto else "", lim.per_source or "no cap")
+
+    def _file_table(self, ops) -> Table:
+        t = Table(default_fwd=self.table.default_fwd)
+        t.allowed_fwd, t.engine_name = self.table.allowed_fwd, self.table.engine_name
+        return t.apply(ops)
+
+    def reload(self) -> None:
+        """SIGHUP (systemctl reload): reopen the log files; re-read the rules file given
+        at start and apply what changed (proxy/reload.py), all or nothing; a bad file
+        or a refused rule is logged with file:line and the running table kept."""
+        sdnotify.reloading()
+        logs.reopen()
+        try:
+            if self.rules_path is None:
+                log.info("reload: log files reopened (no rules file: the table is edited with ipvsadm)")
+                return
+            from halb.cli.proxy import load_rules
+            from halb.proxy.reload import reload_ops
+
+            path, ops, line_of = None, None, None
+            try:
+                path, ops, line_of = load_rules(self.rules_path)
+                new_file = self._file_table(ops)
+            except ConfigError as e:
+                log.error("reload: %s; keeping the running configuration", e)
+                return
+            except IpvsError as e:
+                log.error("reload: %s:%s: %s; keeping the running configuration", self.rules_path,
+                          line_of(getattr(e, "index", None)) or "?", e)
+                return
+            todo = reload_ops(self.table, self.rules_table, new_file)
+            try:
+                self.execute(todo)
+            except IpvsError as e:
+                log.error("reload: %s: %s; keeping the running configuration", self.rules_path, e)
+                return
+            self.rules_table = new_file
+            log.info("reload: %s applied (%d change(s))", self.rules_path, len(todo))
+        finally:
+            sdnotify.ready()
 
     def shutdown(self) -> None:
         """Close listeners, end relays and flows."""

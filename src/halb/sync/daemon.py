@@ -429,11 +429,23 @@ def run(ctx, cfg: SyncConfig) -> int:
         os.close(pid_fd)
 
 
+def _sighup() -> None:
+    from halb import logs, sdnotify
+
+    sdnotify.reloading()
+    logs.reopen()
+    log.info("reload: log files reopened (the sync daemon's settings are its options: restart to change them)")
+    sdnotify.ready()
+
+
 async def _main(ctx, cfg, key, sock, p) -> int:
     d = Daemon(ctx, cfg, key)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, d.stopping.set)
+    # SIGHUP (systemctl reload) and SIGUSR1: the settings are the daemon's options; logs reopened
+    loop.add_signal_handler(signal.SIGHUP, _sighup)
+    loop.add_signal_handler(signal.SIGUSR1, _sighup)
     try:
         p["sock"].unlink()
     except FileNotFoundError:
@@ -462,9 +474,12 @@ async def _main(ctx, cfg, key, sock, p) -> int:
             n = d.held.load(data, time.time())
             log.info("%d entries handed over by the backup sync daemon, placed when the table has "
                      "their services", n)
+    from halb import sdnotify
+    sdnotify.ready(f"{cfg.role} on {cfg.ifname}")
     try:
         await (d.master(sock) if cfg.role == "master" else d.backup(sock))
     finally:
+        sdnotify.stopping()
         server.close()
         if cfg.role == "backup" and len(d.held):
             data = d.held.dump(time.time())
