@@ -226,7 +226,7 @@ def test_units_are_well_formed():
     units = sorted((REPO / "packaging/systemd").glob("*.service"))
     names = {u.name for u in units}
     assert {"halb-realserver.service", "halb-heartbeat.service", "halb-director@.service", "halb-proxy.service",
-            "halb-sync@.service", "halb-gmond.service", "halb-gmetad.service"} <= names
+            "halb-sync@.service", "halb-gmond.service", "halb-gmetad.service", "halb-exporter.service"} <= names
     import shutil
     if shutil.which("systemd-analyze"):
         import tempfile

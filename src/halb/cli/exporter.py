@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from halb.context import Context
@@ -65,7 +64,8 @@ def main(ctx: Context, argv: list[str]) -> int:
         return 0
     from halb.exporter.server import serve
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s halb-exporter[%(process)d]: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    from halb import logs
+
+    logs.setup("halb-exporter")
     asyncio.run(serve(ctx, host, port, a.interval))
     return 0

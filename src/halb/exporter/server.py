@@ -135,12 +135,26 @@ async def serve(ctx, host: str, port: int, interval: float) -> None:
         raise HalbError(f"exporter: cannot listen on {host or '*'}:{port}: {e.strerror}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from halb import logs, sdnotify
+
+    def sighup():       # systemctl reload: the settings are options; log files reopened
+        sdnotify.reloading()
+        logs.reopen()
+        log.info("reload: log files reopened (the exporter's settings are its options)")
+        sdnotify.ready()
+    loop.add_signal_handler(signal.SIGHUP, sighup)
+    loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
     log.info("halb exporter for node %s on http://%s:%d/metrics (engine %s, run dir %s, events %s)",
              ctx.node, host or "*", port, ctx.engine, ctx.run_dir, ex.journal.path)
     task = loop.create_task(ex.loop())
+    dog = loop.create_task(sdnotify.watchdog_loop()) if sdnotify.watchdog_interval() else None
+    sdnotify.ready(f"serving http://{host or '*'}:{port}/metrics")
     try:
         await stop.wait()
     finally:
+        sdnotify.stopping()
+        if dog is not None:
+            dog.cancel()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await runner.cleanup()
