@@ -521,7 +521,7 @@ class Director:
         self._spawn(self._reload_children(old_children, new_children))
         self.last_reload_error = None
         self.reloads += 1
-        self.event("reload", cfg_name(self.config_path), f"configuration {self.config_path} reloaded")
+        self.event("reload", Path(self.config_path).name, f"configuration {self.config_path} reloaded")
         self.submit(self.core.reload(new, live, time.time()))
         self._sync_checkers()
         await self.queue.join()

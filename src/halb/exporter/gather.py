@@ -98,7 +98,7 @@ def gather(ctx, table: bool = True) -> dict:
         st, err = ask_status(sock)
         name = sock.name[len("director."):-len(".sock")]
         if st is not None:
-            st["name"] = name
+            st["name"] = str(st.get("config") or name)     # the config's path: one director per config
             snap["directors"].append(st)
         if err:
             snap["errors"][f"director {name}"] = err
