@@ -344,13 +344,22 @@ def _parse_http(data: bytes) -> tuple[int, str, dict[str, str], bytes]:
     return status, f"{m.group(1)} {m.group(2)}".strip(), headers, body
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 def _dechunk(body: bytes) -> bytes:
+    """A chunked body's data. A chunk size that is not hexadecimal digits (a
+    negative one sent us backwards for ever: found by tests/director/
+    test_checks_fuzz.py) ends it: ValueError."""
     out, i = [], 0
     while i < len(body):
         j = body.find(b"\r\n", i)
         if j < 0:
             break
-        size = int(body[i:j].split(b";")[0] or b"0", 16)
+        text = body[i:j].split(b";")[0].strip() or b"0"
+        if not _CHUNK_SIZE.fullmatch(text):
+            raise ValueError(f"bad chunk size {text[:20]!r} in a chunked answer")
+        size = int(text, 16)
         if size == 0:
             break
         out.append(body[j + 2:j + 2 + size])

@@ -268,7 +268,14 @@ class Gmetad:
         try:
             snap = await self._get_json(base + "/api/state", timeout)
             q = "" if nl.events_since is None else f"?since={nl.events_since!r}"
-            evs = (await self._get_json(base + "/api/events" + q, timeout)).get("events", [])
+            evs = await self._get_json(base + "/api/events" + q, timeout)
+            # what a node answers is network input: its shape is checked before use
+            if not isinstance(snap, dict) or not isinstance(evs, dict):
+                raise ValueError("not a halb exporter answer (JSON objects expected)")
+            evs = evs.get("events", [])
+            if not isinstance(evs, list) or not all(isinstance(e, dict) and isinstance(e.get("t"), (int, float))
+                                                    and not isinstance(e.get("t"), bool) for e in evs):
+                raise ValueError("malformed events from the exporter")
         except Exception as e:  # noqa: BLE001 - refused, timeout, bad JSON: the node is shown unreachable
             if nl.snap is not None or not nl.error:
                 log.warning("[%s] exporter %s does not answer: %s", src.name, key,
@@ -286,11 +293,20 @@ class Gmetad:
             lb.nodes[name] = nl
         nl.snap, nl.error, nl.last_ok = snap, "", t
         if evs:
-            lb.add_events(evs)
+            try:
+                lb.add_events(evs)
+            except TypeError as e:  # unhashable fields: malformed events
+                log.warning("[%s] exporter %s: malformed events (%s)", src.name, key, e)
             nl.events_since = max(e["t"] for e in evs)
         store = self.stores[src.name]
-        for metric, v, units in lbview.series_points(name, snap):
-            store.update((src.name, name, metric), t, v, units, "float")
+        try:
+            points = list(lbview.series_points(name, snap))
+        except Exception as e:  # noqa: BLE001 - a malformed snapshot: no series this round
+            log.warning("[%s] exporter %s: malformed state (%s: %s)", src.name, key, type(e).__name__, e)
+            points = []
+        for metric, v, units in points:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                store.update((src.name, name, str(metric)), t, float(v), str(units), "float")
 
     async def poll_exporters(self, src: SourceView, t: float, timeout: float) -> None:
         addrs = self.exporter_addrs(src)
