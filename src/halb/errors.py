@@ -19,6 +19,8 @@ class ConfigError(HalbError):
     def __init__(self, path, line, message):
         self.path = str(path) if path is not None else None
         self.line = line
+        if len(message) > 400:  # a 5,000-character value in a file is not echoed whole
+            message = f"{message[:240]}...[{len(message) - 340} characters]...{message[-100:]}"
         self.message = message
         super().__init__(self.__str__())
 

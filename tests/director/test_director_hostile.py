@@ -165,3 +165,32 @@ def test_http_checks_follow_redirects_only_on_the_same_real_server():
     away, moved = asyncio.run(scenario())
     assert not away.ok and "not followed" in away.msg, away
     assert moved.ok, moved
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("keepalive 1us\n", r"out of range \(1ms to 7 days\)"),
+    ("keepalive " + "9" * 5000 + "\n", r"is not a time"),
+    ("udpport " + "9" * 5000 + "\n", r"is not a UDP port"),
+    ("deadtime 1e400\n", r"is not a time"),
+    ("initdead 999999999\n", r"out of range"),
+], ids=lambda v: v[:20])
+def test_ha_cf_times_and_numbers_have_ranges(text, pattern):
+    from halb.heartbeat.config import parse_hacf
+
+    with pytest.raises(ConfigError) as e:
+        parse_hacf(text + "node a\nnode b\nbcast eth0\n", "ha.cf")
+    assert str(e.value).startswith("ha.cf:1: ") and re.search(pattern, e.value.message), str(e.value)
+    assert len(str(e.value)) < 500
+
+
+def test_authkeys_and_haresources_huge_numbers_are_file_line_errors():
+    from halb.heartbeat.config import parse_authkeys, parse_haresources
+    from halb.realserver.haresources import parse_haresources as rs_parse
+
+    big = "9" * 5000
+    for fn, text, name in ((parse_authkeys, f"auth {big}\n{big} sha1 x\n", "authkeys"),
+                           (parse_haresources, f"a 10.0.0.1/{big}\n", "haresources"),
+                           (rs_parse, f"a IPaddr2::10.0.0.1/{big}/eth0\n", "haresources")):
+        with pytest.raises(ConfigError) as e:
+            fn(text, name)
+        assert str(e.value).startswith(f"{name}:"), str(e.value)

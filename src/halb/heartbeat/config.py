@@ -23,7 +23,9 @@ from halb.errors import ConfigError
 DEFAULT_UDPPORT = 694
 
 def _isnum(s: str) -> bool:
-    return bool(re.fullmatch(r"[0-9]+", s))
+    # at most 9 digits: every whole number of these files is small, and int()
+    # of 4,300+ digits raises (an internal error instead of file:line)
+    return bool(re.fullmatch(r"[0-9]{1,9}", s))
 
 
 _TRUE = {"true", "on", "yes", "y", "1"}
@@ -39,7 +41,8 @@ def parse_bool(value: str, path, line, what: str) -> bool:
     raise ConfigError(path, line, f"{what}: '{value}' is not a boolean (use on/off, yes/no, true/false, y/n, 1/0)")
 
 
-_TIME_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|us|s)?$")
+_TIME_RE = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})(ms|us|s)?$")
+TIME_MIN, TIME_MAX = 0.001, 7 * 86400.0   # any time of ha.cf (0 where a directive allows it)
 
 
 def parse_time(value: str, path, line, what: str) -> float:
@@ -49,7 +52,10 @@ def parse_time(value: str, path, line, what: str) -> float:
         raise ConfigError(path, line, f"{what}: '{value}' is not a time (seconds, or e.g. 500ms)")
     n = float(m.group(1))
     unit = m.group(2) or "s"
-    return n / 1000.0 if unit == "ms" else n / 1e6 if unit == "us" else n
+    t = n / 1000.0 if unit == "ms" else n / 1e6 if unit == "us" else n
+    if t != 0 and not TIME_MIN <= t <= TIME_MAX:
+        raise ConfigError(path, line, f"{what}: '{value}' is out of range (1ms to 7 days)")
+    return t
 
 
 def _port(value: str, path, line, what: str) -> int:

@@ -166,7 +166,7 @@ def _is_ipv4(s: str) -> bool:
 
 
 def _check_mask(m: str, tok, path, no) -> None:
-    if m.isdigit() and 0 <= int(m) <= 32:
+    if m.isdigit() and len(m) <= 2 and 0 <= int(m) <= 32:
         return
     try:
         ipaddress.IPv4Network(f"0.0.0.0/{m}")
