@@ -180,6 +180,8 @@ class Director:
                 "--mcast-port", str(c["port"]), "--mcast-ttl", str(c["ttl"]), "--sync-maxlen", str(c["maxlen"])]
         if c.get("key_file"):
             opts += ["--sync-key-file", c["key_file"]]
+        elif c.get("unsigned"):
+            opts += ["--sync-unsigned"]  # the explicit opt-out carries over (sync signs by default)
         r = _run(ipvsadm + ["--start-daemon", new] + opts)
         if r.returncode != 0:
             self.log("warn", f"sync: cannot start the {new} sync daemon: {_last_line(r)}")
