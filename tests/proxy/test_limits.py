@@ -167,3 +167,14 @@ def test_limits_accounting_is_pure():
     for _ in range(lim.per_source):
         lim.closed("a", 2)
     assert "a" not in lim.by_source and lim.check("a", 2) is None
+
+
+def test_absurd_numbers_on_the_command_line_are_refused(tmp_path):
+    from halb.context import Context
+
+    ctx = Context(node="x", run_dir=tmp_path / "run", engine="proxy")
+    for args in (["stop", "--wait", "nan"], ["stop", "--wait", "inf"], ["stop", "--wait", "1e9"],
+                 ["run", "--maxconn", "9" * 5000], ["run", "--maxconn", "0"], ["run", "--maxconn-per-source", "-1"]):
+        r = halb("proxy", *args, ctx=ctx)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+            (args, r.stderr)

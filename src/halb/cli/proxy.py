@@ -68,8 +68,8 @@ def _parse(argv):
         return a
     if a.help or a.action is None:
         return None
-    if a.wait <= 0:
-        raise UsageError("proxy: --wait needs a positive number of seconds")
+    if not 0 < a.wait <= 3600:  # also refuses nan and inf
+        raise UsageError("proxy: --wait needs a number of seconds from 0 to 3600")
     if a.action not in ("run", "start", "stop", "status"):
         raise UsageError(f"proxy: unknown action '{a.action}' (run, start, stop or status)")
     return a
