@@ -219,7 +219,8 @@ def http_get(url, timeout=2.0) -> str | None:
 SNAPSHOT_SKIP = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log/journal", "/var/cache",
                  "/var/lib/systemd", "/root/halb-src", "/root/wheels", "/root/.cache", "/var/log/ha.log",
                  "/var/log/ha.debug", "/var/log/apache2", "/var/lib/apt", "/var/lib/dpkg", "/var/log/apt",
-                 "/var/log/dpkg.log", "/etc/ld.so.cache", "/var/lib/dbus", "/var/log/alternatives.log")
+                 "/var/log/dpkg.log", "/etc/ld.so.cache", "/var/lib/dbus", "/var/log/alternatives.log",
+                 "/etc/ganglia", "/etc/default/halb-sync")
 
 
 def snapshot(node: Node) -> set[str]:
@@ -363,6 +364,23 @@ def test_two_debian_machines_with_systemd():
         wait_for(lambda: http_get(f"http://{vip}/testcluster.html") == "N2", 60, "N2 serving the VIP")
         jr = n2.run("journalctl -b --no-pager -o cat -u halb-heartbeat").stdout
         assert "N1" in jr and "dead" in jr.lower(), jr[-3000:]
+
+        # ---- the other units start, are ready, reload with the same MainPID, stop
+        n2.run(f"mkdir -p /etc/ganglia && echo 'data_source \"cluster\" 5 127.0.0.1:8649' > /etc/ganglia/gmetad.conf")
+        n2.run("echo 'SYNC_OPTS=\"--mcast-interface host0 --sync-key-file /etc/ha.d/authkeys\"' > /etc/default/halb-sync")
+        others = ["halb-gmond", "halb-gmetad", "halb-exporter", "halb-proxy", "halb-sync@backup"]
+        n2.run("systemctl start " + " ".join(others), timeout=120)
+        for u in others:
+            assert n2.run(f"systemctl is-active {u}", check=False).stdout.strip() == "active", \
+                n2.run(f"journalctl -b --no-pager -n 30 -u {u}", check=False).stdout
+            pid = n2.run(f"systemctl show -p MainPID --value {u}").stdout.strip()
+            n2.run(f"systemctl reload {u}", timeout=60)
+            time.sleep(0.3)
+            assert n2.run(f"systemctl show -p MainPID --value {u}").stdout.strip() == pid, u
+            assert "reload:" in n2.run(f"journalctl -b --no-pager -o cat -u {u}").stdout, u
+        assert "gmetad" in (http_get(f"http://{a2}:8080/") or "").lower() or http_get(f"http://{a2}:8080/api/state")
+        assert "node_ipvs" in (http_get(f"http://{a2}:9643/metrics") or "")
+        n2.run("systemctl stop " + " ".join(others), timeout=120)
 
         # ---- uninstall leaves nothing
         n2.run("cd /root/halb-src && ./scripts/install --uninstall", timeout=200)
