@@ -49,13 +49,17 @@ def _order(e):
 
 
 def report(errors: list[HalbError], warnings=(), checked=(), out=sys.stdout, err=sys.stderr) -> int:
-    """Print warnings and errors (one line each), then a verdict; the exit code."""
+    """Print warnings and errors (one line each), then a verdict; the exit code. Under
+    systemd (ExecStartPre=... -t) the lines carry their journal priority."""
+    from halb.sdnotify import under_journal
+
+    e3, w4 = ("<3>", "<4>") if err is sys.stderr and under_journal() else ("", "")
     for w in warnings:
-        print(f"warning: {w}", file=err)
+        print(f"{w4}warning: {w}", file=err)
     for e in errors:
-        print(f"error: {e}", file=err)
+        print(f"{e3}error: {e}", file=err)
     if errors:
-        print(f"configuration test failed: {len(errors)} error(s)", file=err)
+        print(f"{e3}configuration test failed: {len(errors)} error(s)", file=err)
         return 1
     print("configuration test passed" + (f": {', '.join(str(c) for c in checked)}" if checked else ""), file=out)
     return 0

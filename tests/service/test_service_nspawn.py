@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -220,7 +221,7 @@ SNAPSHOT_SKIP = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log/
                  "/var/lib/systemd", "/root/halb-src", "/root/wheels", "/root/.cache", "/var/log/ha.log",
                  "/var/log/ha.debug", "/var/log/apache2", "/var/lib/apt", "/var/lib/dpkg", "/var/log/apt",
                  "/var/log/dpkg.log", "/etc/ld.so.cache", "/var/lib/dbus", "/var/log/alternatives.log",
-                 "/etc/ganglia", "/etc/default/halb-sync")
+                 "/etc/ganglia", "/etc/default/halb-sync", "/etc/ha.d/extra.cf")
 
 
 def snapshot(node: Node) -> set[str]:
@@ -366,9 +367,17 @@ def test_two_debian_machines_with_systemd():
         assert "N1" in jr and "dead" in jr.lower(), jr[-3000:]
 
         # ---- the other units start, are ready, reload with the same MainPID, stop
+        # a fatal start-up error reaches the journal, at error priority, with file:line
+        n2.run("mkdir -p /etc/ganglia && printf 'data_source \"c\" 127.0.0.1\\nbogus 1\\n' > /etc/ganglia/gmetad.conf")
+        assert n2.run("systemctl start halb-gmetad", check=False, timeout=60).returncode != 0
+        assert "/etc/ganglia/gmetad.conf:2:" in n2.run("journalctl -b --no-pager -o cat -p err -u halb-gmetad").stdout
+        n2.run("systemctl reset-failed halb-gmetad")
         n2.run(f"mkdir -p /etc/ganglia && echo 'data_source \"cluster\" 5 127.0.0.1:8649' > /etc/ganglia/gmetad.conf")
         n2.run("echo 'SYNC_OPTS=\"--mcast-interface host0 --sync-key-file /etc/ha.d/authkeys\"' > /etc/default/halb-sync")
         others = ["halb-gmond", "halb-gmetad", "halb-exporter", "halb-proxy", "halb-sync@backup"]
+        n2.run(f"printf 'checkinterval=1\\nvirtual={a2}:8081\\n\\treal={a2}:80 masq\\n\\tchecktype=on\\n' "
+               "> /etc/ha.d/extra.cf")
+        others.append("halb-director@extra.cf")
         n2.run("systemctl start " + " ".join(others), timeout=120)
         for u in others:
             assert n2.run(f"systemctl is-active {u}", check=False).stdout.strip() == "active", \
@@ -377,7 +386,7 @@ def test_two_debian_machines_with_systemd():
             n2.run(f"systemctl reload {u}", timeout=60)
             time.sleep(0.3)
             assert n2.run(f"systemctl show -p MainPID --value {u}").stdout.strip() == pid, u
-            assert "reload:" in n2.run(f"journalctl -b --no-pager -o cat -u {u}").stdout, u
+            assert re.search("reload:|Reloading", n2.run(f"journalctl -b --no-pager -o cat -u {u}").stdout), u
         assert "gmetad" in (http_get(f"http://{a2}:8080/") or "").lower() or http_get(f"http://{a2}:8080/api/state")
         assert "node_ipvs" in (http_get(f"http://{a2}:9643/metrics") or "")
         n2.run("systemctl stop " + " ".join(others), timeout=120)
