@@ -104,3 +104,18 @@ def test_real_server_stop_and_failover_seen_in_metrics_and_events(cl):
     # N1's journal outlived the crash: what N1 decided before it died is still there
     r = lab.run("N1", ["python3", "-m", "halb", "events", "--json", "--kind", "group_acquired"])
     assert r.returncode == 0 and '"node": "N1"' in r.stdout, (r.stdout, r.stderr)
+
+
+def test_reloads_are_events_and_counted(cl):
+    """Runs after the failover: N2 holds the VIP and runs the director."""
+    lab = cl.lab
+    cfg = cl.base / "N2" / "ha.d" / "ldirectord.cf"
+    r = lab.run("N2", ["python3", "-m", "halb", "--engine", "nft", "director", str(cfg), "reload"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = lab.run("N2", ["python3", "-m", "halb", "heartbeat", "reload"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_for(lambda: value(cl.scrape("N2"), "halb_director_reloads_total") == 1, 15, "the reload counted")
+    def both():
+        evs = [e for e in cl.get_json("N2", "/api/events")["events"] if e["kind"] == "reload"]
+        return {e["subject"] for e in evs} >= {"ldirectord.cf", "heartbeat"}
+    wait_for(both, 15, "both reloads in N2's events")

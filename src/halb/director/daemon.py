@@ -303,9 +303,10 @@ class Director:
                     self.dbg(f"Checking {label}: real server={real_id} (virtual={vid})")
                 async with self.check_sem:
                     t_chk = loop.time()
+                    t_pc = time.perf_counter()   # uvloop's time() is cached per loop turn (ms)
                     res = await checks.run(spec, negotiate)
                     self.durations.add(loop.time() - t_chk)
-                    self.check_seconds[(vid, rkey)] = loop.time() - t_chk
+                    self.check_seconds[(vid, rkey)] = time.perf_counter() - t_pc
                 if spec.checktype == "combined":
                     if negotiate:
                         if res.ok:

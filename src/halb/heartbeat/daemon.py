@@ -856,6 +856,8 @@ class Daemon:
             self.monitor_task = asyncio.get_running_loop().create_task(self.monitor_loop())
         self.log("info", "reload: log files reopened; " + (f"applied: {', '.join(changed)}" if changed
                                                            else "nothing else changed"))
+        self.event("reload", "heartbeat", "configuration reloaded; " + (f"applied: {', '.join(changed)}" if changed
+                                                                        else "nothing else changed"))
         if refused:
             self.log("warn", f"reload: {', '.join(refused)} changed: that needs a restart of heartbeat (the "
                              "resources would be released): keeping the running value(s)")
