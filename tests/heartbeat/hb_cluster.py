@@ -27,7 +27,8 @@ def wait_for(pred, timeout=20.0, step=0.05, what="condition"):
 
 class Cluster:
     def __init__(self, lab, base: Path, *, haresources=None, keepalive="50ms", deadtime="300ms",
-                 warntime="200ms", initdead="600ms", auto_failback="off", extra="", auth='auth 1\n1 md5 "secret"\n'):
+                 warntime="200ms", initdead="600ms", auto_failback="off", extra="", auth='auth 1\n1 md5 "secret"\n',
+                 serial=None):
         self.lab = lab
         self.base = Path(base)
         self.procs = {}
@@ -35,6 +36,7 @@ class Cluster:
         self.opts = dict(keepalive=keepalive, deadtime=deadtime, warntime=warntime, initdead=initdead,
                          auto_failback=auto_failback, extra=extra)
         self.auth = auth
+        self.serial = dict(serial or {})      # node -> serial device (the article's null-modem cable)
         for n in ("N1", "N2"):
             self.write(n)
 
@@ -53,20 +55,22 @@ class Cluster:
         opts = dict(self.opts, **override)
         extra = opts.pop("extra")
         iface = self.lab.node(node).iface
-        (d / "ha.cf").write_text(article.ha_cf(iface, self.logfile(node), serial=True,
+        (d / "ha.cf").write_text(article.ha_cf(iface, self.logfile(node), serial=self.serial.get(node),
                                                head="# the article's ha.cf, with timers fast enough for tests\n",
                                                tail=extra.replace("{iface}", iface) + "\n", **opts))
         (d / "authkeys").write_text(self.auth)
         (d / "authkeys").chmod(0o600)
         (d / "haresources").write_text(self.haresources)
 
-    def start(self, node):
+    def start(self, node, env=None, wait=True):
+        """`env`: more environment for the daemon (e.g. libfaketime's); `wait`: for its control socket."""
         out = open(self.base / node / "stderr.log", "a")
         argv = [sys.executable, "-m", "halb", "--node", node, "--run-dir", str(self.run_dir(node)),
                 "heartbeat", "-c", str(self.dir(node)), "run"]
         self.procs[node] = self.lab.popen(node, argv, stdout=out, stderr=subprocess.STDOUT,
-                                          env=dict(os.environ, HALB_DEBUG="1"))
-        wait_for(lambda: self.status(node), 20, what=f"{node}'s control socket")
+                                          env=dict(os.environ, HALB_DEBUG="1", **(env or {})))
+        if wait:
+            wait_for(lambda: self.status(node), 20, what=f"{node}'s control socket")
 
     def stop(self, node, timeout=20):
         p = self.procs.pop(node, None)

@@ -178,8 +178,8 @@ def test_a_lane_beat_with_the_previous_body_is_only_a_beat():
                     tick_interval=0.01, accept_crc=False, deliver=lambda items: None, counters=counters)
     try:
         e0, e1 = BeatEncoder("N1", 7, AUTH), BeatEncoder("N1", 7, AUTH, lane=1)
-        old = encode_body({"st": "up", "held": [0], "claim": 0, "v": 1})
-        new = encode_body({"st": "up", "held": [], "claim": 0, "v": 2})
+        old = encode_body({"st": "up", "held": [0], "claim": 0, "v": 1, "seen": {"N2": 1}})
+        new = encode_body({"st": "up", "held": [], "claim": 0, "v": 2, "seen": {"N2": 1}})
         e0.set_body(old)
         e1.set_body(old)
         sent = [e0.packet(1), e1.packet(1)]

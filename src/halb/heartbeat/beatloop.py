@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 
-from halb.heartbeat.packet import BeatEncoder, DecodeError, ReplayGuard, decode
+from halb.heartbeat.packet import BeatEncoder, DecodeError, ReplayGuard, decode, fresh
 from halb.heartbeat.transport import echo_request, parse_echo_reply
 
 SO_TIMESTAMPNS = 35          # SCM_TIMESTAMPNS too (Linux)
@@ -63,6 +63,7 @@ class BeatLoop:
         self.body = b"{}"
         self.last_payload: dict = {}
         self.body_v: dict = {}      # node -> (generation, "v") of the newest body taken
+        self.peer_gen: dict = {}    # node -> its generation we took last (echoed in our beats: "seen")
         self.lanes = lanes
         self.sent_at = 0.0
         self._rfd, self._wfd = os.pipe()
@@ -173,8 +174,18 @@ class BeatLoop:
             if why:
                 self._count(why)
                 continue
+            if pkt.generation != self.peer_gen.get(node):
+                # a new life of the node (or a replay of an old one): our beats echo it from now
+                # on, and the node's next beats, echoing ours, prove they are not a recording
+                self.peer_gen[node] = pkt.generation
+                items.append(("generation", node, pkt.generation))
             p = pkt.payload
             if p is not self.last_payload.get(node):    # bodies are parsed once: same body, same dict
+                if not fresh(p, self.me, self.generation):
+                    # signed by the node, but not naming our current generation: sent before
+                    # it heard this life of ours (or recorded before we started): no sign of life
+                    self._count("stale")
+                    continue
                 try:
                     {int(x) for x in p.get("held", ())}
                     int(p.get("claim", 0)), int(p.get("ping", 0))

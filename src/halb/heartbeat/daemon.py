@@ -23,7 +23,7 @@ from pathlib import Path
 
 from halb import events, logs, sdnotify
 from halb.errors import ConfigError, HalbError
-from halb.heartbeat import recovery, stonith
+from halb.heartbeat import generation, recovery, stonith
 from halb.heartbeat.beatloop import BeatLoop
 from halb.heartbeat.lane import Lanes, lock_memory, usable_cpus, wanted
 from halb.heartbeat.membership import Membership
@@ -170,7 +170,8 @@ class Daemon:
         self.engine = engine
         self.log = log or Logger(self.cfg.logfile, self.cfg.debugfile, debug=debug, facility=self.cfg.logfacility)
         self.nodes = list(self.cfg.nodes)
-        self.generation = time.time_ns()
+        self.generation = 0              # taken from the state dir's counter at start (generation.py)
+        self.peer_gens: dict[str, int] = {}
         self.claim = 0
         self.counters = {"tx": 0, "tx_errors": 0, "rx": 0, "own": 0, "unknown_node": 0,
                          "groups_acquired": 0, "groups_released": 0, "fencing_ok": 0, "fencing_failed": 0}
@@ -224,7 +225,8 @@ class Daemon:
     def payload(self, st="up") -> dict:
         return {"st": st, "held": sorted(self.held()), "claim": self.claim,
                 "ping": self.mem.ping_score(), "busy": self.busy(), "banned": sorted(self.banned),
-                "stopfail": sorted(g.index for g in self.groups if g.state == "failed")}
+                "stopfail": sorted(g.index for g in self.groups if g.state == "failed"),
+                "seen": dict(self.peer_gens)}
 
     def send_beat(self, now=True):
         """Our state changed (held groups, claim, ping score): beats say it from now on,
@@ -267,6 +269,9 @@ class Daemon:
                 self.handle_events(item[1])
             elif kind == "payload":
                 self.on_payload(*item[1:])
+            elif kind == "generation":
+                self.peer_gens[item[1]] = item[2]
+                self.send_beat()          # echo it: the peer takes our beats as fresh from now on
             elif kind == "failed":
                 self.log("error", "no more beats: stopping")
                 self.request_stop()
@@ -1019,6 +1024,11 @@ class Daemon:
         if not self.fence_devices:
             self.log("warn", "no STONITH device configured: if the heartbeat links fail while both nodes "
                              "run, both take the resources: split brain possible")
+        gdir = generation.state_dir(self.run_dir, self.me)
+        self.generation, problems = generation.take(gdir, time.time_ns())
+        for p in problems:
+            self.log("warn", p)
+        self.log("info", f"generation {self.generation} ({gdir / generation.FILE})")
         self.channels = open_links(cfg.links)
         self.set_realtime()
         rt_prio = 0

@@ -9,12 +9,18 @@ Layout (network byte order):
     MAC over everything before it: HMAC-MD5/SHA1/SHA256 with key `key`
     of authkeys (16/20/32 bytes) or CRC32 (4 bytes, forgeable).
 
-The generation is fixed per daemon start (a boot counter: wall-clock
-nanoseconds at start), the sequence grows by one per packet and per lane
+The generation is fixed per daemon start (a counter kept on disk, never
+below the wall clock: generation.py), the sequence grows by one per packet and per lane
 (a node may send its beats from several processes, "lanes", each with its
 own sequence; see lane.py). A receiver keeps, per node, the newest
 generation and, per lane, the newest sequence it accepted: anything not
 newer is a replay or arrived out of order and is dropped.
+
+Freshness: the signed payload carries `seen`, the generation the sender last
+took from each peer. A receiver counts a beat as a sign of life only when
+it names the receiver's own current generation (`fresh`): a beat recorded
+before the receiver's last start, replayed after the sender died, does not
+(and one recorded since is refused by the sequence check).
 
 `decode` never raises anything but DecodeError, whatever the bytes.
 """
@@ -216,6 +222,12 @@ def _parse_body(body: bytes):
     """Beats repeat the same body while nothing changes: parse each distinct one once.
     The dict returned is shared: callers must not modify it."""
     return json.loads(body.decode("utf-8"))
+
+
+def fresh(payload: dict, me: str, generation: int) -> bool:
+    """Whether a peer's (authenticated) payload echoes our current generation."""
+    seen = payload.get("seen")
+    return isinstance(seen, dict) and seen.get(me) == generation
 
 
 class ReplayGuard:

@@ -12,11 +12,12 @@ AUTHKEYS = 'auth 1\n1 md5 "secret"\n2 crc\n3 sha1 "autre secret"\n'
 def ha_cf(iface, logfile, *, keepalive, deadtime, warntime, initdead, auto_failback="off",
           serial=False, debugfile=None, logfacility="local0", head="", tail="") -> str:
     """The article's ha.cf (§6.3.1), in its column layout, on `iface`:
-    `serial` adds the article's serial link lines, `logfacility=None` drops
+    `serial` (a device, or True for the article's /dev/ttyS0) adds the
+    article's serial link lines, `logfacility=None` drops
     syslog; `head` and `tail` are written before and after it as they are."""
     rows = [("mcast", f"{iface} 225.0.0.7 694 1 0")]
     if serial:
-        rows += [("baud", "19200"), ("serial", "/dev/ttyS0")]
+        rows += [("baud", "19200"), ("serial", "/dev/ttyS0" if serial is True else str(serial))]
     if debugfile:
         rows.append(("debugfile", debugfile))
     rows.append(("logfile", logfile))
