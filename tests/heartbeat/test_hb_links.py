@@ -115,3 +115,72 @@ def test_replayed_stream_of_a_dead_node_does_not_bring_it_back(cluster_factory):
     assert st["nodes"]["N1"]["status"] == "dead"
     assert st["counters"].get("stale", 0) > 10
     assert "Status update for node N1" not in c.log("N2").split(" generation ")[-1]
+
+
+def flood(lab, client, dest, rate, seconds, claim="N1"):
+    """Junk at `rate` datagrams/s for `seconds` from `client` (bounded): shaped like `claim`'s
+    beats (magic, header, name) with a wrong signature, and plain garbage. Returns the count sent."""
+    import random
+    import struct
+
+    s = lab.socket(client, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(lab.client(0).ip))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setblocking(False)
+        name = claim.encode()
+        junk = []
+        for i in range(64):
+            body = b'{"held":[0],"claim":99}'
+            head = struct.pack("!4sBBBBQQ", b"HALB", 1, 1, 1, 0, 2**62 + i, i) + bytes([len(name)]) + name
+            junk.append(head + struct.pack("!H", len(body)) + body + random.randbytes(16))
+            junk.append(random.randbytes(40 + i))
+        sent, t0 = 0, time.monotonic()
+        batch = max(1, rate // 200)
+        while True:
+            el = time.monotonic() - t0
+            if el >= seconds:
+                break
+            due = int(el * rate)
+            while sent < due:
+                for _ in range(batch):
+                    try:
+                        s.sendto(junk[sent & 127], dest)
+                    except (BlockingIOError, OSError):
+                        pass
+                    sent += 1
+            time.sleep(0.002)
+        return sent, time.monotonic() - t0
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(120)
+def test_junk_flood_is_no_death(cluster_factory):
+    """Item 7: 50,000 junk datagrams/s for 10 s from a third namespace to the heartbeat
+    group: no node declared dead, the VIP never moves, the junk is counted."""
+    c = cluster_factory(apache=False)
+    c.start("N1")
+    c.start("N2")
+    wait_for(lambda: c.holders() == ["N1"], 15, what="N1 to hold the VIP")
+    time.sleep(0.5)
+    out = {}
+    th = threading.Thread(target=lambda: out.setdefault("r", flood(c.lab, "client0", MCAST, 50_000, 10.0)))
+    th.start()
+    holders = []
+    while th.is_alive():
+        holders.append(tuple(c.holders()))
+        time.sleep(0.2)
+    th.join()
+    sent, took = out["r"]
+    assert sent / took > 45_000, f"sent only {sent} datagrams in {took:.1f} s"
+    time.sleep(0.5)
+    s1, s2 = c.status("N1"), c.status("N2")
+    assert s2["nodes"]["N1"]["deaths"] == 0 and s1["nodes"]["N2"]["deaths"] == 0, (s1["counters"], s2["counters"])
+
+    assert set(holders) == {("N1",)}
+    for st in (s1, s2):
+        k = st["counters"]
+        dropped = sum(k.get(r, 0) for r in ("foreign_source", "malformed", "bad_auth", "own", "truncated"))
+        assert dropped > sent * 0.9, k
+    assert "is dead" not in c.log("N2") and "is dead" not in c.log("N1")

@@ -28,13 +28,15 @@ import struct
 import threading
 import time
 
-from halb.heartbeat.packet import BeatEncoder, DecodeError, ReplayGuard, decode, fresh
+from halb.heartbeat.packet import BeatEncoder, DecodeError, ReplayGuard, decode, fresh, peek_node
 from halb.heartbeat.transport import echo_request, parse_echo_reply
 
 SO_TIMESTAMPNS = 35          # SCM_TIMESTAMPNS too (Linux)
 SOL_SOCKET = 1
 _TS = struct.Struct("=qq")
-_ANC = 64                    # room for one timespec control message
+SO_RXQ_OVFL = 40
+_U32 = struct.Struct("=I")
+_ANC = 128                   # room for a timespec and an overflow count
 
 
 class BeatLoop:
@@ -64,6 +66,10 @@ class BeatLoop:
         self.last_payload: dict = {}
         self.body_v: dict = {}      # node -> (generation, "v") of the newest body taken
         self.peer_gen: dict = {}    # node -> its generation we took last (echoed in our beats: "seen")
+        self.src_of: dict = {}      # node name (bytes) -> source addresses it sent authenticated beats from
+        self.me_b = me.encode()
+        self.peer_names = {n.encode() for n in mem.state}
+        self._foreign = 0
         self.lanes = lanes
         self.sent_at = 0.0
         self._rfd, self._wfd = os.pipe()
@@ -138,81 +144,147 @@ class BeatLoop:
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
-    def _drain(self, ch, now: float, offset: float, floor: float, items: list) -> None:
-        """Read what waits on one link; judge each beat on its arrival time."""
+    def _drain(self, ch, now: float, offset: float, floor: float, items: list, budget: float = 1.0) -> bool:
+        """Read what waits on one link until it is empty (True) or `budget` seconds
+        are spent (False: more waits); judge each beat on its arrival time. What
+        cannot be ours is dropped before the MAC: a source that is not a configured
+        ucast peer, or a name claimed from a source it never sent from (some such
+        datagrams are still checked, so a peer with a new address is heard)."""
+        if ch.kind != "udp":
+            return self._drain_stream(ch, now, items)
         sock, link, mem = ch.sock, ch.name, self.mem
-        for _ in range(256):
+        counters = self.counters
+        sources = ch.sources
+        src_of = self.src_of
+        peers, me = self.peer_names, self.me_b
+        end = time.monotonic() + budget
+        n = 0
+        while True:
+            n += 1
+            if not n & 63 and time.monotonic() > end:
+                return False
             try:
-                data, anc, _flags, _addr = sock.recvmsg(2048, _ANC)
+                data, anc, _flags, addr = sock.recvmsg(2048, _ANC)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError:
-                return
+                return True
             t = now
-            if anc:
-                level, kind, raw = anc[0]
-                if kind == SO_TIMESTAMPNS and level == SOL_SOCKET and len(raw) >= 16:
+            for level, kind, raw in anc:
+                if level != SOL_SOCKET:
+                    continue
+                if kind == SO_TIMESTAMPNS and len(raw) >= 16:
                     sec, nsec = _TS.unpack_from(raw)
                     # wall clock of arrival -> our monotonic clock; a wall-clock step cannot
                     # place it before our previous wake-up or after now
                     t = sec + nsec * 1e-9 - offset
                     t = now if t > now else floor if t < floor else t
+                elif kind == SO_RXQ_OVFL and len(raw) >= 4:
+                    total = _U32.unpack_from(raw)[0]
+                    if total != ch.dropped:
+                        lost = (total - ch.dropped) & 0xFFFFFFFF
+                        ch.dropped = total
+                        counters["rx_overflow"] = counters.get("rx_overflow", 0) + lost
+                        ev = mem.overflow(link, lost, now)
+                        if ev:
+                            items.append(("events", ev))
+            src = addr[0] if addr else None
+            if sources is not None and src not in sources:
+                counters["foreign_source"] = counters.get("foreign_source", 0) + 1
+                continue
+            claimed = peek_node(data)
+            if claimed is None:
+                pass                # not shaped like a beat: decode says why, cheaply (no MAC)
+            elif claimed not in peers:
+                # our own name (multicast loop, or forged) or no node of ours: no MAC to compute
+                counters["own" if claimed == me else "unknown_node"] += 1
+                continue
+            known = src_of.get(claimed) if claimed is not None else None
+            if known and src not in known:
+                # a source this node never sent from: check one such datagram in 64
+                self._foreign += 1
+                if self._foreign & 63:
+                    counters["foreign_source"] = counters.get("foreign_source", 0) + 1
+                    continue
+            pkt = self._accept(data, link, counters)
+            if pkt is None:
+                continue
+            if self._take(pkt, pkt.node, link, t, items) and src is not None \
+                    and (known is None or src not in known):
+                src_of.setdefault(claimed, set()).add(src)
+
+    def _accept(self, data, link, counters):
+        """The authenticated packet of a peer, new (not a replay), or None (counted)."""
+        try:
+            pkt = decode(data, self.auth, accept_crc=self.accept_crc)
+        except DecodeError as e:
+            self._count(e.reason)
+            self.log("debug", f"dropped a packet on {link}: {e}")
+            return None
+        node = pkt.node
+        if node == self.me:
+            counters["own"] += 1
+            return None
+        if node not in self.mem.state:
+            counters["unknown_node"] += 1
+            return None
+        why = self.replay.check(node, pkt.generation, pkt.seq, pkt.lane)
+        if why:
+            self._count(why)
+            return None
+        return pkt
+
+    def _drain_stream(self, ch, now: float, items: list) -> bool:
+        """A serial link: whole frames read so far (arrival = now: no kernel stamp)."""
+        for data in ch.read_frames():
+            pkt = self._accept(data, ch.name, self.counters)
+            if pkt is not None:
+                self._take(pkt, pkt.node, ch.name, now, items)
+        return True
+
+    def _take(self, pkt, node, link, t, items) -> bool:
+        """An authenticated new packet of `node`: True when taken as a (fresh) beat."""
+        mem = self.mem
+        if pkt.generation != self.peer_gen.get(node):
+            # a new life of the node (or a replay of an old one): our beats echo it from now
+            # on, and the node's next beats, echoing ours, prove they are not a recording
+            self.peer_gen[node] = pkt.generation
+            items.append(("generation", node, pkt.generation))
+        p = pkt.payload
+        if p is not self.last_payload.get(node):    # bodies are parsed once: same body, same dict
+            if not fresh(p, self.me, self.generation):
+                # signed by the node, but not naming our current generation: sent before
+                # it heard this life of ours (or recorded before we started): no sign of life
+                self._count("stale")
+                return False
             try:
-                pkt = decode(data, self.auth, accept_crc=self.accept_crc)
-            except DecodeError as e:
-                self._count(e.reason)
-                self.log("debug", f"dropped a packet on {link}: {e}")
-                continue
-            node = pkt.node
-            if node == self.me:
-                self.counters["own"] += 1
-                continue
-            if node not in mem.state:
-                self.counters["unknown_node"] += 1
-                continue
-            why = self.replay.check(node, pkt.generation, pkt.seq, pkt.lane)
-            if why:
-                self._count(why)
-                continue
-            if pkt.generation != self.peer_gen.get(node):
-                # a new life of the node (or a replay of an old one): our beats echo it from now
-                # on, and the node's next beats, echoing ours, prove they are not a recording
-                self.peer_gen[node] = pkt.generation
-                items.append(("generation", node, pkt.generation))
-            p = pkt.payload
-            if p is not self.last_payload.get(node):    # bodies are parsed once: same body, same dict
-                if not fresh(p, self.me, self.generation):
-                    # signed by the node, but not naming our current generation: sent before
-                    # it heard this life of ours (or recorded before we started): no sign of life
-                    self._count("stale")
-                    continue
-                try:
-                    {int(x) for x in p.get("held", ())}
-                    int(p.get("claim", 0)), int(p.get("ping", 0))
-                    ver = (pkt.generation, int(p.get("v", 0)))
-                except (TypeError, ValueError):
-                    self._count("malformed")
-                    continue
-                if ver < self.body_v.get(node, ver):
-                    # a lane's beat with the body before the newest: alive, nothing new to say
-                    self.counters["rx"] += 1
-                    self.counters["old_body"] = self.counters.get("old_body", 0) + 1
-                    ev = mem.beat(node, link, t)
-                    if ev:
-                        items.append(("events", ev))
-                    continue
-                self.body_v[node] = ver
-            self.counters["rx"] += 1
-            if p.get("st") == "shutdown":
-                self.last_payload[node] = p
-                items.append(("payload", node, p, mem.leave(node, t)))
-                continue
-            ev = mem.beat(node, link, t)
-            if p is not self.last_payload.get(node):
-                self.last_payload[node] = p
-                items.append(("payload", node, p, ev))
-            elif ev:
-                items.append(("events", ev))
+                {int(x) for x in p.get("held", ())}
+                int(p.get("claim", 0)), int(p.get("ping", 0))
+                ver = (pkt.generation, int(p.get("v", 0)))
+            except (TypeError, ValueError):
+                self._count("malformed")
+                return False
+            if ver < self.body_v.get(node, ver):
+                # a lane's beat with the body before the newest: alive, nothing new to say
+                self.counters["rx"] += 1
+                self.counters["old_body"] = self.counters.get("old_body", 0) + 1
+                ev = mem.beat(node, link, t)
+                if ev:
+                    items.append(("events", ev))
+                return True
+            self.body_v[node] = ver
+        self.counters["rx"] += 1
+        if p.get("st") == "shutdown":
+            self.last_payload[node] = p
+            items.append(("payload", node, p, mem.leave(node, t)))
+            return True
+        ev = mem.beat(node, link, t)
+        if p is not self.last_payload.get(node):
+            self.last_payload[node] = p
+            items.append(("payload", node, p, ev))
+        elif ev:
+            items.append(("events", ev))
+        return True
 
     def _drain_pings(self, now: float, items: list) -> None:
         while True:
@@ -243,10 +315,17 @@ class BeatLoop:
                 pass
         mono, wall = time.monotonic, time.time
         rfd = self._rfd
+        watch = [rfd] + [ch.fileno() for ch in self.channels]
+        if self.ping_sock is not None:
+            watch.append(self.ping_sock.fileno())
+        # one link's queue is read for at most this long before beats go out and lanes
+        # are stamped again
+        budget = max(0.001, min(self.keepalive / 4, 0.005))
         now = mono()
         next_beat = now
         next_ping = now
         floor = now
+        last_tick = now
         send_now = False
         try:
             while not self._stop:
@@ -268,13 +347,20 @@ class BeatLoop:
                 offset = wall() - mono()
                 now = mono()
                 with self.lock:
+                    drained = True
                     for ch in self.channels:
-                        self._drain(ch, now, offset, floor, items)
+                        drained &= self._drain(ch, now, offset, floor, items, budget)
                     if self.ping_sock is not None:
                         self._drain_pings(now, items)
-                    ev = self.mem.tick(now)
-                    if ev:
-                        items.append(("events", ev))
+                    if drained or now - last_tick >= self.tick_interval:
+                        # judged with every queue read (a beat still queued is no silence),
+                        # or at least once a tick under a backlog (overflows excuse the silence)
+                        last_tick = now
+                        ev = self.mem.tick(now)
+                        if ev:
+                            items.append(("events", ev))
+                    else:
+                        self.counters["rx_backlog"] = self.counters.get("rx_backlog", 0) + 1
                     deadline = self.mem.next_deadline()
                 floor = now
                 if items:
@@ -283,9 +369,12 @@ class BeatLoop:
                 if self.ping_sock is not None:
                     wake = min(wake, next_ping)
                 delay = wake - mono()
+                if not drained:
+                    delay = 0
                 if delay > 0:
-                    r, _, _ = select.select([rfd], [], [], delay)
-                    if r:
+                    # woken by data too: a beat is judged (and a flood drained) when it comes
+                    r, _, _ = select.select(watch, [], [], delay)
+                    if rfd in r:
                         try:
                             got = os.read(rfd, 512)
                         except BlockingIOError:

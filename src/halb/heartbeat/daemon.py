@@ -329,6 +329,8 @@ class Daemon:
             elif k in ("link_up", "link_dead"):
                 self.log("info", str(e))
                 self.event(k, e.node, str(e))
+            elif k in ("link_flooded", "node_flooded"):
+                self.log("warn", str(e))
             elif k in ("ping_up", "ping_dead"):
                 self.log("info" if k == "ping_up" else "warn", str(e))
                 self.send_beat(now=False)    # our ping score is in our beats
@@ -344,6 +346,8 @@ class Daemon:
             if not self.mem.settled():
                 return
             views = self.views()
+        if any(v.alive and not v.known for v in views.values()):
+            return      # a live peer whose beat is not read yet may hold anything: its payload comes next
         banned = {n: {int(x) for x in p.get("banned", ())} for n, p in self.payloads.items()
                   if views.get(n) is not None and views[n].alive}
         banned[self.me] = set(self.banned)
@@ -645,7 +649,8 @@ class Daemon:
             "keepalive": self.cfg.keepalive, "deadtime": self.cfg.deadtime,
             "uptime": round(now - self.started_at, 3), "settled": settled,
             "nodes": {self.me: {"status": "up (this node)"}, **snap["nodes"]},
-            "links": snap["links"], "ping": snap["ping"], "ping_score": ping_score,
+            "links": snap["links"], "flooded_links": snap["flooded_links"],
+            "ping": snap["ping"], "ping_score": ping_score,
             "stalls": snap["stalls"],
             "groups": [{"group": g.describe(), "number": g.index + 1, "preferred": g.group.node,
                         "state": g.state, "holders": holders[g.index], "failcount": g.failcount,

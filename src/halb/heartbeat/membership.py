@@ -9,6 +9,12 @@ float in seconds from any monotonic origin, passed in by the caller.
 - A beat arriving more than `warntime` after the previous one is "late".
 - A link (peer, interface) is dead once `deadtime` passed without a beat
   on it; the peer stays up while any link carries its beats.
+- A link whose socket overflowed (the kernel dropped datagrams: a flood
+  of junk, `overflow(link, n, now)`) may have lost the peer's beats with
+  the junk: a peer silent since before the overflow is reported behind a
+  flooded link ("node_flooded"), not dead, until the flood has been over
+  for deadtime, and at most `flood_grace` (default max(10 x deadtime,
+  10 s)) after its last beat.
 - If our own loop ran late (a tick came much later than expected: CPU
   starvation, SIGSTOP, a VM pause), the silence is ours, not theirs: every
   peer's and ping node's clock is moved forward by the stall so nobody is
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Event:
     kind: str        # node_up node_dead node_late link_up link_dead ping_up ping_dead loop_late
+    #                  link_flooded node_flooded
     node: str | None = None
     link: str | None = None
     value: float = 0.0   # interval (late), stall length (loop_late)
@@ -41,6 +48,12 @@ class Event:
             return f"ping node {self.node}: status up"
         if self.kind == "ping_dead":
             return f"ping node {self.node}: is dead"
+        if self.kind == "link_flooded":
+            return (f"Link {self.link} flooded: {self.value:.0f} datagrams dropped by the kernel "
+                    "(receive queue full)")
+        if self.kind == "node_flooded":
+            return (f"node {self.node}: no beat for {self.value * 1000:.0f} ms, but its link {self.link} is "
+                    "flooded: not declaring it dead on that silence")
         if self.kind == "loop_late":
             return (f"our own loop ran {self.value * 1000:.0f} ms late (CPU starvation or pause): "
                     "not judging peers on that silence")
@@ -50,7 +63,7 @@ class Event:
 class Membership:
     def __init__(self, me: str, nodes, *, keepalive: float, deadtime: float, warntime: float | None = None,
                  initdead: float | None = None, ping_targets: dict | None = None, deadping: float | None = None,
-                 tick_interval: float | None = None, now: float = 0.0):
+                 tick_interval: float | None = None, flood_grace: float | None = None, now: float = 0.0):
         self.me = me
         self.peers = [n for n in nodes if n != me]
         self.keepalive = keepalive
@@ -75,6 +88,10 @@ class Membership:
         self.ping_of = {a: t for t, addrs in self.ping_members.items() for a in addrs}
         self.ping_seen: dict[str, float] = {}
         self.ping_state = {t: "init" for t in self.ping_members}
+        self.flood_grace = flood_grace if flood_grace is not None else max(10 * deadtime, 10.0)
+        self.flood_last: dict[str, float] = {}      # link -> last overflow seen
+        self.flood_drops: dict[str, int] = {}
+        self.flooded_peer: dict[str, str] = {}      # peer -> flooded link it is waited for on
 
     # ------------------------------------------------------------- inputs
     def beat(self, node: str, link: str, now: float) -> list[Event]:
@@ -100,6 +117,7 @@ class Membership:
         if self.state[node] != "up":
             self.state[node] = "up"
             ev.append(Event("node_up", node))
+        self.flooded_peer.pop(node, None)
         return ev
 
     def ping_reply(self, addr: str, now: float) -> list[Event]:
@@ -111,6 +129,29 @@ class Membership:
             self.ping_state[target] = "up"
             return [Event("ping_up", target)]
         return []
+
+    def overflow(self, link: str, dropped: int, now: float) -> list[Event]:
+        """The kernel dropped `dropped` datagrams on `link` (receive queue full)."""
+        if dropped <= 0:
+            return []
+        prev = self.flood_last.get(link)
+        self.flood_last[link] = now
+        self.flood_drops[link] = self.flood_drops.get(link, 0) + dropped
+        if prev is None or now - prev > self.deadtime:
+            return [Event("link_flooded", link=link, value=dropped)]
+        return []
+
+    def _flood_excuse(self, node: str, now: float) -> str | None:
+        """A flooded link that may have eaten `node`'s beats: it overflowed since the
+        node's last beat (or within deadtime before it), and the grace is not over."""
+        last = self.last_seen.get(node)
+        if last is None or now - last > self.flood_grace:
+            return None
+        for (n, link) in self.links:
+            f = self.flood_last.get(link)
+            if n == node and f is not None and f >= last - self.deadtime and now - f <= self.deadtime:
+                return link
+        return None
 
     def leave(self, node: str, now: float) -> list[Event]:
         """A peer said it is shutting down: dead now, no need to wait deadtime."""
@@ -149,9 +190,19 @@ class Membership:
                 continue
             for (ln_node, link), t in self.links.items():
                 if ln_node == n and self.link_state[(ln_node, link)] == "up" and now - t > self.deadtime:
+                    if self.flood_last.get(link, -1e18) >= t - self.deadtime and \
+                            now - self.flood_last[link] <= self.deadtime and now - t <= self.flood_grace:
+                        continue          # flooded, not (yet) dead
                     self.link_state[(ln_node, link)] = "dead"
                     ev.append(Event("link_dead", n, link))
             if st == "up" and now - self.last_seen[n] > self.deadtime:
+                excuse = self._flood_excuse(n, now)
+                if excuse is not None:
+                    if self.flooded_peer.get(n) != excuse:
+                        self.flooded_peer[n] = excuse
+                        ev.append(Event("node_flooded", n, excuse, now - self.last_seen[n]))
+                    continue
+                self.flooded_peer.pop(n, None)
                 self.state[n] = "dead"
                 self.deaths[n] += 1
                 ev.append(Event("node_dead", n))
@@ -172,10 +223,18 @@ class Membership:
             if st == "init":
                 t = min(t, self.start + self.initdead)
             elif st == "up":
-                t = min(t, self.last_seen[n] + self.deadtime)
+                d = self.last_seen[n] + self.deadtime
+                if n in self.flooded_peer:         # waited for behind a flooded link
+                    d = min(self.last_seen[n] + self.flood_grace,
+                            self.flood_last.get(self.flooded_peer[n], 0.0) + self.deadtime)
+                t = min(t, d)
         for key, last in self.links.items():
             if self.link_state[key] == "up":
-                t = min(t, last + self.deadtime)
+                d = last + self.deadtime
+                f = self.flood_last.get(key[1])
+                if f is not None and f >= last - self.deadtime:
+                    d = max(d, min(f + self.deadtime, last + self.flood_grace))
+                t = min(t, d)
         for tg in self.ping_members:
             if self.ping_state[tg] != "dead":
                 t = min(t, self.ping_seen.get(tg, self.start) + self.deadping)
@@ -199,7 +258,11 @@ class Membership:
                           "last_beat_ago": (round(now - self.last_seen[n], 4) if n in self.last_seen else None),
                           "deaths": self.deaths[n], "late": self.late_count[n],
                           "max_interval": round(self.max_interval[n], 4)} for n in self.peers},
-            "links": {f"{n}:{l}": s for (n, l), s in sorted(self.link_state.items())},
+            "links": {f"{n}:{l}": ("flooded" if s == "up" and l in self.flood_last
+                                   and now - self.flood_last[l] <= self.deadtime else s)
+                      for (n, l), s in sorted(self.link_state.items())},
+            "flooded_links": {l: {"dropped": self.flood_drops[l], "last_ago": round(now - t, 3)}
+                              for l, t in self.flood_last.items()},
             "ping": dict(self.ping_state),
             "stalls": self.stalls,
         }

@@ -224,6 +224,16 @@ def _parse_body(body: bytes):
     return json.loads(body.decode("utf-8"))
 
 
+def peek_node(data: bytes) -> bytes | None:
+    """The node name a datagram claims, read without checking anything else (before
+    the MAC, to drop cheaply what comes from a source that node never sent from);
+    None when it is not shaped like a beat."""
+    if len(data) < _HEAD.size + 3 or data[:4] != MAGIC:
+        return None
+    n = data[_HEAD.size]
+    return data[_HEAD.size + 1:_HEAD.size + 1 + n]
+
+
 def fresh(payload: dict, me: str, generation: int) -> bool:
     """Whether a peer's (authenticated) payload echoes our current generation."""
     seen = payload.get("seen")

@@ -46,13 +46,30 @@ def iface_ipv4(dev: str) -> tuple[str, int, str]:
     return addr, net.prefixlen, brd
 
 
-class Channel:
-    """A socket plus where beats sent on it go."""
+SO_RCVBUFFORCE = 33
+SO_RXQ_OVFL = 40                 # each datagram carries the socket's count of datagrams dropped so far
+RCVBUF = 8 << 20                 # room for a burst while the beat thread is held (a junk flood, a stall)
 
-    def __init__(self, name: str, sock: socket.socket, dests: list):
+
+class Channel:
+    """A socket plus where beats sent on it go.
+
+    `sources`: for ucast, the peers' configured addresses: a datagram from any
+    other source is dropped before its MAC is computed (a flood of forged
+    datagrams costs a recvmsg each, not an HMAC)."""
+
+    kind = "udp"
+
+    def __init__(self, name: str, sock: socket.socket, dests: list, sources: set | None = None):
         self.name = name          # the interface: links are named after it
         self.sock = sock
         self.dests = dests
+        self.sources = sources    # None: any source (bcast, mcast)
+        self.dropped = 0          # the kernel's overflow count (SO_RXQ_OVFL) last seen
+        self.rcvbuf = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def send(self, data: bytes) -> int:
         errors = 0
@@ -70,6 +87,14 @@ class Channel:
 def _udp(dev: str) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:        # past net.core.rmem_max as root; else as much as rmem_max allows
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    except OSError:
+        pass
     try:
         s.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, dev.encode() + b"\0")
     except OSError as e:
@@ -115,15 +140,21 @@ def open_links(links) -> list[Channel]:
                     except OSError as e:
                         s.close()
                         raise LinkError(f"{ln.kind} {ln.dev} port {ln.port}: {e.strerror}") from None
-                    chans[key] = Channel(ln.dev, s, [])
+                    chans[key] = Channel(ln.dev, s, [], set() if ln.kind == "ucast" else None)
                 ch = chans[key]
                 dest = (iface_ipv4(ln.dev)[2] if ln.kind == "bcast" else ln.addr, ln.port)
                 if dest not in ch.dests:
                     ch.dests.append(dest)
+                if ln.kind == "bcast":
+                    ch.sources = None             # a bcast link on the same socket hears anyone
+                elif ch.sources is not None:
+                    ch.sources.add(ln.addr)
     except BaseException:
         for c in chans.values():
             c.close()
         raise
+    for c in chans.values():
+        c.rcvbuf = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     return list(chans.values())
 
 
