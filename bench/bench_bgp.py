@@ -18,7 +18,7 @@
     removal / addition beyond the minimum, and the kernel memory of the q map
     with M elements and of the flow map per entry (measured in a namespace).
 
-    python3 bench/bench_bgp.py [--skip-lab] [--skip-sim] [--servers 10000] [--directors 100] [--orders 3]
+    python3 bench/bench_bgp.py [--skip-lab] [--skip-sim] [--servers 10000] [--directors 100] [--orders 3] [--lab-runs wlc]
 """
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
 # -- (1) lab ------------------------------------------------------------------------------
-def lab_run(scheduler: str, bfd, hold: int, events: list[str]) -> dict:
+def lab_run(scheduler: str, bfd, hold: int, events: list[str], sync: bool = False) -> dict:
     from halb.lab.ecmp import EcmpLab, FlowLoad, RouteWatch
 
     e = EcmpLab(directors=3, reals=4, clients=1, scheduler=scheduler,
-                schedflags="mh-port" if scheduler == "mh" else "", bfd=bfd, hold=hold)
+                schedflags="mh-port" if scheduler == "mh" else "", bfd=bfd, hold=hold, sync=sync)
     out: dict = {}
     e.build()
     load = watch = None
@@ -83,12 +83,22 @@ def lab_run(scheduler: str, bfd, hold: int, events: list[str]) -> dict:
     return out
 
 
-def lab_bench() -> dict:
+LAB_RUNS = {
+    "halb mh, BFD 20 ms x 3": ("mh", (20_000, 3), 3, ["graceful", "added", "freeze"], False),
+    "plain ECMP (rr), BFD 20 ms x 3": ("rr", (20_000, 3), 3, ["graceful", "added", "freeze"], False),
+    "halb mh, BFD 100 ms x 3": ("mh", (100_000, 3), 3, ["freeze"], False),
+    "halb mh, BFD off, hold 3 s": ("mh", None, 3, ["freeze"], False),
+    "wlc, no sync, BFD 20 ms x 3": ("wlc", (20_000, 3), 3, ["graceful", "added", "freeze"], False),
+    "wlc + multi-master sync, BFD 20 ms x 3": ("wlc", (20_000, 3), 3, ["graceful", "added", "freeze"], True),
+}
+
+
+def lab_bench(only: str = "") -> dict:
     res = {}
-    res["halb mh, BFD 20 ms x 3"] = lab_run("mh", (20_000, 3), 3, ["graceful", "added", "freeze"])
-    res["plain ECMP (rr), BFD 20 ms x 3"] = lab_run("rr", (20_000, 3), 3, ["graceful", "added", "freeze"])
-    res["halb mh, BFD 100 ms x 3"] = lab_run("mh", (100_000, 3), 3, ["freeze"])
-    res["halb mh, BFD off, hold 3 s"] = lab_run("mh", None, 3, ["freeze"])
+    for name, args in LAB_RUNS.items():
+        if only and not any(name.startswith(o) for o in only.split(",")):
+            continue
+        res[name] = lab_run(*args)
     return res
 
 
@@ -191,13 +201,14 @@ def main() -> int:
     ap.add_argument("--servers", type=int, default=10_000)
     ap.add_argument("--directors", type=int, default=100)
     ap.add_argument("--orders", type=int, default=3, help="shuffled orders checked for an identical table")
+    ap.add_argument("--lab-runs", default="", help="comma-separated prefixes of the lab runs to do (default all)")
     a = ap.parse_args()
     out = {}
     if not a.skip_sim:
         out["simulation"] = sim_bench(a.servers, a.directors, a.orders)
         print(json.dumps(out["simulation"], indent=2), flush=True)
     if not a.skip_lab:
-        out["lab"] = lab_bench()
+        out["lab"] = lab_bench(a.lab_runs)
         print(json.dumps(out["lab"], indent=2), flush=True)
     return 0
 

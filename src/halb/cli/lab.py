@@ -3,6 +3,7 @@
     halb lab up [--name NAME] [--nodes N] [--clients N] [--no-apache] [--nginx] [--subnet CIDR]
                 [--gateway N1]
     halb lab up --topology ecmp [--directors N] [--reals M] [--clients N] [--name NAME]
+                [--scheduler mh|wlc|...] [--sync]
                 (N active directors behind an ECMP router with BIRD, BGP + BFD: halb.lab.ecmp)
     halb lab down [--name NAME | --stale | --all]
     halb lab status [--name NAME] [--json]
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--topology", choices=["article", "ecmp"], default="article")
     up.add_argument("--directors", type=int, default=3, help="ecmp: active directors")
     up.add_argument("--reals", type=int, default=4, help="ecmp: real servers")
+    up.add_argument("--scheduler", default="mh", help="ecmp: the directors' scheduler (default mh)")
+    up.add_argument("--sync", action="store_true", help="ecmp: multi-master connection sync between directors")
     down = sub.add_parser("down", help="remove the lab and everything it created")
     down.add_argument("--name")
     down.add_argument("--all", action="store_true")
@@ -92,7 +95,8 @@ def main(ctx, argv: list[str]) -> int:
         from halb.lab.ecmp import EcmpLab
 
         ecmp = EcmpLab(directors=args.directors, reals=args.reals, clients=args.clients, name=args.name,
-                       persistent=True).build()
+                       scheduler=args.scheduler, schedflags="mh-port" if args.scheduler == "mh" else "",
+                       sync=args.sync, persistent=True).build()
         _print_status(ecmp.lab, args.json, ecmp.describe())
         return 0
     if args.cmd == "up":

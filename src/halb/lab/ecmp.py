@@ -42,14 +42,19 @@ class EcmpLab:
     def __init__(self, directors: int = 3, reals: int = 4, clients: int = 1, name: str | None = None,
                  scheduler: str = "mh", schedflags: str = "mh-port", bfd: tuple[int, int] | None = (20_000, 3),
                  hold: int = 3, persistent: bool = False, start_directors: bool = True,
-                 checkinterval: float = 0.5, bgp_interval: float = 0.1):
+                 checkinterval: float = 0.5, bgp_interval: float = 0.1, sync: bool = False):
         if not 1 <= directors <= 16 or not 1 <= reals <= 32:
             raise LabError("the ecmp lab takes 1..16 directors and 1..32 real servers")
+        from halb.model import SCHEDULERS
+
+        if scheduler not in SCHEDULERS:
+            raise LabError(f"unknown scheduler '{scheduler}' (one of: {', '.join(SCHEDULERS)})")
         self.n_dir, self.n_real = directors, reals
         self.scheduler, self.schedflags = scheduler, schedflags
         self.bfd, self.hold = bfd, hold
         self.checkinterval, self.bgp_interval = checkinterval, bgp_interval
         self.start_directors = start_directors
+        self.sync = sync
         self.lab = Lab(nodes=1 + directors + reals, clients=clients, apache=False, name=name,
                        gateway="N1", persistent=persistent)
         while True:
@@ -93,7 +98,8 @@ class EcmpLab:
         self._roles_file().write_text(json.dumps({
             "directors": self.n_dir, "reals": self.n_real, "vip": self.vip, "scheduler": self.scheduler,
             "schedflags": self.schedflags, "bfd": self.bfd, "hold": self.hold,
-            "checkinterval": self.checkinterval, "bgp_interval": self.bgp_interval}, indent=2) + "\n")
+            "checkinterval": self.checkinterval, "bgp_interval": self.bgp_interval, "sync": self.sync},
+            indent=2) + "\n")
 
     @classmethod
     def attach(cls, name: str) -> "EcmpLab":
@@ -110,6 +116,7 @@ class EcmpLab:
         self.bfd = tuple(d["bfd"]) if d["bfd"] else None
         self.hold, self.checkinterval, self.bgp_interval = d["hold"], d["checkinterval"], d["bgp_interval"]
         self.start_directors = True
+        self.sync = d.get("sync", False)
         return self
 
     # life cycle -------------------------------------------------------------------------
@@ -228,8 +235,28 @@ class EcmpLab:
         f["ldirectord"].write_text(self.ldirectord_cf())
         f["bgp"].write_text(self.bgp_conf(node))
         self.halb(node, "director", str(f["ldirectord"]), "start")
+        if self.sync:
+            self.start_sync(node)
         if bgp:
             self.start_bgp(node)
+
+    def sync_key(self) -> Path:
+        key = self.lab.dir / "sync.key"
+        if not key.exists():
+            import secrets
+
+            key.write_text(secrets.token_hex(32) + "\n")
+            key.chmod(0o600)
+        return key
+
+    def start_sync(self, node: str) -> None:
+        """Multi-master connection sync: every director runs a master (sends
+        its flows) and a backup (adds the others'), signed with the lab's key,
+        so a flow the router moves is found in the new director's table."""
+        iface = self.lab.node(node).iface
+        for role in ("master", "backup"):
+            self.halb(node, "ipvsadm", "--start-daemon", role, "--mcast-interface", iface, "--syncid", "17",
+                      "--sync-key-file", str(self.sync_key()))
 
     def start_bgp(self, node: str) -> None:
         f = self.files(node)
@@ -250,11 +277,14 @@ class EcmpLab:
         if self.halb(node, "bgp", "status", check=False).returncode == 0:
             self.stop_bgp(node)
         self.halb(node, "director", str(self.files(node)["ldirectord"]), "stop", check=False)
+        if self.sync:
+            for role in ("master", "backup"):
+                self.halb(node, "ipvsadm", "--stop-daemon", role, check=False)
         self.halb(node, "nft", "flush", check=False)
 
     def describe(self) -> dict:
         return {"topology": "ecmp", "vip": self.vip, "router": "N1", "directors": self.directors,
-                "reals": self.reals, "clients": self.clients, "scheduler": self.scheduler,
+                "reals": self.reals, "clients": self.clients, "scheduler": self.scheduler, "sync": self.sync,
                 "schedflags": self.schedflags, "bfd": list(self.bfd) if self.bfd else None,
                 "router_nexthops": self.nexthops()}
 
