@@ -67,7 +67,11 @@ def default_logfile(run_dir, name: str) -> Path:
     RUN_DIR/NAME.log (the lab and the tests give every node its own run dir)."""
     rd = Path(run_dir)
     if os.geteuid() == 0 and rd.parent == Path("/run/halb") and not os.environ.get("HALB_RUN_DIR"):
-        return LOG_DIR / f"{name}.log"
+        try:
+            LOG_DIR.mkdir(mode=0o750, parents=True, exist_ok=True)
+            return LOG_DIR / f"{name}.log"
+        except OSError:
+            pass                     # a read-only /var/log: the run dir then
     return rd / f"{name}.log"
 
 

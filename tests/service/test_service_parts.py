@@ -237,3 +237,18 @@ def test_units_are_well_formed():
             r = subprocess.run(["systemd-analyze", "verify", *files], capture_output=True, text=True)
             bad = [ln for ln in r.stderr.splitlines() if "halb" in ln and "Unknown" in ln]
             assert not bad, r.stderr
+
+
+def test_daemon_log_files_go_to_var_log_halb_on_a_real_node(monkeypatch, tmp_path):
+    monkeypatch.delenv("HALB_RUN_DIR", raising=False)
+    from halb.director.daemon import log_path
+    from halb.context import Context
+    from halb.sync.daemon import paths
+
+    lab = Context(node="N1", run_dir=tmp_path / "N1", engine="proxy")
+    assert log_path(lab, "/etc/ha.d/ldirectord.cf") == tmp_path / "N1" / "director.ldirectord.cf.log"
+    assert paths(tmp_path / "N1", "backup")["log"] == tmp_path / "N1" / "sync-backup.log"
+    if os.geteuid() == 0:
+        real = Context(node="N1", run_dir=Path("/run/halb/N1"), engine="proxy")
+        assert log_path(real, "/etc/ha.d/ldirectord.cf") == Path("/var/log/halb/director.ldirectord.cf.log")
+        assert paths(Path("/run/halb/N1"), "master")["log"] == Path("/var/log/halb/sync-master.log")

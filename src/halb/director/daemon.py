@@ -52,7 +52,10 @@ def sock_path(ctx: Context, config_path) -> Path:
 
 
 def log_path(ctx: Context, config_path) -> Path:
-    return ctx.run_dir / f"director.{Path(config_path).name}.log"  # the name a user looks for
+    from halb.logs import default_logfile
+
+    # the name a user looks for; /var/log/halb/ on a real node (the lab: its run dir)
+    return default_logfile(ctx.run_dir, f"director.{Path(config_path).name}")
 
 
 def describe_op(op) -> str:

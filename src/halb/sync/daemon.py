@@ -55,6 +55,8 @@ class SyncConfig:
 def paths(run_dir, role: str) -> dict:
     d = {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
     d["held"] = run_dir / "sync-held.bin"   # the backup's unplaced entries, for the next master
+    from halb.logs import default_logfile
+    d["log"] = default_logfile(run_dir, f"sync-{role}")     # /var/log/halb/ on a real node
     return d
 
 
