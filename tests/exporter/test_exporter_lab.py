@@ -119,3 +119,19 @@ def test_reloads_are_events_and_counted(cl):
         evs = [e for e in cl.get_json("N2", "/api/events")["events"] if e["kind"] == "reload"]
         return {e["subject"] for e in evs} >= {"ldirectord.cf", "heartbeat"}
     wait_for(both, 15, "both reloads in N2's events")
+
+
+def test_table_restored_after_a_loss_is_an_event(cl):
+    """A firewall reload wipes halb's table on N2 (the director now): the
+    director's healer puts it back, and says so in the events."""
+    lab = cl.lab
+    r = lab.run("N2", ["nft", "flush", "ruleset"])
+    assert r.returncode == 0, r.stderr
+    ev = wait_for(lambda: next((e for e in cl.get_json("N2", "/api/events")["events"]
+                                if e["kind"] == "table_restored" and e["node"] == "N2"), None), 15,
+                  "the restored table in N2's events")
+    assert "Restored" in ev["text"] and "behind halb's back" in ev["text"]
+    rip2 = lab.node("N2").rip        # N1 crashed earlier: N2 is the one real server left
+    wait_for(lambda: series(cl.scrape("N2"), "node_ipvs_backend_weight", remote_address=rip2), 15,
+             "N2's real server in N2's table again")
+    assert not any(x.startswith("ERROR") for x in cl.curl(2))

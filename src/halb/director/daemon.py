@@ -136,6 +136,7 @@ class Director:
         self.engine_refreshes = True  # cleared when the engine has no refresh()
         self.last_reload_error: str | None = None
         self.reloads = 0
+        events.configure(ctx.run_dir, ctx.node)   # where events of this process go (the nft healer's too)
         self.check_seconds: dict[tuple[str, tuple[str, int]], float] = {}
 
     # -- logging ---------------------------------------------------------------

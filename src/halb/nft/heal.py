@@ -140,8 +140,11 @@ class Healer:
             if res:
                 missing, ms = res
                 self.restored += 1
-                self.report(f"Restored {', '.join(missing)} removed behind halb's back "
-                            f"(firewall reload or `nft flush ruleset`?) in {ms} ms")
+                msg = (f"Restored {', '.join(missing)} removed behind halb's back "
+                       f"(firewall reload or `nft flush ruleset`?) in {ms} ms")
+                self.report(msg)
+                from halb import events
+                events.record("table_restored", "nft", msg)
 
     def stop(self) -> None:
         self.stopping.set()
