@@ -249,6 +249,9 @@ def test_daemon_log_files_go_to_var_log_halb_on_a_real_node(monkeypatch, tmp_pat
     assert log_path(lab, "/etc/ha.d/ldirectord.cf") == tmp_path / "N1" / "director.ldirectord.cf.log"
     assert paths(tmp_path / "N1", "backup")["log"] == tmp_path / "N1" / "sync-backup.log"
     if os.geteuid() == 0:
+        existed = Path("/var/log/halb").exists()
         real = Context(node="N1", run_dir=Path("/run/halb/N1"), engine="proxy")
         assert log_path(real, "/etc/ha.d/ldirectord.cf") == Path("/var/log/halb/director.ldirectord.cf.log")
         assert paths(Path("/run/halb/N1"), "master")["log"] == Path("/var/log/halb/sync-master.log")
+        if not existed:
+            os.rmdir("/var/log/halb")            # this machine as it was
