@@ -26,6 +26,7 @@ COMMANDS = {
     "heartbeat": "membership and failover of the VIP and the director",
     "dsh": "run a command on every node, in parallel",
     "demo": "the whole cluster on this machine, in one command",
+    "chaos": "faults under traffic in the lab, and a verdict (exit 0 = nothing lost)",
     "gmond": "Ganglia-style monitoring agent (per node, XML on port 8649)",
     "gmetad": "Ganglia-style collector with web dashboard and graphs",
     "exporter": "this node's state for Prometheus (IPVS names) and the dashboard",

@@ -457,7 +457,8 @@ class Director:
         if heal is None:
             return None
         from halb.nft.heal import Healer
-        return Healer(heal, report=log.warning).start()
+        vips = getattr(self.engine, "guard_vips", lambda: [])()
+        return Healer(heal, report=log.warning, guard_vips=vips).start()
 
     # -- execute= : other director instances ------------------------------------
     def _child_path(self, name: str) -> str:

@@ -355,6 +355,7 @@ class NftEngine(Engine):
                 return None
             if missing[0].startswith("nftables table"):
                 self._rebuild(st)
+                self._guard_again()
             needed = {t[4] for ts in st.dtuples.values() for t in ts if t[3] == "gate"}
             rip_of = {v: k for k, v in st.rips.items()}
             for ridx in sorted(needed):
@@ -366,7 +367,53 @@ class NftEngine(Engine):
                     ifaces = sorted({routing.route_to(rip_of[r])[1] for r in needed})
                     routing.apply_sysctls(routing.dr_sysctls(ifaces), st.sysctls)
             self._save(st)
+        try:  # the master sync daemon puts the flows back (halb.sync.daemon.restore): now
+            from halb.sync import daemon as syncd
+            syncd.query(self.ctx.run_dir, "master", "poll", timeout=1.0)
+        except Exception:  # noqa: BLE001 - no sync daemon here
+            pass
         return missing, round((time.monotonic() - t0) * 1000)
+
+    def _held_flows(self, st: State, services: list[Service], timeouts: Timeouts) -> list[str]:
+        """The table is created here (a takeover): the connections the backup
+        sync daemon received and could not place (no table until now) go in
+        the same transaction, so no packet of them is ever scheduled anew."""
+        from halb.sync import core as sc
+        from halb.sync.daemon import HELD_LIVE, paths
+
+        held = sc.Held()
+        now = time.time()
+        for p in (self.ctx.path(HELD_LIVE), paths(self.ctx.run_dir, "backup")["held"]):
+            try:
+                held.load(p.read_bytes(), now)
+            except OSError:
+                pass
+        if not len(held):
+            return []
+        views = {}
+        for svc in services:
+            k = _skey(svc)
+            if k not in st.sids or svc.key.af != 4:
+                continue
+            ident = sc.svc_ident(svc.key)
+            dests = {(d.addr, d.port): d.mid for d in st.dplans(k)}
+            views[ident] = sc.SvcView(ident, st.sids[k], svc.persistent, svc.timeout, dests)
+        adds, _ = held.place(sc.TableView(views, timeouts.tcp, timeouts.tcpfin, timeouts.udp), now)
+        return sc.render(adds)
+
+    def guard_vips(self) -> list[str]:
+        """The VIPs `halb realserver start` set up on this node."""
+        try:
+            return list(json.loads(self.ctx.path("realserver.json").read_text()).get("vips", {}))
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def _guard_again(self) -> None:
+        """A ruleset flush took the real server's guard (halb.nft.guard) too."""
+        from halb.nft import guard
+        vips = self.guard_vips()
+        if vips and not guard.present():
+            guard.install(vips)
 
     def _rebuild(self, st: State) -> None:
         """The whole table again from the state, every dest keeping its mark."""
@@ -528,6 +575,12 @@ class NftEngine(Engine):
         if masq_nets != st.snat:
             cmds += rs.snat_update(st.snat, masq_nets)
             st.snat = masq_nets
+        held_cmds: list[str] = []
+        if full and not refresh_only:
+            try:
+                held_cmds = self._held_flows(st, todo, timeouts)
+            except Exception:  # noqa: BLE001 - a damaged file must never stop the table
+                held_cmds = []
         # routes for Direct Return: add before the transaction, remove after
         needed = {t[4] for ts in st.dtuples.values() for t in ts if t[3] == "gate"}
         rip_of = {v: k for k, v in st.rips.items()}
@@ -544,7 +597,12 @@ class NftEngine(Engine):
                 ifaces = sorted({routing.route_to(rip_of[r])[1] for r in needed - routes_before})
                 routing.apply_sysctls(routing.dr_sysctls(ifaces), st.sysctls)
             try:
-                nftcli.run_script("\n".join(rs.merge_elements(cmds)) + "\n")
+                try:
+                    nftcli.run_script("\n".join(rs.merge_elements(cmds + held_cmds)) + "\n")
+                except nftcli.NftError:
+                    if not held_cmds:
+                        raise
+                    nftcli.run_script("\n".join(rs.merge_elements(cmds)) + "\n")
             except nftcli.NftError:
                 if full or nftcli.table_exists(rs.FAMILY, rs.TABLE):
                     raise

@@ -50,8 +50,10 @@ class Healer:
     halb's table or routing may have gone. `report(missing, ms)` logs."""
 
     def __init__(self, heal: Callable[[], tuple[list[str], int] | None],
-                 report: Callable[[str], None] | None = None):
+                 report: Callable[[str], None] | None = None, guard_vips: list[str] | None = None):
         self.heal = heal
+        self.guard_vips = guard_vips or []
+        self.owner: subprocess.Popen | None = None
         self.report = report or log.warning
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -61,6 +63,17 @@ class Healer:
         self.restored = 0
 
     def start(self) -> "Healer":
+        from halb.nft import guard
+
+        lines = guard.owned_lines(self.guard_vips)
+        if lines:
+            try:
+                self.owner = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, text=True)
+                self.owner.stdin.write("\n".join(lines) + "\n")
+                self.owner.stdin.flush()
+            except OSError as e:
+                self.report(f"no flush-proof guard for the VIP ({e})")
         try:
             self.proc = subprocess.Popen(["nft", "-j", "monitor", "tables"], stdout=subprocess.PIPE,
                                          stderr=subprocess.DEVNULL, bufsize=0)
@@ -68,17 +81,7 @@ class Healer:
             self.report(f"cannot watch nftables events ({e}): checking every {SAFETY_S:g}s")
         else:
             self._thread(self._nft_events, "heal-nft")
-        try:
-            from pyroute2 import IPRoute
-            from pyroute2.netlink.rtnl import RTMGRP_IPV4_RULE
-
-            self.ipr = IPRoute()
-            self.ipr.bind(groups=RTMGRP_IPV4_RULE)
-        except Exception as e:  # noqa: BLE001 - no rtnetlink: the safety check still runs
-            self.ipr = None
-            self.report(f"cannot watch routing rule events ({e})")
-        else:
-            self._thread(self._rule_events, "heal-rtnl")
+        self._thread(self._rule_events, "heal-rtnl")
         self._thread(self._worker, "heal")
         return self
 
@@ -105,6 +108,18 @@ class Healer:
                     self.wake.set()
 
     def _rule_events(self) -> None:
+        # the socket is made in this thread: pyroute2 refuses to start inside
+        # a thread whose event loop runs (the director's)
+        try:
+            from pyroute2 import IPRoute
+            from pyroute2.netlink.rtnl import RTMGRP_IPV4_RULE
+
+            self.ipr = IPRoute()
+            self.ipr.bind(groups=RTMGRP_IPV4_RULE)
+        except Exception as e:  # noqa: BLE001 - no rtnetlink: the safety check still runs
+            self.ipr = None
+            self.report(f"cannot watch routing rule events ({e})")
+            return
         fd = self.ipr.fileno()
         while not self.stopping.is_set():
             try:
@@ -149,6 +164,13 @@ class Healer:
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+        if self.owner is not None:  # its table goes with it
+            try:
+                self.owner.stdin.close()
+                self.owner.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.owner.kill()
+                self.owner.wait()
         if self.proc is not None:
             try:
                 self.proc.terminate()

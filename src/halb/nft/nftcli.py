@@ -50,11 +50,14 @@ def list_json(*what: str) -> list[dict]:
 
 
 def table_exists(family: str, name: str) -> bool:
-    for o in list_json("tables"):
-        t = o.get("table")
-        if t and t.get("family") == family and t.get("name") == name:
-            return True
-    return False
+    # `nft list table` and its exit status, not `nft -j list tables`: nft
+    # 1.0.6 prints invalid JSON for a table with `flags owner` (halb.nft.guard)
+    r = subprocess.run([NFT, "list", "table", family, name], capture_output=True, text=True, timeout=60)
+    if r.returncode == 0:
+        return True
+    if "No such file" in r.stderr or "does not exist" in r.stderr:
+        return False
+    raise NftError(f"nft list table {family} {name}: {(r.stderr.strip().splitlines() or ['error'])[0]}")
 
 
 def elem_parts(e) -> tuple[object, int | None, int | None, object]:

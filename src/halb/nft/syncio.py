@@ -62,17 +62,24 @@ def _elems(kind: str, name: str) -> list:
 
 
 def read_kernel(view) -> tuple[list, list, list, dict]:
+    return read_kernel_handle(view)[:4]
+
+
+def read_kernel_handle(view) -> tuple[list, list, list, dict, int | None]:
     """(flows, uflows, closing, {sid: templates}) as nftcli.elem_parts tuples;
     empty when halb's table is not there. One `nft -j list table` (one
     process and one ruleset fetch: three listings cost three times as much)."""
     want = {"flows", "uflows", "closing"} | {f"p{sv.sid}" for sv in view.services.values() if sv.persistent}
     got: dict[str, list] = {}
+    handle = None
     for o in nftcli.list_json("table", rs.FAMILY, rs.TABLE):
+        if "table" in o:
+            handle = o["table"].get("handle")
         m = o.get("map") or o.get("set")
         if m and m.get("name") in want:
             got[m["name"]] = [nftcli.elem_parts(e) for e in m.get("elem", [])]
     templates = {sv.sid: got.get(f"p{sv.sid}", []) for sv in view.services.values() if sv.persistent}
-    return got.get("flows", []), got.get("uflows", []), got.get("closing", []), templates
+    return got.get("flows", []), got.get("uflows", []), got.get("closing", []), templates, handle
 
 
 def current_marks(maps: set[str]) -> dict[str, dict]:

@@ -298,6 +298,10 @@ class RealServer:
         self.save(st)
         if not actions:
             self.log("already set up: nothing to change")
+        from halb.nft import guard  # stray packets of other servers' connections: dropped, not reset
+        why = guard.install(list(st["vips"]))
+        if why:
+            self.log(f"no guard against stray packets for the VIP ({why})")
         return actions
 
     def _undo(self, done: list[Action], st: dict) -> None:
@@ -334,6 +338,8 @@ class RealServer:
             return None
         seen = self.sys.observe(list(st.get("interfaces", {})))
         actions = plan_stop(seen, st)
+        from halb.nft import guard
+        guard.remove()
         for a in actions:
             self.apply(a)
             self.log(a.describe())

@@ -52,11 +52,26 @@ class SyncConfig:
         return asdict(self)
 
 
+# the held entries as they are now, rewritten (at most every FLUSH) while the
+# backup runs: the nft engine adds them in the very transaction that creates
+# the table at a takeover, before any packet can be scheduled there
+HELD_LIVE = "sync-held.live"
+
+
+def write_atomic(path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def paths(run_dir, role: str) -> dict:
     d = {k: run_dir / f"sync-{role}.{k}" for k in ("pid", "sock", "log")}
     d["held"] = run_dir / "sync-held.bin"   # the backup's unplaced entries, for the next master
     from halb.logs import default_logfile
     d["log"] = default_logfile(run_dir, f"sync-{role}")     # /var/log/halb/ on a real node
+    d["live"] = run_dir / HELD_LIVE         # the same, kept current while the backup runs
     return d
 
 
@@ -168,6 +183,10 @@ class Daemon:
         self.flush_now = asyncio.Event()
         self.held = core.Held()
         self.held_stamp = None
+        self.held_dirty = False
+        self.last_entries: list = []     # master: the entries of its last poll
+        self.last_handle = None          # master: the kernel table's handle then
+        self.poll_now = asyncio.Event()
 
     # -- bookkeeping ---------------------------------------------------------------
     def drop(self, reason: str, n: int = 1, detail: str = "", entries: bool = True) -> None:
@@ -225,17 +244,29 @@ class Daemon:
                 t0 = time.monotonic()
                 try:
                     view = self.source.view()
-                    flows, uflows, closing, templates = await asyncio.to_thread(self.syncio.read_kernel, view)
+                    flows, uflows, closing, templates, handle = await asyncio.to_thread(
+                        self.syncio.read_kernel_handle, view)
                 except Exception as e:  # noqa: BLE001 - nft refused, hung or printed junk: next poll
                     self.drop("read_errors", 1, str(e) or type(e).__name__, entries=False)
                     flows, uflows, closing, templates = [], [], [], {}
-                    view = None
+                    view = handle = None
+                if view is not None and handle is not None and self.last_handle is not None \
+                        and handle != self.last_handle and self.last_entries:
+                    await self.restore(view)
+                    flows, uflows, closing, templates, handle = await asyncio.to_thread(
+                        self.syncio.read_kernel_handle, view)
+                if handle is not None or view is not None:
+                    self.last_handle = handle
                 self.last_poll_s = time.monotonic() - t0
                 self.counters["polls"] += 1
                 if view is not None and len(self.held) and self.source.stamp != self.held_stamp:
                     await self.place_held()
+                if self.held_dirty:
+                    self.write_live()
                 if view is not None:
                     items = core.to_entries(view, flows, uflows, closing, templates)
+                    self.last_entries = [e for e, _ in items]
+                    self.last_seen_at = time.monotonic()
                     n = self.tracker.observe(items, time.monotonic())
                     if n:
                         log.debug("%d new or changed entries (%d live)", n, len(items))
@@ -254,10 +285,33 @@ class Daemon:
                     self.counters["send_errors"] += 1
                     self.drop("send_errors", 1, e.strerror or str(e), entries=False)
             wait = 0.005 if self.tracker.dirty else max(0.0, min(next_poll - time.monotonic(), core.KEEPALIVE / 2))
+            if self.poll_now.is_set():
+                self.poll_now.clear()
+                next_poll = 0.0
+                continue
             try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=wait)
+                await asyncio.wait_for(self.poll_now.wait(), timeout=wait)
             except asyncio.TimeoutError:
                 pass
+
+    async def restore(self, view) -> None:
+        """halb's table was rebuilt here (a firewall reload removed it; the
+        director's healer put it back, empty of flows): the connections of
+        the last poll go back in, with the time they had left, replacing
+        any pin a packet made meanwhile."""
+        age_ms = int((time.monotonic() - getattr(self, "last_seen_at", time.monotonic())) * 1000)
+        entries = [e._replace(timeout_ms=e.timeout_ms - age_ms) for e in self.last_entries
+                   if e.timeout_ms - age_ms > core.MIN_LEFT_MS]
+        adds, _ = core.plan_apply(entries, view)
+        if adds:
+            try:
+                existing = await asyncio.to_thread(self.syncio.current_marks, {a.map for a in adds})
+                await asyncio.to_thread(self.syncio.apply, core.render(adds, core.clashes(adds, existing)))
+            except Exception as e:  # noqa: BLE001
+                self.drop("restore_failed", len(adds), str(e))
+                return
+            self.counters["restored"] = self.counters.get("restored", 0) + len(adds)
+            log.warning("halb's nft table was rebuilt: %d connection entries put back", len(adds))
 
     # -- backup ------------------------------------------------------------------------
     async def backup(self, sock):
@@ -304,6 +358,8 @@ class Daemon:
                 if self.pending:
                     batch, self.pending = self.pending, []
                     await self.apply(batch)
+                if self.held_dirty:
+                    self.write_live()
                 if len(self.held):
                     try:
                         self.source.view()
@@ -314,6 +370,18 @@ class Daemon:
         finally:
             loop.remove_reader(sock.fileno())
 
+    def write_live(self) -> None:
+        """The held entries to the live file (halb.nft.engine adds them when
+        it creates the table); no file when none is held."""
+        self.held_dirty = False
+        try:
+            if len(self.held):
+                write_atomic(self.paths["live"], self.held.dump(time.time()))
+            else:
+                self.paths["live"].unlink(missing_ok=True)
+        except OSError as e:
+            self.drop("held_file", 1, str(e), entries=False)
+
     async def place_held(self) -> None:
         """The table changed: add the held entries it can now take."""
         view = self.source.view()
@@ -321,6 +389,7 @@ class Daemon:
         before = len(self.held)
         # off the event loop (a full store is 100,000s of entries), added in batches
         adds, refused = await asyncio.to_thread(self.held.place, view, time.time())
+        self.held_dirty = True
         if adds:
             n = 0
             for i in range(0, len(adds), core.HELD_BATCH):
@@ -345,6 +414,7 @@ class Daemon:
         if unplaced:
             self.held.add(unplaced, time.time())
             self.held_stamp = self.source.stamp
+            self.held_dirty = True
         if adds:
             await self.add(adds)
 
@@ -385,7 +455,10 @@ class Daemon:
         if cmd == "stop":
             self.stopping.set()
             return {"ok": True}
-        return {"ok": False, "error": "unknown command (status, stop)"}
+        if cmd == "poll":  # the table changed (halb.nft.heal): look now
+            self.poll_now.set()
+            return {"ok": True}
+        return {"ok": False, "error": "unknown command (status, stop, poll)"}
 
 
 def _safe(fn) -> bool:
@@ -474,6 +547,7 @@ async def _main(ctx, cfg, key, sock, p) -> int:
             data = b""
         if data:
             n = d.held.load(data, time.time())
+            d.write_live()
             log.info("%d entries handed over by the backup sync daemon, placed when the table has "
                      "their services", n)
     from halb import sdnotify
@@ -483,6 +557,11 @@ async def _main(ctx, cfg, key, sock, p) -> int:
     finally:
         sdnotify.stopping()
         server.close()
+        if cfg.role == "backup" or not len(d.held):
+            try:
+                p["live"].unlink()
+            except FileNotFoundError:
+                pass
         if cfg.role == "backup" and len(d.held):
             data = d.held.dump(time.time())
             tmp = p["held"].with_suffix(".tmp")
