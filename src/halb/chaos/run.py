@@ -421,7 +421,8 @@ class Chaos:
             self.start_heartbeat(a)
             return a, ""
         if f == "director-kill":
-            pidf = self.lab.node_run_dir(a) / "director.ldirectord.cf.pid"
+            from halb.director.daemon import cfg_name
+            pidf = self.lab.node_run_dir(a) / f"director.{cfg_name(self.base / a / 'ha.d' / 'ldirectord.cf')}.pid"
             try:
                 pid = int(pidf.read_text().split()[0])
                 os.kill(pid, signal.SIGKILL)
