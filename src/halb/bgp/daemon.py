@@ -314,9 +314,9 @@ class BgpDaemon:
         if self.bird is not None and self.bird.poll() is not None:
             log.error(f"BIRD (pid {self.bird.pid}) exited {self.bird.returncode}: its sessions and "
                       "announcements are gone; starting it again")
-            for st in self.states.values():
+            for vip, st in self.states.items():
                 if st.announced:
-                    log.info(f"Withdrew virtual IP: (BIRD exited) {st}")
+                    log.info(f"Withdrew virtual IP: {vip}/32 (BIRD exited)")
                 st.announced, st.fit_since, st.reason = False, None, "BIRD restarted"
             time.sleep(1.0)
             self.start_bird()
