@@ -555,6 +555,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the configs and logs of every system (path printed)")
     ap.add_argument("--only", help="comma-separated system names to run (e.g. debian-heartbeat-article)")
     ap.add_argument("--fast", default="5ms,25ms,15ms", help="halb's fastest timers: keepalive,deadtime,warntime")
+    ap.add_argument("--also", default="",
+                    help="more halb timers measured in the same run, ';'-separated keepalive,deadtime,warntime "
+                         "sets (e.g. '10ms,50ms,30ms'): system halb-KA-DT each")
+    ap.add_argument("--soak-timers", default="",
+                    help="keepalive,deadtime,warntime of the soak (default: --fast)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_failover needs root (network namespaces)")
@@ -572,6 +577,10 @@ def main():
             (HalbSystem(lab, base, "halb-fast", keepalive=ka, deadtime=dt, warntime=wt, initdead="2s"), args.trials, 3),
             (KeepalivedSystem(lab, base, "keepalived-0.01", "0.01"), args.trials, 3),
         ]
+        for spec in filter(None, args.also.split(";")):
+            aka, adt, awt = spec.split(",")
+            systems.insert(1, (HalbSystem(lab, base, f"halb-{aka}-{adt}", keepalive=aka, deadtime=adt, warntime=awt,
+                                          initdead="2s"), args.trials, 3))
         if args.debian_heartbeat and args.hb_floor != "none":
             hka, hdt, hwt = args.hb_floor.split(",")
             systems.append((debian_heartbeat.DebianHeartbeatSystem(
@@ -621,7 +630,10 @@ def main():
                 entry["starts"] = getattr(sysm, "starts", 0)
                 entry["trials_excluded_death_before_fault"] = len(excluded)
             report[sysm.name] = entry
-        for name, ref in (("halb-fast", "keepalived-0.01"), ("halb-article", "keepalived-1"),
+        also = [x[0].name for x in systems if x[0].name.startswith("halb-") and x[0].name not in
+                ("halb-fast", "halb-article")]
+        for name, ref in (("halb-fast", "keepalived-0.01"), *((a, "keepalived-0.01") for a in also),
+                          ("halb-article", "keepalived-1"),
                           ("halb-article", "debian-heartbeat-article"), ("halb-fast", "debian-heartbeat-floor")):
             g = report.get(name, {}).get("median_gap_s")
             base_gap = report.get(ref, {}).get("median_gap_s")
@@ -650,6 +662,8 @@ def main():
         if args.cpu_seconds > 0:
             report["cpu_rss_100_beats_per_s"] = cpu_rss(lab, base, args.cpu_seconds)
             print("cpu/rss:", report["cpu_rss_100_beats_per_s"], flush=True)
+        if args.soak_timers:
+            ka, dt, wt = args.soak_timers.split(",")
         if args.soak > 0:
             soak_s = min(args.soak, 900)       # bounded: the soak stops by itself
             report["soak_fast_timers_cores_loaded"] = soak(lab, base, soak_s,
