@@ -47,8 +47,20 @@ def pid_path(ctx: Context, config_path) -> Path:
     return ctx.run_dir / f"director.{cfg_name(config_path)}.pid"
 
 
+SUN_PATH_MAX = 107   # bytes of a unix socket path (sun_path is 108, with its NUL)
+
+
 def sock_path(ctx: Context, config_path) -> Path:
-    return ctx.run_dir / f"director.{cfg_name(config_path)}.sock"
+    """The control socket; when the run dir is deep, the config's base name is
+    left out of it (the digest alone still names one config), so a long path
+    never stops a director from starting."""
+    p = ctx.run_dir / f"director.{cfg_name(config_path)}.sock"
+    if len(os.fsencode(str(p))) > SUN_PATH_MAX:
+        p = ctx.run_dir / f"d.{cfg_name(config_path).rsplit('.', 1)[1]}.sock"
+    if len(os.fsencode(str(p))) > SUN_PATH_MAX:
+        raise HalbError(f"run dir {ctx.run_dir} is too long for a control socket "
+                        f"(unix socket paths hold {SUN_PATH_MAX} bytes): give a shorter --run-dir")
+    return p
 
 
 def log_path(ctx: Context, config_path) -> Path:
