@@ -94,9 +94,10 @@ def gather(ctx, table: bool = True) -> dict:
     snap["heartbeat"] = st
     if err:
         snap["errors"]["heartbeat"] = err
-    for sock in sorted(run.glob("director.*.sock")):
+    # director.NAME.DIGEST.sock, or d.DIGEST.sock when the run dir is deep (director.daemon.sock_path)
+    for sock in sorted([*run.glob("director.*.sock"), *run.glob("d.*.sock")]):
         st, err = ask_status(sock)
-        name = sock.name[len("director."):-len(".sock")]
+        name = sock.name.split(".", 1)[1][:-len(".sock")]
         if st is not None:
             st["name"] = str(st.get("config") or name)     # the config's path: one director per config
             snap["directors"].append(st)
