@@ -54,6 +54,7 @@ class Healer:
         self.heal = heal
         self.guard_vips = guard_vips or []
         self.owner: subprocess.Popen | None = None
+        self.owner_home: str | None = None
         self.report = report or log.warning
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -68,8 +69,14 @@ class Healer:
         lines = guard.owned_lines(self.guard_vips)
         if lines:
             try:
+                # nft -i keeps a command history in $HOME/.nft.history (in / under systemd, where
+                # HOME is unset): give it a private home, removed when it ends
+                import tempfile
+
+                self.owner_home = tempfile.mkdtemp(prefix="halb-nft-")
                 self.owner = subprocess.Popen(["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, text=True)
+                                              stderr=subprocess.DEVNULL, text=True,
+                                              env={**os.environ, "HOME": self.owner_home})
                 self.owner.stdin.write("\n".join(lines) + "\n")
                 self.owner.stdin.flush()
             except OSError as e:
@@ -171,6 +178,11 @@ class Healer:
             except (OSError, subprocess.TimeoutExpired):
                 self.owner.kill()
                 self.owner.wait()
+        if self.owner_home is not None:
+            import shutil
+
+            shutil.rmtree(self.owner_home, ignore_errors=True)
+            self.owner_home = None
         if self.proc is not None:
             try:
                 self.proc.terminate()
