@@ -93,6 +93,20 @@ class Rates:
     outbps: int = 0
 
 
+def fill_rates(obj, old: dict | None, dt: float) -> None:
+    """Set `obj.rates` (a Service or Dest) from its counters now and a sample `old`
+    of them (conns, inpkts, outpkts, inbytes, outbytes) taken `dt` seconds ago;
+    nothing without a sample. The kernel-table engines (nft, xdp) share it."""
+    if not old:
+        return
+    s = obj.stats
+    obj.rates = Rates(cps=max(0, round((s.conns - old["conns"]) / dt)),
+                      inpps=max(0, round((s.inpkts - old["inpkts"]) / dt)),
+                      outpps=max(0, round((s.outpkts - old["outpkts"]) / dt)),
+                      inbps=max(0, round((s.inbytes - old["inbytes"]) / dt)),
+                      outbps=max(0, round((s.outbytes - old["outbytes"]) / dt)))
+
+
 @dataclass
 class Dest:
     """A real server of a virtual service."""

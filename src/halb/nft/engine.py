@@ -26,7 +26,7 @@ from dataclasses import asdict
 from halb.context import Context, has_net_admin
 from halb.engine.base import Engine
 from halb.errors import EngineUnavailable, HalbError, IpvsError
-from halb.model import Conn, Dest, Op, Rates, Service, ServiceKey, Stats, Table, Timeouts
+from halb.model import Conn, Dest, Op, Service, ServiceKey, Stats, Table, Timeouts, fill_rates
 from halb.nft import nftcli, routing
 from halb.nft import ruleset as rs
 from halb.nft.plan import COUNT_BASED, slot_table
@@ -703,11 +703,11 @@ class NftEngine(Engine):
             dt = now - prev["t"]
             old = prev.get("s", {})
             for s in services:
-                _fill_rate(s, old.get(f"s{st.sids[_skey(s)]}"), dt)
+                fill_rates(s, old.get(f"s{st.sids[_skey(s)]}"), dt)
                 for d in s.dests:
                     dp = next((x for x in st.dplans(_skey(s)) if x.live and (x.addr, x.port) == d.ident), None)
                     if dp:
-                        _fill_rate(d, old.get(f"d{dp.mid}"), dt)
+                        fill_rates(d, old.get(f"d{dp.mid}"), dt)
         if not prev or now - prev.get("t", now) >= 1.0 or now < prev.get("t", 0):
             tmp = self.samples_path.with_suffix(".tmp")
             try:
@@ -716,16 +716,6 @@ class NftEngine(Engine):
             except OSError:
                 pass
 
-
-def _fill_rate(obj, old: dict | None, dt: float) -> None:
-    if not old:
-        return
-    s = obj.stats
-    obj.rates = Rates(cps=max(0, round((s.conns - old["conns"]) / dt)),
-                      inpps=max(0, round((s.inpkts - old["inpkts"]) / dt)),
-                      outpps=max(0, round((s.outpkts - old["outpkts"]) / dt)),
-                      inbps=max(0, round((s.inbytes - old["inbytes"]) / dt)),
-                      outbps=max(0, round((s.outbytes - old["outbytes"]) / dt)))
 
 
 def _drop_zero(st: State, mid: int) -> None:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from halb.context import Context, has_net_admin
 from halb.engine.base import Engine
 from halb.errors import EngineUnavailable, HalbError, IpvsError
-from halb.model import Conn, Dest, Op, Rates, Service, ServiceKey, Stats, Table, Timeouts
+from halb.model import Conn, Dest, Op, Service, ServiceKey, Stats, Table, Timeouts, fill_rates
 from halb.nft.plan import COUNT_BASED
 from halb.xdp import layout as lay
 from halb.xdp.libbpf import Map, XdpError
@@ -616,11 +616,11 @@ class XdpEngine(Engine):
             old = prev.get("s", {})
             for s in services:
                 key = str(s.key)
-                _fill_rate(s, old.get(f"s{st.sids.get(key, 0)}"), dt)
+                fill_rates(s, old.get(f"s{st.sids.get(key, 0)}"), dt)
                 for d in s.dests:
                     did = st.dests.get(key, {}).get(_ident(d))
                     if did is not None:
-                        _fill_rate(d, old.get(f"d{did}"), dt)
+                        fill_rates(d, old.get(f"d{did}"), dt)
         if not prev or now - prev.get("t", now) >= 1.0 or now < prev.get("t", 0):
             tmp = self.samples_path.with_suffix(".tmp")
             try:
@@ -629,16 +629,6 @@ class XdpEngine(Engine):
             except OSError:
                 pass
 
-
-def _fill_rate(obj, old: dict | None, dt: float) -> None:
-    if not old:
-        return
-    s = obj.stats
-    obj.rates = Rates(cps=max(0, round((s.conns - old["conns"]) / dt)),
-                      inpps=max(0, round((s.inpkts - old["inpkts"]) / dt)),
-                      outpps=max(0, round((s.outpkts - old["outpkts"]) / dt)),
-                      inbps=max(0, round((s.inbytes - old["inbytes"]) / dt)),
-                      outbps=max(0, round((s.outbytes - old["outbytes"]) / dt)))
 
 
 def _minus(raw: tuple, zero: list | None) -> tuple[int, int, int]:
